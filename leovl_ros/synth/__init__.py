@@ -1,0 +1,1 @@
+"""Procedural synthetic rooms: generation, RGB-D rendering, annotations, writers."""

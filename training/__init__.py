@@ -1,0 +1,1 @@
+"""Training: data adapters, scene feature cache, SFT, SceneDPO, evaluation and CLIs."""

@@ -1,0 +1,182 @@
+"""RGB-D rendering of synthetic rooms with Open3D's `RaycastingScene` along a walking path.
+
+Decisions:
+- Camera path: one loop along the walkway's centre line (see rooms.py, kept free of
+  furniture) at a robot's camera height, looking towards a point above the room centre with
+  sinusoidal head turns. Looking inwards from the ring sees the centre and the far walls;
+  the near wall zone is seen from the other side of the loop.
+- Pixels follow the OpenCV / CameraInfo convention (integer coordinates at pixel centres).
+- Shading: albedo x (ambient + directional light + camera-facing term) x texture noise that
+  is fixed in the world (hashed 3 cm cells, so it is the same surface pattern in every
+  frame) + small per-frame sensor noise. Colour stays nameable but is never one exact RGB.
+- Depth: the ray hit's z-depth, with optional noise growing as z^2 (structured-light
+  sensors), dropouts at grazing angles and random holes, quantised to uint16 millimetres.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import open3d as o3d
+
+from .rooms import Room, generate_room
+from .shapes import raycasting_scene
+
+DEFAULT_START_NS = 1_700_000_000 * 10**9
+
+
+@dataclass
+class Frame:
+    rgb: np.ndarray  # (H, W, 3) uint8
+    depth_mm: np.ndarray  # (H, W) uint16, 0 = invalid
+    K: np.ndarray  # (3, 3) float64
+    T_map_camera: np.ndarray  # (4, 4) float64 camera-to-map, optical frame
+    stamp_ns: int
+    instance: np.ndarray  # (H, W) int32 object id, -1 = floor/walls/ceiling
+
+
+def intrinsics_matrix(width: int, height: int, hfov_deg: float = 60.0) -> np.ndarray:
+    """Square-pixel pinhole K with the principal point at the image centre."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if not 10.0 <= hfov_deg <= 170.0:
+        raise ValueError(f"hfov_deg must be within [10, 170], got {hfov_deg}")
+    f = width / 2 / math.tan(math.radians(hfov_deg) / 2)
+    return np.array([[f, 0.0, (width - 1) / 2], [0.0, f, (height - 1) / 2], [0.0, 0.0, 1.0]])
+
+
+def look_at(eye: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """(4, 4) camera-to-map pose of an optical frame at `eye` looking along `forward`."""
+    f = forward / np.linalg.norm(forward)
+    r = np.cross(f, [0.0, 0.0, 1.0])  # x right = forward x up (z-up map)
+    if np.linalg.norm(r) < 1e-6:
+        raise ValueError("camera cannot look straight up or down")
+    r /= np.linalg.norm(r)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([r, np.cross(f, r), f], axis=1)  # columns: x right, y down, z forward
+    T[:3, 3] = eye
+    return T
+
+
+def camera_path(room: Room, num_frames: int, camera_height: float = 1.3, look_at_height: float = 0.7,
+                head_turn_deg: float = 35.0, head_turn_cycles: float = 3.0) -> np.ndarray:
+    """(N, 4, 4) poses along one loop of the walkway centre line."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if not 0.2 <= camera_height < room.height - 0.1:
+        raise ValueError(f"camera_height {camera_height} m must lie between 0.2 m and below the "
+                         f"ceiling ({room.height:.2f} m)")
+    ax = room.width / 2 - room.walkway_inset
+    ay = room.depth / 2 - room.walkway_inset
+    corners = np.array([[ax, ay], [-ax, ay], [-ax, -ay], [ax, -ay], [ax, ay]])
+    seg = np.linalg.norm(np.diff(corners, axis=0), axis=1)
+    s = np.arange(num_frames) / num_frames * seg.sum()  # arc length of each frame
+    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    poses = np.empty((num_frames, 4, 4))
+    for i, si in enumerate(s):
+        k = min(int(np.searchsorted(cum, si, side="right")) - 1, 3)
+        xy = corners[k] + (corners[k + 1] - corners[k]) * (si - cum[k]) / seg[k]
+        eye = np.array([xy[0], xy[1], camera_height])
+        to_centre = np.array([0.0, 0.0, look_at_height]) - eye
+        turn = math.radians(head_turn_deg) * math.sin(2 * math.pi * head_turn_cycles * i / num_frames)
+        c, sn = math.cos(turn), math.sin(turn)
+        fwd = np.array([c * to_centre[0] - sn * to_centre[1], sn * to_centre[0] + c * to_centre[1], to_centre[2]])
+        poses[i] = look_at(eye, fwd)
+    return poses
+
+
+def _texture(points: np.ndarray, salt: np.ndarray, cell: float = 0.03) -> np.ndarray:
+    """World-fixed multiplicative texture in [0.88, 1.12] from hashed 3D cells. (N,3)->(N,)"""
+    q = np.floor(points / cell).astype(np.int64)
+    h = (q[:, 0] * 73856093) ^ (q[:, 1] * 19349663) ^ (q[:, 2] * 83492791) ^ (salt.astype(np.int64) * 2654435761)
+    h = (h ^ (h >> 13)) * 1274126177
+    return np.float32(0.88) + np.float32(0.24 / 65535) * ((h >> 7) & 0xFFFF).astype(np.float32)
+
+
+class RoomRenderer:
+    """Renders views of one room; builds the ray-casting scene once."""
+
+    def __init__(self, room: Room) -> None:
+        self.room = room
+        self.scene, meshes, self.object_of_geometry = raycasting_scene(room)
+        counts = np.array([len(m.triangles) for m in meshes])
+        self.tri_offset = np.concatenate([[0], np.cumsum(counts)[:-1]])  # (G,) first triangle
+        self.tri_rgb = np.concatenate([m.rgb for m in meshes])  # (sum T, 3)
+        self.light = (np.array([0.35, 0.25, 1.0]) / np.linalg.norm([0.35, 0.25, 1.0])).astype(np.float32)
+
+    def render(self, K: np.ndarray, T_map_camera: np.ndarray, width: int, height: int,
+               rng: np.random.Generator, depth_noise_m: float = 0.0, hole_fraction: float = 0.0,
+               depth_max_m: float = 10.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One view: (rgb (H,W,3) uint8, depth_mm (H,W) uint16, instance (H,W) int32)."""
+        # Open3D puts pixel centres at +0.5; shifting the principal point gives the
+        # integer-centre convention that geometry.py and CameraInfo use.
+        K_o3d = K.copy()
+        K_o3d[0, 2] += 0.5
+        K_o3d[1, 2] += 0.5
+        rays = o3d.t.geometry.RaycastingScene.create_rays_pinhole(
+            o3d.core.Tensor(K_o3d), o3d.core.Tensor(np.linalg.inv(T_map_camera)), width, height)
+        hit = self.scene.cast_rays(rays)
+        t = hit["t_hit"].numpy().reshape(-1)  # (H*W,) z-depth: ray directions have camera z = 1
+        gid = hit["geometry_ids"].numpy().reshape(-1).astype(np.int64)
+        valid = np.isfinite(t) & (gid != o3d.t.geometry.RaycastingScene.INVALID_ID)
+        r = rays.numpy().reshape(-1, 6)[valid]  # (M, 6) float32 origin, direction
+        n = hit["primitive_normals"].numpy().reshape(-1, 3)[valid]  # (M, 3)
+        g = gid[valid]
+        tri = self.tri_offset[g] + hit["primitive_ids"].numpy().reshape(-1)[valid]
+        tv = t[valid]
+        d_dot_n = np.einsum("ij,ij->i", n, r[:, 3:])
+        cos_v = np.abs(d_dot_n) / np.sqrt(np.einsum("ij,ij->i", r[:, 3:], r[:, 3:]))  # (M,)
+        n *= np.where(d_dot_n > 0, -1.0, 1.0).astype(np.float32)[:, None]  # face the camera
+        points = r[:, :3] + r[:, 3:] * tv[:, None]
+        shade = 0.35 + 0.45 * np.clip(n @ self.light, 0, None) + 0.25 * cos_v  # (M,)
+        colour = self.tri_rgb[tri] * (shade * _texture(points, g) * 255)[:, None]
+        colour += rng.standard_normal(colour.shape, dtype=np.float32) * 2.5
+
+        rgb = np.zeros((width * height, 3), np.uint8)
+        rgb[valid] = np.clip(colour + 0.5, 0, 255).astype(np.uint8)  # +0.5: round, then truncate
+        z = tv
+        if depth_noise_m > 0:
+            z = z + rng.standard_normal(z.shape, dtype=np.float32) * np.float32(depth_noise_m) * z * z
+        keep = (cos_v > 0.08) & (z > 0) & (z <= depth_max_m)  # grazing surfaces return nothing
+        if hole_fraction > 0:
+            keep &= rng.random(z.shape) >= hole_fraction
+        depth = np.zeros(width * height, np.uint16)
+        depth[np.flatnonzero(valid)[keep]] = np.clip(z[keep] * 1000 + 0.5, 1, 65535).astype(np.uint16)
+        inst = np.full(width * height, -1, np.int32)
+        inst[valid] = self.object_of_geometry[g]
+        return rgb.reshape(height, width, 3), depth.reshape(height, width), inst.reshape(height, width)
+
+
+def render_frames(room: Room, num_frames: int = 30, width: int = 640, height: int = 480, seed: int = 0,
+                  depth_noise_m: float = 0.002, hole_fraction: float = 0.005, hfov_deg: float = 60.0,
+                  camera_height: float = 1.3, rate_hz: float = 5.0, start_ns: int = DEFAULT_START_NS,
+                  depth_max_m: float = 10.0) -> list[Frame]:
+    """Render `num_frames` RGB-D frames along the room's camera path.
+
+    depth_noise_m: noise std at 1 m (scales with z^2); hole_fraction: share of valid depth
+    pixels dropped at random; rate_hz: frame rate of the stamps (starting at `start_ns`).
+    The same (room, arguments) always give identical frames.
+    """
+    if rate_hz <= 0:
+        raise ValueError(f"rate_hz must be positive, got {rate_hz}")
+    if depth_noise_m < 0 or not 0 <= hole_fraction < 1:
+        raise ValueError(f"need depth_noise_m >= 0 and 0 <= hole_fraction < 1, got "
+                         f"{depth_noise_m}, {hole_fraction}")
+    K = intrinsics_matrix(width, height, hfov_deg)
+    renderer = RoomRenderer(room)
+    period_ns = round(1e9 / rate_hz)
+    frames = []
+    for i, T in enumerate(camera_path(room, num_frames, camera_height)):
+        rng = np.random.default_rng([seed, room.seed, i])
+        rgb, depth, inst = renderer.render(K, T, width, height, rng, depth_noise_m, hole_fraction, depth_max_m)
+        frames.append(Frame(rgb, depth, K.copy(), T, start_ns + i * period_ns, inst))
+    return frames
+
+
+def tiny_scene(seed: int = 0, num_frames: int = 8, width: int = 160, height: int = 120,
+               **render_kwargs) -> tuple[Room, list[Frame]]:
+    """A room and a few small frames: the fast default for tests across the project."""
+    room = generate_room(seed)
+    return room, render_frames(room, num_frames, width, height, **render_kwargs)

@@ -64,7 +64,7 @@ demo: setup
 	@$(RUN) python -m leovl_ros.demo
 
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(RUN) python $$b; done
+	@for b in bench/*.py; do m=$$(basename $$b .py); echo "== bench/$$m"; $(RUN) python -m bench.$$m; done
 
 # Re-pin every package after editing requirements/*.in (needs the registries).
 lock:

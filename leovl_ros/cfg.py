@@ -1,0 +1,231 @@
+"""Condensed feature grid (CFG): a voxel map turned into at most ``max_tokens`` scene tokens.
+
+LEO-VL §3.1 / Appendix D: rotate each voxel feature with RoPE by its height, mean-pool the
+rotated features of each (x, y) column into one token, and give each token the fixed 2D
+Fourier input of its column centre (the learned MLP that turns it into an additive
+embedding lives in the model). Built on demand from the map, never stored.
+
+Decisions where the paper is silent:
+- RoPE position = the integer voxel height index floor(z / voxel_size) in the map frame (z
+  up, so heights are floor-relative in voxel steps); channel pairs are adjacent
+  (x_2i, x_2i+1) as in the paper's block-diagonal R_p, theta_i = 10000^(-2i/d).
+- Pooling is the plain mean over a column's voxels (each voxel weighs the same whatever its
+  number of points), as the paper pools voxel features.
+- Fourier positions are column centres in metres, W ~ N(0, 1) of shape (F, 2) seeded by
+  ``fourier_seed``; the paper's "d" in the 1/sqrt(d) scale is the Fourier width (its W has
+  d/2 rows), so the input is [cos 2piWp || sin 2piWp] / sqrt(2F).
+- Token cap: the ``max_tokens`` columns with the most voxels (ties: lowest (x, y)), emitted
+  in (x, y) raster order so token order does not depend on the order frames arrived.
+- Anchor: voxels whose centre lies within ``anchor_radius`` of ``anchor_center`` get the
+  anchor embedding, and so does the voxel containing the centre, so a zero radius still
+  marks the referred point.
+- Ablations (§4.2): ``voxel_full`` emits every voxel (no cap), ``voxel_sample`` a uniform
+  sample (``sample_seed``) of as many voxels as the CFG would have tokens; both keep RoPE
+  per ``pos_z`` and the Fourier input, so only the condensation changes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+
+from .voxel_map import VoxelMap, voxel_keys
+
+__all__ = ["CondensedGrid", "GridConfig", "build_grid", "fourier_input", "rope_height"]
+
+_POS_Z = ("rope", "none")
+_GRIDS = ("cfg", "voxel_full", "voxel_sample")
+_CHUNK = 1024  # voxel rows per streamed block: 8 MB at d = 2048, cache-friendly
+
+
+@dataclass
+class GridConfig:
+    max_tokens: int = 750
+    pos_z: Literal["rope", "none"] = "rope"
+    grid: Literal["cfg", "voxel_full", "voxel_sample"] = "cfg"
+    fourier_features: int = 128  # random frequencies F; the fixed input has 2F dims
+    fourier_seed: int = 0
+    sample_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_tokens <= 0:
+            raise ValueError(f"max_tokens must be positive, got {self.max_tokens}")
+        if self.pos_z not in _POS_Z:
+            raise ValueError(f"pos_z must be one of {_POS_Z}, got {self.pos_z!r}")
+        if self.grid not in _GRIDS:
+            raise ValueError(f"grid must be one of {_GRIDS}, got {self.grid!r}")
+        if self.fourier_features <= 0:
+            raise ValueError(f"fourier_features must be positive, got {self.fourier_features}")
+
+
+@dataclass
+class CondensedGrid:
+    features: torch.Tensor  # (T, d) float32: RoPE'd, pooled, anchor term included
+    xy: torch.Tensor  # (T, 2) float32 metres: column (or voxel) centres
+    fourier: torch.Tensor  # (T, 2F) float32 fixed Fourier input for the model's MLP
+    voxel_count: torch.Tensor  # (T,) int64 voxels pooled into each token
+    num_voxels: int  # voxels in the map
+    compression_rate: float  # tokens / voxels (0 for an empty map)
+    preservation_rate: float  # voxels kept / voxels (1 for an empty map: nothing was dropped)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.features.shape[0])
+
+
+def _rope_phase(levels: torch.Tensor, d: int, base: float = 10000.0) -> torch.Tensor:
+    """(L, d/2) complex64 e^{i p theta_i} for integer heights p, theta_i = base^(-2i/d)."""
+    if d % 2:
+        raise ValueError(f"RoPE needs an even feature dimension, got d={d}")
+    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
+    angles = levels.to(torch.float64)[:, None] * theta[None, :]  # (L, d/2), float64: p*theta is exact enough
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+
+
+def rope_height(features: torch.Tensor, height_index: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotate (N, d) features by height: pair (x_2i, x_2i+1) turns by p * base^(-2i/d). Differentiable."""
+    n, d = features.shape
+    levels, inverse = torch.unique(height_index, return_inverse=True)  # (L,), (N,)
+    phase = _rope_phase(levels, d, base)[inverse]  # (N, d/2)
+    x = torch.view_as_complex(features.float().contiguous().view(n, d // 2, 2))  # (N, d/2)
+    return torch.view_as_real(x * phase).view(n, d)
+
+
+def fourier_input(xy: torch.Tensor, num_features: int, seed: int) -> torch.Tensor:
+    """(T, 2) metres -> (T, 2F) [cos 2piWp || sin 2piWp] / sqrt(2F), W ~ N(0, 1) (F, 2) from ``seed``."""
+    W = torch.randn(num_features, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    cycles = xy.to(torch.float64) @ W.T  # (T, F); float64, then keep the fraction: |Wp| reaches 1e2 cycles
+    angle = (2.0 * math.pi * (cycles - cycles.round())).to(torch.float32)  # (T, F) in [-pi, pi]
+    return torch.cat([angle.cos(), angle.sin()], 1) / math.sqrt(2 * num_features)
+
+
+def _anchor_mask(vmap: VoxelMap, rows: torch.Tensor, center: Sequence[float], radius: float | None) -> torch.Tensor:
+    """(S,) bool: selected voxels inside the referred sphere (plus the one holding its centre)."""
+    if radius is None or not (radius >= 0 and math.isfinite(radius)):
+        raise ValueError(f"anchor_center needs a finite anchor_radius >= 0 metres, got {radius}")
+    c = torch.as_tensor(center, dtype=torch.float32).reshape(-1)
+    if c.shape != (3,) or not bool(torch.isfinite(c).all()):
+        raise ValueError(f"anchor_center must be 3 finite coordinates in metres, got {center}")
+    inside = (vmap.centers[rows] - c).norm(dim=1) <= radius
+    holder = (vmap.coords[rows] == torch.floor(c / vmap.voxel_size).to(torch.int64)).all(1)
+    return inside | holder
+
+
+def _column_keys(coords: torch.Tensor) -> torch.Tensor:
+    """(V,) key of each voxel's (x, y) column, ordered like (x, y)."""
+    return voxel_keys(coords * torch.tensor([1, 1, 0]))
+
+
+def _select_columns(coords: torch.Tensor, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per voxel its token (-1 if its column was cut), and per token the column coords (T, 2) and voxel count (T,)."""
+    ckeys, inverse, ccount = torch.unique(_column_keys(coords), return_inverse=True, return_counts=True)  # (C,)
+    kept = torch.arange(ckeys.numel())
+    if ckeys.numel() > max_tokens:
+        # Densest first; stable over key-sorted columns, so ties go to the lowest (x, y).
+        kept = torch.sort(torch.sort(ccount, descending=True, stable=True).indices[:max_tokens]).values
+    col_token = torch.full((ckeys.numel(),), -1, dtype=torch.int64)
+    col_token[kept] = torch.arange(kept.numel())
+    first = torch.zeros_like(ckeys).scatter_(0, inverse, torch.arange(coords.shape[0]))  # a voxel of each column
+    return col_token[inverse], coords[first[kept], :2], ccount[kept]
+
+
+def _pool(
+    vmap: VoxelMap,
+    rows: torch.Tensor,
+    token: torch.Tensor,
+    voxel_count: torch.Tensor,
+    rope: bool,
+    anchor: torch.Tensor | None,
+    anchor_embedding: torch.Tensor | None,
+) -> torch.Tensor:
+    """(T, d) mean over each token's voxels of R(z) (mean feature + anchor), streamed.
+
+    The map can hold V x d = 10k x 2048 floats (80 MB): building all means, then all rotated
+    copies would write several such arrays (slow first-touch pages, peak memory). Instead
+    voxels go height level by height level in chunks of ``_CHUNK`` rows, each rotated in place
+    by its level's single phase vector and scatter-added into the (T, d) output. The anchor is
+    linear, so its term is added in closed form: sum_l A[t, l] R_l(e) with A the anchored
+    voxel counts per (token, level); this is the only part that carries gradients.
+    """
+    d, T = vmap.feature_dim, voxel_count.numel()
+    heights = vmap.coords.index_select(0, rows)[:, 2] if rope else torch.zeros_like(rows)  # (S,)
+    levels, level_of, per_level = torch.unique(heights, return_inverse=True, return_counts=True)  # (L,), (S,), (L,)
+    phase = _rope_phase(levels, d) if rope else None  # (L, d/2)
+    by_level = torch.argsort(level_of, stable=True)  # (S,)
+    pooled = torch.zeros(T, d)
+    buf = torch.empty(min(_CHUNK, rows.numel()), d)  # reused: see VoxelMap.means
+    start = 0
+    for lvl, n in enumerate(per_level.tolist()):
+        for lo in range(start, start + n, _CHUNK):
+            idx = by_level[lo : min(lo + _CHUNK, start + n)]
+            x = vmap.means(rows[idx], out=buf[: idx.numel()])  # (c, d)
+            if phase is not None:
+                torch.view_as_complex(x.view(-1, d // 2, 2)).mul_(phase[lvl])
+            pooled.index_add_(0, token[idx], x)
+        start += n
+    if anchor is not None and bool(anchor.any()):
+        A = torch.zeros(T, levels.numel()).index_put_(
+            (token[anchor], level_of[anchor]), torch.ones(int(anchor.sum())), accumulate=True
+        )  # (T, L) anchored voxels per token and level
+        e = anchor_embedding.to("cpu", torch.float32).expand(levels.numel(), d)  # (L, d)
+        pooled = pooled + A @ (rope_height(e, levels) if rope else e)
+    return pooled / voxel_count.to(torch.float32)[:, None]
+
+
+def build_grid(
+    vmap: VoxelMap,
+    config: GridConfig,
+    anchor_center: Sequence[float] | torch.Tensor | None = None,
+    anchor_radius: float | None = None,
+    anchor_embedding: torch.Tensor | None = None,
+) -> CondensedGrid:
+    """CFG (or a voxel-token ablation) of ``vmap``; differentiable w.r.t. ``anchor_embedding``.
+
+    The anchor applies when ``anchor_center`` is given (then radius and embedding are
+    required); an embedding without a centre is ignored, so the model can always pass it.
+    Tensors come back on the CPU (where the map lives); the model moves them to its device.
+    """
+    d, V = vmap.feature_dim, vmap.num_voxels
+    F2 = 2 * config.fourier_features
+    if anchor_center is not None and anchor_embedding is None:
+        raise ValueError("anchor_center was given without anchor_embedding (the model's learned anchor)")
+    if anchor_center is not None and tuple(anchor_embedding.shape) != (d,):
+        raise ValueError(f"anchor_embedding must have shape ({d},), got {tuple(anchor_embedding.shape)}")
+    if V == 0:
+        return CondensedGrid(
+            torch.zeros(0, d), torch.zeros(0, 2), torch.zeros(0, F2), torch.zeros(0, dtype=torch.int64), 0, 0.0, 1.0
+        )
+    coords = vmap.coords  # (V, 3)
+
+    if config.grid == "cfg":
+        vox_token, token_cols, voxel_count = _select_columns(coords, config.max_tokens)
+        rows = torch.nonzero(vox_token >= 0).squeeze(1)  # (S,) voxels that survive the cap
+        token = vox_token[rows]  # (S,)
+        xy = (token_cols.to(torch.float32) + 0.5) * vmap.voxel_size  # (T, 2)
+    else:
+        order = torch.argsort(voxel_keys(coords))  # (V,) raster order
+        if config.grid == "voxel_sample":
+            num_cols = torch.unique(_column_keys(coords)).numel()
+            n = min(num_cols, config.max_tokens)
+            pick = torch.randperm(V, generator=torch.Generator().manual_seed(config.sample_seed))[:n]
+            order = order[torch.sort(pick).values]
+        rows = order  # (S,) one token per voxel
+        token = torch.arange(rows.numel())
+        xy = vmap.centers[rows, :2]  # (T, 2)
+        voxel_count = torch.ones(rows.numel(), dtype=torch.int64)
+    anchor = None if anchor_center is None else _anchor_mask(vmap, rows, anchor_center, anchor_radius)  # (S,)
+    feats = _pool(vmap, rows, token, voxel_count, config.pos_z == "rope", anchor, anchor_embedding)  # (T, d)
+
+    kept = int(voxel_count.sum())
+    return CondensedGrid(
+        features=feats,
+        xy=xy,
+        fourier=fourier_input(xy, config.fourier_features, config.fourier_seed),
+        voxel_count=voxel_count,
+        num_voxels=V,
+        compression_rate=voxel_count.numel() / V,
+        preservation_rate=kept / V,
+    )

@@ -1,0 +1,195 @@
+"""VoxelMap: exact running means, caps, reduced-precision storage, atomic safetensors io."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from leovl_ros.voxel_map import VoxelMap
+
+
+def frame(seed: int, n: int = 300, d: int = 16, extent: float = 2.0):
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(-extent, extent, (n, 3)).astype(np.float32)
+    feats = rng.standard_normal((n, d)).astype(np.float32)
+    return pts, feats
+
+
+def reference_means(frames, voxel_size):
+    """dict voxel coord -> (mean feature float64, count), by brute force."""
+    sums, counts = {}, {}
+    for pts, feats in frames:
+        for p, f in zip(np.floor(pts / np.float32(voxel_size)).astype(int), feats.astype(np.float64), strict=True):
+            k = tuple(p)
+            sums[k] = sums.get(k, 0.0) + f
+            counts[k] = counts.get(k, 0) + 1
+    return {k: (sums[k] / counts[k], counts[k]) for k in sums}
+
+
+def as_dict(vmap: VoxelMap):
+    means = vmap.means().numpy()
+    return {tuple(c): (m, int(n)) for c, m, n in zip(vmap.coords.tolist(), means, vmap.counts.tolist(), strict=True)}
+
+
+def test_same_frame_twice_keeps_means_bit_identical_and_doubles_counts():
+    vmap = VoxelMap(16)
+    pts, feats = frame(0)
+    created = vmap.fuse(pts, feats)
+    assert created == vmap.num_voxels > 0
+    means, counts = vmap.means().clone(), vmap.counts.clone()
+    assert vmap.fuse(pts, feats) == 0
+    assert torch.equal(vmap.means(), means)
+    assert torch.equal(vmap.counts, 2 * counts)
+
+
+def test_means_are_exact_over_many_frames_and_storage_growth():
+    frames = [frame(s, n=900, extent=3.0) for s in range(4)]  # > 1024 voxels: storage grows
+    vmap = VoxelMap(16, voxel_size=0.2)
+    for pts, feats in frames:
+        vmap.fuse(torch.from_numpy(pts), feats)  # tensors and arrays both accepted
+    ref = reference_means(frames, 0.2)
+    got = as_dict(vmap)
+    assert vmap.num_voxels == len(ref) > 1024
+    assert got.keys() == ref.keys()
+    for k, (m, n) in ref.items():
+        assert got[k][1] == n
+        np.testing.assert_allclose(got[k][0], m, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vmap.centers.numpy(), (vmap.coords.numpy() + 0.5) * 0.2, atol=1e-6)
+    assert vmap.counts.sum() == 3600
+
+
+def test_negative_coordinates_floor_not_truncate():
+    vmap = VoxelMap(2, voxel_size=0.5)
+    vmap.fuse(np.array([[-0.1, -0.6, 0.1]]), np.ones((1, 2)))
+    assert vmap.coords.tolist() == [[-1, -2, 0]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_storage_keeps_means_in_range(dtype):
+    vmap = VoxelMap(4, storage_dtype=dtype)
+    pts = np.full((1000, 3), 0.05, np.float32)  # all into one voxel
+    feats = np.full((1000, 4), 300.0, np.float32)  # sum 3e5 > fp16 max 65504
+    for _ in range(3):
+        vmap.fuse(pts, feats)
+    assert vmap.counts.tolist() == [3000]
+    np.testing.assert_allclose(vmap.means().numpy(), 300.0, rtol=1e-2)
+    frames = [frame(s) for s in range(3)]
+    half, full = VoxelMap(16, storage_dtype=dtype), VoxelMap(16)
+    for pts, feats in frames:
+        half.fuse(pts, feats)
+        full.fuse(pts, feats)
+    atol = 1e-2 if dtype == torch.float16 else 5e-2
+    torch.testing.assert_close(half.means(), full.means(), atol=atol, rtol=0.0)
+    assert half.memory_bytes() < full.memory_bytes()
+
+
+def test_means_of_selected_rows_into_a_buffer():
+    vmap = VoxelMap(16)
+    vmap.fuse(*frame(0))
+    rows = torch.tensor([3, 0, 7])
+    buf = torch.empty(3, 16)
+    out = vmap.means(rows, out=buf)
+    assert out.data_ptr() == buf.data_ptr()
+    assert torch.equal(out, vmap.means()[rows])
+    with pytest.raises(IndexError, match="out of range"):
+        vmap.means(torch.tensor([vmap.num_voxels]))
+
+
+def test_bounds_drop_outside_points():
+    vmap = VoxelMap(2, bounds=((0, 0, 0), (1, 1, 1)))
+    pts = np.array([[0.5, 0.5, 0.5], [1.5, 0.5, 0.5], [0.5, -0.1, 0.5]], np.float32)
+    assert vmap.fuse(pts, np.ones((3, 2))) == 1
+    assert vmap.dropped_out_of_bounds == 2 and vmap.counts.tolist() == [1]
+    with pytest.raises(ValueError, match="min < max"):
+        VoxelMap(2, bounds=((0, 0, 0), (0, 1, 1)))
+
+
+def test_full_map_keeps_fusing_existing_voxels_and_prefers_dense_new_ones():
+    vmap = VoxelMap(1, voxel_size=1.0, max_voxels=3)
+    assert vmap.fuse(np.array([[0.5, 0.5, 0.5]]), np.array([[1.0]])) == 1
+    # Four new voxels with 1, 3, 2, 3 points: only two fit, the 3-point ones win (tie: lower key).
+    pts = np.array([[1.5, 0, 0]] + [[2.5, 0, 0]] * 3 + [[3.5, 0, 0]] * 2 + [[4.5, 0, 0]] * 3 + [[0.5, 0.5, 0.5]])
+    created = vmap.fuse(pts, np.full((len(pts), 1), 3.0))
+    assert created == 2 and vmap.num_voxels == 3
+    assert sorted(map(tuple, vmap.coords.tolist())) == [(0, 0, 0), (2, 0, 0), (4, 0, 0)]
+    assert vmap.dropped_full == 3  # the 1- and 2-point voxels
+    # The existing voxel got the new point: mean (1 + 3) / 2.
+    got = as_dict(vmap)
+    assert got[(0, 0, 0)] == (pytest.approx(np.array([2.0])), 2)
+    assert vmap.fuse(np.array([[9.5, 0, 0], [2.5, 0, 0]]), np.ones((2, 1))) == 0
+    assert vmap.dropped_full == 4 and as_dict(vmap)[(2, 0, 0)][1] == 4
+
+
+def test_bad_input_gives_clear_errors():
+    vmap = VoxelMap(4)
+    with pytest.raises(ValueError, match=r"features must be \(N=2, d=4\)"):
+        vmap.fuse(np.zeros((2, 3)), np.zeros((2, 5)))
+    with pytest.raises(ValueError, match=r"points must be \(N, 3\)"):
+        vmap.fuse(np.zeros((2, 2)), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        vmap.fuse(np.array([[np.nan, 0, 0]]), np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="poison"):
+        vmap.fuse(np.zeros((1, 3)), np.full((1, 4), np.inf))
+    with pytest.raises(ValueError, match="storage_dtype"):
+        VoxelMap(4, storage_dtype=torch.int32)
+    assert vmap.fuse(np.zeros((0, 3)), np.zeros((0, 4))) == 0 and vmap.num_voxels == 0
+
+
+def test_reset_empties_the_map():
+    vmap = VoxelMap(16)
+    vmap.fuse(*frame(1))
+    vmap.metadata["scene_id"] = "s1"
+    vmap.reset()
+    assert vmap.num_voxels == 0 and vmap.means().shape == (0, 16) and vmap.memory_bytes() == 0
+    assert vmap.metadata == {"scene_id": "s1"}
+    pts, feats = frame(2)
+    vmap.fuse(pts, feats)
+    assert vmap.num_voxels == len(reference_means([(pts, feats)], 0.2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_save_load_is_bit_identical(tmp_path, dtype):
+    vmap = VoxelMap(16, voxel_size=0.25, storage_dtype=dtype, bounds=((-5, -5, -1), (5, 5, 3)), max_voxels=5000)
+    for s in range(3):
+        vmap.fuse(*frame(s))
+    vmap.metadata.update(encoder_id="qwen2.5-vl-tiny", scene_id="room_7")
+    path = tmp_path / "maps" / "room.safetensors"
+    vmap.save(path)
+    back = VoxelMap.load(path)
+    assert (back.feature_dim, back.voxel_size, back.storage_dtype, back.max_voxels) == (16, 0.25, dtype, 5000)
+    assert back.bounds == vmap.bounds and back.metadata == vmap.metadata
+    for a, b in [(vmap.coords, back.coords), (vmap.counts, back.counts), (vmap.means(), back.means())]:
+        assert torch.equal(a, b)
+    back.save(tmp_path / "again.safetensors")
+    assert (tmp_path / "again.safetensors").read_bytes() == path.read_bytes()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["room.safetensors"]  # no temp file left
+    # The loaded map keeps fusing like the original.
+    pts, feats = frame(9)
+    vmap.fuse(pts, feats)
+    back.fuse(pts, feats)
+    assert torch.equal(vmap.means(), back.means())
+
+
+def test_empty_map_round_trips(tmp_path):
+    VoxelMap(8).save(tmp_path / "empty.safetensors")
+    back = VoxelMap.load(tmp_path / "empty.safetensors")
+    assert back.num_voxels == 0 and back.feature_dim == 8
+
+
+def test_truncated_and_foreign_files_give_clear_errors(tmp_path):
+    vmap = VoxelMap(16)
+    vmap.fuse(*frame(0))
+    path = tmp_path / "m.safetensors"
+    vmap.save(path)
+    data = path.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        VoxelMap.load(tmp_path / "trunc.safetensors")
+    (tmp_path / "text.safetensors").write_text("hello, not a map")
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        VoxelMap.load(tmp_path / "text.safetensors")
+    save_file({"weight": torch.zeros(2, 2)}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="not a leovl_ros voxel map"):
+        VoxelMap.load(tmp_path / "model.safetensors")
+    with pytest.raises(FileNotFoundError):
+        VoxelMap.load(tmp_path / "missing.safetensors")

@@ -1,0 +1,124 @@
+"""Configuration of the LEO-VL model (JSON round trip, stored in every adapter bundle).
+
+Paper values (Table 6): LoRA r=16, alpha=16, dropout 0 on q,k,v,o,gate,up,down; beam search
+with 5 beams, 256 new tokens, repetition penalty 3.0, length penalty 1.0. Everything else
+here is our choice where the paper is silent, kept configurable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..cfg import GridConfig
+
+# LLM projections only: a plain name list would also wrap the vision tower's MLP.
+LLM_LORA_TARGETS = (
+    r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+)
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings; defaults are the paper's (Table 6)."""
+
+    num_beams: int = 5
+    max_new_tokens: int = 256
+    repetition_penalty: float = 3.0
+    length_penalty: float = 1.0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1 or self.max_new_tokens < 1:
+            raise ValueError(f"num_beams and max_new_tokens must be >= 1, got {self.num_beams}, {self.max_new_tokens}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+
+@dataclass
+class LeoVLConfig:
+    """Everything that defines a LEO-VL model on top of its Qwen2.5-VL base.
+
+    Design choices (paper silent):
+    - ``fourier_mlp_hidden``: width of the 2-layer GELU MLP on the Fourier features
+      (None = LLM hidden size). Its output layer starts at zero, so an untrained model sees
+      exactly the vision-tower features (like LoRA's B = 0).
+    - ``anchor_radius``: radius (m) of the referred sphere when a query gives a centre only.
+    - ``dialogue_format``: "inline" puts earlier turns into the one user turn of the
+      Appendix B template as ``USER: .. ASSISTANT: ..`` (LEO style); "chat" writes them as
+      earlier Qwen chat turns, scene tokens in the first.
+    - ``answer_eos``: scored / trained answers end with ``<|im_end|>`` so the model learns
+      to stop and SceneDPO compares complete answers.
+    - ``train_mode``: "adapter" (paper: LoRA + heads) or "full" (all LLM weights + heads,
+      for a model with no pretrained base). The vision tower is frozen in both: scene
+      features are computed once and cached in voxel maps.
+    """
+
+    base_model: str
+    hidden_size: int
+    voxel_size: float = 0.2
+    grid: GridConfig = field(default_factory=GridConfig)
+    pos_xy: Literal["fourier", "none"] = "fourier"
+    fourier_mlp_hidden: int | None = None
+    anchor_radius: float = 0.5
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: str = LLM_LORA_TARGETS
+    train_mode: Literal["adapter", "full"] = "adapter"
+    max_pixels: int = 28 * 28 * 512
+    min_pixels: int = 56 * 56
+    system_prompt: str = "You are a helpful assistant."
+    dialogue_format: Literal["inline", "chat"] = "inline"
+    answer_eos: bool = True
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        if self.pos_xy not in ("fourier", "none"):
+            raise ValueError(f"pos_xy must be 'fourier' or 'none', got {self.pos_xy!r}")
+        if self.train_mode not in ("adapter", "full"):
+            raise ValueError(f"train_mode must be 'adapter' or 'full', got {self.train_mode!r}")
+        if self.dialogue_format not in ("inline", "chat"):
+            raise ValueError(f"dialogue_format must be 'inline' or 'chat', got {self.dialogue_format!r}")
+        if self.hidden_size <= 0 or self.voxel_size <= 0 or self.anchor_radius <= 0:
+            raise ValueError("hidden_size, voxel_size and anchor_radius must be positive")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} exceeds max_pixels {self.max_pixels}")
+
+    @property
+    def fourier_dim(self) -> int:
+        return 2 * self.grid.fourier_features
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LeoVLConfig":
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"leovl config has unknown keys {unknown} (written by a newer version?)")
+        missing = [k for k in ("base_model", "hidden_size") if k not in data]
+        if missing:
+            raise ValueError(f"leovl config lacks the required keys {missing}")
+        for key, sub in (("grid", GridConfig), ("generation", GenerationConfig)):
+            if isinstance(data.get(key), dict):
+                data[key] = sub(**data[key])
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LeoVLConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"leovl config is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError("leovl config JSON must be an object")
+        return cls.from_dict(data)

@@ -1,0 +1,77 @@
+"""Scene tokens: CFG column features + learned Fourier-feature MLP (xy) + learned anchor.
+
+f_Fourier(x, p) = x + MLP([cos 2piWp || sin 2piWp] / sqrt(2F))   (paper §3.1, App. D.2)
+
+The fixed Fourier input and the RoPE/pooling come from ``leovl_ros.cfg``; this module owns
+the learned parts ("heads"), kept in float32 whatever the LLM dtype (they are tiny and
+fp32 keeps their updates exact under bf16 LLMs).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..cfg import CondensedGrid, build_grid
+from ..voxel_map import VoxelMap
+from .config import LeoVLConfig
+from .prompts import SceneQuery
+
+
+class SceneHeads(nn.Module):
+    """Learned parts of the scene tokens: ``fourier_mlp`` (absent when pos_xy='none') and ``anchor``.
+
+    Init (paper silent): the MLP's output layer is zero, so training starts from the pure
+    vision features; the anchor is N(0, 0.02^2), small against feature norms but not zero
+    so the referred region is marked from the first step.
+    """
+
+    def __init__(self, config: LeoVLConfig) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.pos_xy = config.pos_xy
+        if config.pos_xy == "fourier":
+            hidden = config.fourier_mlp_hidden or d
+            self.fourier_mlp = nn.Sequential(nn.Linear(config.fourier_dim, hidden), nn.GELU(), nn.Linear(hidden, d))
+            nn.init.zeros_(self.fourier_mlp[2].weight)
+            nn.init.zeros_(self.fourier_mlp[2].bias)
+        self.anchor = nn.Parameter(torch.randn(d) * 0.02)
+
+    def forward(self, grid: CondensedGrid) -> torch.Tensor:
+        """(T, d) scene tokens in float32 on the heads' device."""
+        device = self.anchor.device
+        tokens = grid.features.to(device, torch.float32)  # (T, d)
+        if self.pos_xy == "fourier" and grid.num_tokens:
+            tokens = tokens + self.fourier_mlp(grid.fourier.to(device, torch.float32))
+        return tokens
+
+
+def check_map(vmap: VoxelMap, config: LeoVLConfig, encoder_id: str) -> None:
+    """Reject maps whose features cannot mean anything to this model (clear message)."""
+    if vmap.feature_dim != config.hidden_size:
+        raise ValueError(
+            f"voxel map has {vmap.feature_dim}-dim features but the model expects {config.hidden_size}: "
+            "it was built with another model's vision encoder; rebuild it with model.new_voxel_map()"
+        )
+    other = vmap.metadata.get("encoder_id")
+    if other is not None and other != encoder_id:
+        raise ValueError(
+            f"voxel map was built with encoder {other!r}, this model's is {encoder_id!r}; "
+            "features of different encoders are not comparable: rebuild the map"
+        )
+    if abs(vmap.voxel_size - config.voxel_size) > 1e-9:
+        raise ValueError(
+            f"voxel map has voxel size {vmap.voxel_size} m, the model was configured for {config.voxel_size} m"
+        )
+
+
+def scene_grid(vmap: VoxelMap | None, query: SceneQuery | None, config: LeoVLConfig,
+               heads: SceneHeads) -> CondensedGrid | None:
+    """The CFG of ``vmap`` for ``query`` (anchor applied when the query gives a centre)."""
+    if vmap is None or vmap.num_voxels == 0:
+        return None
+    center = radius = None
+    if query is not None and query.anchor_center is not None:
+        center = query.anchor_center
+        radius = query.anchor_radius if query.anchor_radius is not None else config.anchor_radius
+    return build_grid(vmap, config.grid, anchor_center=center, anchor_radius=radius,
+                      anchor_embedding=heads.anchor if center is not None else None)

@@ -38,7 +38,7 @@ def test_every_interface_has_its_documented_fields():
                       "newest_frame_age", "model"],
         Interaction: ["header", "interaction_id", "session_id", "kind", "task", "instruction",
                       "situation", "has_anchor", "anchor", "anchor_radius", "answer",
-                      "corrected_answer", "scene_stamp", "scene_tokens", "grounding_score", "latency"],
+                      "corrected_answer", "comment", "scene_stamp", "scene_tokens", "grounding_score", "latency"],
     }
     for cls, fields in expected.items():
         assert list(cls.get_fields_and_field_types()) == fields, cls.__name__

@@ -1,0 +1,411 @@
+"""The assistant session: live mapping, questions, plans, dialogue, feedback, hot swaps.
+
+:class:`SceneSession` owns the voxel map, the keyframe selector, the model and the threads
+around them; the ROS node only converts messages. Concurrency design (the paper is silent):
+
+- Mapping: ``offer`` is cheap (pose check only) and never blocks; keyframes wait in a
+  one-slot mailbox (a newer keyframe replaces an unencoded one, counted as dropped) that a
+  dedicated worker thread encodes and fuses. A slow encoder therefore costs dropped frames,
+  never a growing queue.
+- Questions: at most ``max_pending_requests`` run or wait at once (more are refused at
+  once); they take the model lock in turn, waiting at most ``request_timeout`` s. They read
+  a copy of the map taken when it last changed, so fusion continues during generation.
+- Adapter swap: takes the model lock and pauses the encoder; questions arriving meanwhile
+  wait for it (or time out with a clear message). If loading fails the old adapter stays.
+- Lock order: model lock -> encoder lock -> map lock, and mailbox -> map lock; the map
+  lock is never held while waiting for another lock.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..geometry import KeyframeSelector, cell_points, depth_to_metres
+from ..model.prompts import SceneQuery, plan_instruction
+from ..model.scene_tokens import check_map
+from ..voxel_map import VoxelMap
+from .grid_view import grid_cloud, grid_stats
+from .records import (ASK_TASKS, AssistantConfig, Interaction, RGBDFrame, Reply, RequestRefused, SceneStats,
+                      split_plan_steps)
+
+__all__ = ["SceneSession"]
+
+
+class _Throttle:
+    def __init__(self, period_s: float) -> None:
+        self.period_s, self._last = period_s, {}
+
+    def __call__(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -math.inf) < self.period_s:
+            return False
+        self._last[key] = now
+        return True
+
+
+class SceneSession:
+    """Map + keyframes + model for one robot; every public method is thread-safe."""
+
+    def __init__(self, model, config: AssistantConfig, model_name: str,
+                 log: Callable[[str, str], None] | None = None, log_period_s: float = 5.0) -> None:
+        self.model = model
+        self.config = config
+        self.model_name = model_name
+        self._log = log or (lambda level, text: None)
+        self._throttle = _Throttle(log_period_s)
+        self._apply_overrides()
+        self._model_lock = threading.Lock()
+        self._encoder_lock = threading.Lock()
+        self._map_lock = threading.Lock()  # map, keyframes, counters, snapshot
+        self._slots = threading.BoundedSemaphore(config.max_pending_requests)
+        self._map = model.new_voxel_map(max_voxels=config.max_voxels)
+        self._keyframes = KeyframeSelector(config.keyframe_translation, config.keyframe_rotation_deg,
+                                           config.max_keyframe_rate)
+        self._epoch = self._version = 0
+        self._reset_state()
+        self._sessions: OrderedDict[str, deque] = OrderedDict()
+        self._interactions: OrderedDict[str, Interaction] = OrderedDict()
+        self._book_lock = threading.Lock()  # sessions + interactions
+        self._mailbox: tuple[RGBDFrame, int] | None = None
+        self._busy = False  # the worker is encoding/fusing a keyframe
+        self._wake = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._map_worker, name="leovl-mapping", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ mapping
+    def _reset_state(self) -> None:
+        self._epoch += 1  # frames encoded before a reset are discarded
+        self._version += 1
+        self._snapshot: tuple[int, VoxelMap, float | None] | None = None
+        self._stats_cache: tuple[int, tuple[int, float, float]] | None = None
+        self._received = self._fused = 0
+        self._drops: dict[str, int] = {}
+        self._newest_stamp: float | None = None
+        self._keyframes.reset()
+
+    def _drop(self, reason: str) -> None:
+        self._drops[reason] = self._drops.get(reason, 0) + 1
+
+    def reject_frame(self, reason: str, detail: str = "") -> None:
+        """Count an RGB-D pair that never reached ``offer`` (bad image, no pose, ...); log it throttled."""
+        with self._map_lock:
+            self._received += 1
+            self._drop(reason)
+        if detail and self._throttle(reason):
+            self._log("warn", f"dropping frames ({reason}): {detail}")
+
+    def offer(self, frame: RGBDFrame) -> bool:
+        """Queue ``frame`` for fusion if it is a keyframe; True if queued. Never blocks on the encoder."""
+        with self._map_lock:
+            self._received += 1
+            try:
+                accepted = self._keyframes.accept(frame.T_map_camera, frame.stamp_s)
+            except ValueError as exc:
+                self._drop("invalid pose")
+                accepted, error = False, str(exc)
+            else:
+                error = ""
+                if not accepted:
+                    self._drop("not a keyframe")
+            epoch = self._epoch
+        if error and self._throttle("invalid pose"):
+            self._log("warn", f"dropping frames (invalid pose): {error}")
+        if not accepted:
+            return False
+        with self._wake:
+            if self._mailbox is not None:
+                with self._map_lock:
+                    self._drop("encoder busy")
+            self._mailbox = (frame, epoch)
+            self._wake.notify()
+        return True
+
+    def _map_worker(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._mailbox is not None or self._closed)
+                if self._closed:
+                    return
+                (frame, epoch), self._mailbox = self._mailbox, None
+                self._busy = True
+            try:
+                reason = self._fuse(frame, epoch)
+            except Exception as exc:  # a bad frame or encoder error must not stop mapping
+                reason = "error"
+                if self._throttle("fuse error"):
+                    self._log("error", f"could not fuse a keyframe: {type(exc).__name__}: {exc}")
+            if reason:
+                with self._map_lock:
+                    self._drop(reason)
+            with self._wake:
+                self._busy = False
+                self._wake.notify_all()
+
+    def _fuse(self, frame: RGBDFrame, epoch: int) -> str:
+        """Encode + back-project + fuse one keyframe; returns a drop reason or ''."""
+        cfg = self.config
+        depth_m = depth_to_metres(np.asarray(frame.depth))  # (h, w) float32 copy
+        with np.errstate(invalid="ignore"):
+            valid = np.count_nonzero((depth_m >= cfg.depth_min) & (depth_m <= cfg.depth_max))
+        if valid == 0:
+            if self._throttle("no valid depth"):
+                self._log("warn", f"dropping frames: no depth in [{cfg.depth_min}, {cfg.depth_max}] m "
+                                  "(all zero/NaN/out of range; check the depth topic and its encoding)")
+            return "no valid depth"
+        with self._encoder_lock:
+            encoded = self.model.encoder.encode(np.ascontiguousarray(frame.rgb))
+        points, cells = cell_points(depth_m, frame.intrinsics, frame.T_map_camera, encoded.grid_hw,
+                                    cfg.depth_min, cfg.depth_max, cfg.min_valid_fraction)
+        if cells.size == 0:
+            return "no valid depth"
+        features = encoded.features[torch.from_numpy(cells)]  # (N, d)
+        with self._map_lock:
+            if epoch != self._epoch:
+                return "scene reset"
+            self._map.fuse(points, features)
+            self._version += 1
+            self._fused += 1
+            self._newest_stamp = max(self._newest_stamp or -math.inf, frame.stamp_s)
+        return ""
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """True once no keyframe waits for the encoder (tools and tests; mapping continues)."""
+        with self._wake:
+            return self._wake.wait_for(lambda: self._mailbox is None and not self._busy, timeout_s)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        self._worker.join(timeout=30.0)
+
+    # ------------------------------------------------------------------ scene state
+    def _apply_overrides(self) -> None:
+        if self.config.voxel_size > 0:
+            self.model.config.voxel_size = self.config.voxel_size
+        if self.config.max_tokens > 0:
+            self.model.config.grid.max_tokens = self.config.max_tokens
+
+    def _scene(self) -> tuple[VoxelMap, float | None]:
+        """A copy of the map and its newest frame stamp, made once per change: readers never
+        see a half-fused frame and fusion never waits for a reader."""
+        with self._map_lock:
+            if self._snapshot is None or self._snapshot[0] != self._version:
+                self._snapshot = (self._version, copy.deepcopy(self._map), self._newest_stamp)
+            return self._snapshot[1], self._snapshot[2]
+
+    def snapshot(self) -> VoxelMap:
+        """A consistent copy of the current map (shared between readers: do not modify it)."""
+        return self._scene()[0]
+
+    def stats(self) -> SceneStats:
+        """Counters and CFG size now (coordinates only, no copy: cheap enough for ~1 Hz)."""
+        with self._map_lock:
+            if self._stats_cache is None or self._stats_cache[0] != self._version:
+                self._stats_cache = (self._version, grid_stats(self._map, self.model.config.grid))
+            tokens, compression, preservation = self._stats_cache[1]
+            return SceneStats(self._received, sum(self._drops.values()), self._fused, self._map.num_voxels, tokens,
+                              compression, preservation, self._map.memory_bytes(), self._newest_stamp,
+                              self.model_name, dict(self._drops))
+
+    def cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The current CFG cells for display, see :func:`grid_cloud`."""
+        return grid_cloud(self.snapshot(), self.model.config.grid)
+
+    def version(self) -> int:
+        """Changes whenever the map does (fusion, reset, load)."""
+        with self._map_lock:
+            return self._version
+
+    def reset(self) -> int:
+        """Empty the map and the frame counters (dialogue histories are kept); returns voxels dropped."""
+        with self._wake:
+            self._mailbox = None
+        with self._map_lock:
+            dropped = self._map.num_voxels
+            self._map.reset()
+            self._reset_state()
+        return dropped
+
+    def _resolve(self, path: str, default_name: str | None = None) -> Path:
+        scene_dir = Path(self.config.scene_dir).expanduser()
+        if not path.strip():
+            if default_name is None:
+                raise RequestRefused("path is required")
+            path = default_name
+        p = Path(path.strip()).expanduser()
+        return (p if p.is_absolute() else scene_dir / p).resolve()
+
+    def save(self, path: str = "") -> tuple[Path, int]:
+        """Write the scene atomically; '' = <scene_dir>/scene_<time>.safetensors, relative = under scene_dir."""
+        stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
+        target = self._resolve(path, f"scene_{stamp}.safetensors")
+        shared, newest = self._scene()
+        vmap = copy.copy(shared)  # same tensors (save only reads them), own metadata dict
+        vmap.metadata = {**shared.metadata, "scene_stamp": "" if newest is None else repr(newest)}
+        try:
+            vmap.save(target)
+        except OSError as exc:
+            raise RequestRefused(f"cannot write {target}: {exc.strerror or exc}") from exc
+        return target, vmap.num_voxels
+
+    def load(self, path: str) -> tuple[Path, int]:
+        """Replace the scene by a saved one; on any error the current scene is unchanged."""
+        target = self._resolve(path)
+        try:
+            vmap = VoxelMap.load(target)
+            check_map(vmap, self.model.config, self.model.encoder.encoder_id)
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            raise RequestRefused(f"cannot load scene {target}: {exc}") from exc
+        stamp = vmap.metadata.get("scene_stamp", "")
+        with self._wake:
+            self._mailbox = None
+        with self._map_lock:
+            self._map = vmap
+            self._reset_state()
+            self._newest_stamp = float(stamp) if stamp else None
+        return target, vmap.num_voxels
+
+    # ------------------------------------------------------------------ questions
+    def history(self, session_id: str) -> list[tuple[str, str]] | None:
+        """The remembered (question, answer) turns of a dialogue session, oldest first."""
+        with self._book_lock:
+            turns = self._sessions.get(session_id)
+            return list(turns) if turns else None
+
+    def _remember(self, record: Interaction) -> None:
+        with self._book_lock:
+            self._interactions[record.interaction_id] = record
+            while len(self._interactions) > self.config.max_interactions:
+                self._interactions.popitem(last=False)
+            if record.session_id and self.config.history_turns > 0 and record.answer:
+                turns = self._sessions.pop(record.session_id, None) or deque(maxlen=self.config.history_turns)
+                turns.append((record.instruction, record.answer))
+                self._sessions[record.session_id] = turns  # most recently used last
+                while len(self._sessions) > self.config.max_sessions:
+                    self._sessions.popitem(last=False)
+
+    def ask(self, question: str, situation: str = "", task: str = "", session_id: str = "",
+            anchor: tuple[float, float, float] | None = None, anchor_radius: float = 0.0) -> Reply:
+        """Answer a question / dialogue turn / caption request; raises RequestRefused."""
+        task = task.strip() or ("dialogue" if session_id else "qa")
+        if task not in ASK_TASKS:
+            raise RequestRefused(f"unknown task {task!r}; use one of {', '.join(ASK_TASKS)} (or '' for qa)")
+        self._check_text("question", question)
+        self._check_text("situation", situation, required=False)
+        if task == "object_caption" and anchor is None:
+            raise RequestRefused("object_caption needs use_anchor=true and anchor_point (the object to describe)")
+        radius = None
+        if anchor is not None:
+            if not all(math.isfinite(v) for v in anchor) or not (anchor_radius >= 0 and math.isfinite(anchor_radius)):
+                raise RequestRefused(f"anchor_point {anchor} and anchor_radius {anchor_radius} must be finite "
+                                     "(radius >= 0)")
+            radius = anchor_radius or self.config.default_anchor_radius or self.model.config.anchor_radius
+        query = SceneQuery(task, question.strip(), situation.strip() or None, self.history(session_id),
+                           tuple(float(v) for v in anchor) if anchor is not None else None, radius)
+        record = Interaction(uuid.uuid4().hex, session_id, "ask", task, question.strip(), situation.strip(),
+                             query.anchor_center, radius or 0.0)
+        return self._answer(query, record)
+
+    def plan(self, goal: str, session_id: str = "") -> Reply:
+        """A step-by-step plan for ``goal`` in the mapped scene; raises RequestRefused."""
+        self._check_text("goal", goal)
+        query = SceneQuery("plan", plan_instruction(goal), history=self.history(session_id))
+        record = Interaction(uuid.uuid4().hex, session_id, "plan", "plan", goal.strip())
+        reply = self._answer(query, record)
+        reply.steps = split_plan_steps(reply.answer)
+        return reply
+
+    def _check_text(self, name: str, text: str, required: bool = True) -> None:
+        if required and not text.strip():
+            raise RequestRefused(f"{name} is empty")
+        if len(text) > self.config.max_question_chars:
+            raise RequestRefused(f"{name} has {len(text)} characters; the limit is {self.config.max_question_chars} "
+                                 "(parameter max_question_chars)")
+
+    def _answer(self, query: SceneQuery, record: Interaction) -> Reply:
+        start = time.monotonic()
+        if self.stats().num_voxels == 0:
+            raise RequestRefused("the scene is empty: no keyframe has been fused yet; check that rgb, depth, "
+                                 "camera_info and poses arrive (see scene_status), or load_scene a saved one")
+        if not self._slots.acquire(blocking=False):
+            raise RequestRefused(f"busy: {self.config.max_pending_requests} requests are already being answered "
+                                 "or waiting (parameter max_pending_requests); retry shortly")
+        try:
+            if not self._model_lock.acquire(timeout=self.config.request_timeout):
+                raise RequestRefused(f"the model stayed busy for {self.config.request_timeout:.0f} s (long answers "
+                                     "or an adapter swap); retry later")
+            try:
+                scene, newest = self._scene()
+                tokens = grid_stats(scene, self.model.config.grid)[0]
+                if scene.num_voxels == 0:
+                    raise RequestRefused("the scene was reset while this request waited; ask again once mapped")
+                try:
+                    answer = self.model.generate([scene], [query], self.config.generation)[0]
+                    grounding = (self.model.grounding_score(scene, query, answer)
+                                 if self.config.compute_grounding and answer else 0.0)
+                except Exception as exc:
+                    if self._throttle("model failure"):
+                        self._log("error", f"model failure on {record.kind}: {type(exc).__name__}: {exc}")
+                    raise RequestRefused(f"the model failed ({type(exc).__name__}: {exc}); see the node log") from exc
+            finally:
+                self._model_lock.release()
+        finally:
+            self._slots.release()
+        record.answer, record.scene_stamp_s, record.scene_tokens = answer, newest, tokens
+        record.grounding_score, record.latency = float(grounding), time.monotonic() - start
+        self._remember(record)
+        message = "" if answer else "the model wrote an empty answer; give the right one with scene_feedback"
+        return Reply(bool(answer), message, answer, record)
+
+    def feedback(self, interaction_id: str, corrected_answer: str, comment: str = "") -> Interaction:
+        """The feedback record for an earlier interaction (to publish); raises RequestRefused."""
+        if not corrected_answer.strip():
+            raise RequestRefused("corrected_answer is empty")
+        with self._book_lock:
+            original = self._interactions.get(interaction_id.strip())
+        if original is None:
+            raise RequestRefused(f"unknown interaction_id {interaction_id!r} (only the last "
+                                 f"{self.config.max_interactions} interactions are kept)")
+        return replace(original, kind="feedback", corrected_answer=corrected_answer.strip(), latency=0.0,
+                       comment=comment.strip())
+
+    # ------------------------------------------------------------------ adapters
+    def load_adapter(self, bundle_path: str) -> str:
+        """Hot-swap the LoRA bundle; returns the new model name. The old adapter stays on failure."""
+        path = Path(bundle_path.strip()).expanduser()
+        if not bundle_path.strip() or not path.is_dir():
+            raise RequestRefused(f"bundle_path {bundle_path!r} is not a bundle directory")
+        if not self._model_lock.acquire(timeout=self.config.request_timeout):
+            raise RequestRefused(f"the model stayed busy for {self.config.request_timeout:.0f} s; retry later")
+        try:
+            with self._encoder_lock:
+                try:
+                    self.model.load_bundle(path)
+                except (ValueError, OSError) as exc:
+                    raise RequestRefused(f"cannot load bundle {path}: {exc}; "
+                                         "the previous adapter stays in use") from exc
+                self._apply_overrides()
+                self.model_name = f"{self.model.config.base_model}+{path.resolve()}"
+                with self._map_lock:
+                    try:
+                        check_map(self._map, self.model.config, self.model.encoder.encoder_id)
+                    except ValueError as exc:  # e.g. the bundle was trained at another voxel size
+                        self._log("warn", f"the new adapter cannot use the current scene ({exc}); scene reset")
+                        self._map = self.model.new_voxel_map(max_voxels=self.config.max_voxels)
+                        self._reset_state()
+                    self._snapshot = self._stats_cache = None  # the bundle's grid config may differ
+        finally:
+            self._model_lock.release()
+        return self.model_name

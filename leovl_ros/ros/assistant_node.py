@@ -1,0 +1,314 @@
+"""``leovl_assistant``: live mapping plus ask_scene / plan_task and friends over ROS 2.
+
+Thin by design: messages are converted at the edge (conversions.py, pose_sources.py) and
+everything else happens in :class:`leovl_ros.assistant.SceneSession`. Callback groups keep
+mapping alive while a question is answered: sensors, poses, services and the status timer
+each run in their own group on a multi-threaded executor.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import Any, Callable
+
+import rclpy
+from builtin_interfaces.msg import Time
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+
+from ..assistant import AssistantConfig, Interaction, RGBDFrame, RequestRefused, SceneSession
+from ..geometry import Intrinsics
+from ..msg import Interaction as InteractionMsg
+from ..msg import Plan, PlanStep, SceneStatus
+from ..srv import AskScene, Feedback, LoadAdapter, LoadScene, PlanTask, SaveScene
+from .conversions import (grid_cloud_msg, image_to_depth, image_to_rgb, intrinsics_from_camera_info,
+                          seconds_to_stamp, stamp_to_seconds, xyz_quat_to_matrix)
+from .model_source import ParameterError, load_model, resolve_model
+from .params import ASSISTANT_PARAMETERS, DTYPES, POSE_SOURCES
+from .pose_sources import make_pose_source
+from .sync import ApproximateTimePairer, PoseLookupError
+
+__all__ = ["AssistantNode", "main"]
+
+# Deep request queues: a burst of calls must reach the callback (to be answered or refused
+# with a message), not be dropped silently by a KEEP_LAST 10 history.
+_SERVICE_QOS = QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE)
+_LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+_RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class _Drop(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class AssistantNode(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("leovl_assistant", **kwargs)
+        p = {name: self.declare_parameter(name, default, ParameterDescriptor(description=text, read_only=True)).value
+             for name, (default, text) in ASSISTANT_PARAMETERS.items()}
+        if p["pose_source"] not in POSE_SOURCES:
+            raise ParameterError(f"parameter 'pose_source': {p['pose_source']!r} is not one of {POSE_SOURCES}")
+        if p["dtype"] not in DTYPES:
+            raise ParameterError(f"parameter 'dtype': {p['dtype']!r} is not one of {DTYPES}")
+        try:
+            extrinsic = xyz_quat_to_matrix(p["camera_extrinsic"][:3], p["camera_extrinsic"][3:])
+        except ValueError as exc:
+            raise ParameterError(f"parameter 'camera_extrinsic' (x y z qx qy qz qw): {exc}") from exc
+        self._map_frame = p["map_frame"]
+        try:  # all cheap checks before the slow model load, so a typo fails in a second
+            self._pairer: ApproximateTimePairer[Image, Image] = ApproximateTimePairer(p["sync_slop"],
+                                                                                     p["sync_queue_size"])
+            self._pose = make_pose_source(self, p["pose_source"], map_frame=self._map_frame, topic=p["pose_topic"],
+                                          T_body_camera=extrinsic, tolerance_s=p["pose_tolerance"],
+                                          max_gap_s=p["pose_max_gap"], timeout_s=p["pose_timeout"],
+                                          group=MutuallyExclusiveCallbackGroup())
+            config = AssistantConfig(**{k: p[k] for k in (
+                "keyframe_translation", "keyframe_rotation_deg", "max_keyframe_rate", "depth_min", "depth_max",
+                "min_valid_fraction", "max_voxels", "voxel_size", "max_tokens", "max_question_chars",
+                "history_turns", "max_sessions", "max_interactions", "default_anchor_radius", "compute_grounding",
+                "max_pending_requests", "request_timeout", "scene_dir")})
+        except ValueError as exc:
+            raise ParameterError(f"invalid parameters: {exc}") from exc
+        source = resolve_model(p["model"], p["adapter"], p["allow_network"])
+        self.get_logger().info(f"loading model {source.name} on {p['device']} ({p['dtype']})")
+        model = load_model(source, p["device"], p["dtype"], p["allow_network"])
+        config.generation = _generation_config(model, p)
+        self.max_pending_requests = config.max_pending_requests
+        self._camera_frame, self._rectified = p["camera_frame"], p["rectified"]
+        self._publish_grid = p["publish_grid"]
+        self.session = SceneSession(model, config, source.name, self._log, log_period_s=p["log_throttle"])
+
+        sensors = MutuallyExclusiveCallbackGroup()
+        services, timers = ReentrantCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        self._info: tuple[CameraInfo, Intrinsics | None, str] | None = None
+        self._rgb_sub = self.create_subscription(Image, p["rgb_topic"], self._on_rgb, qos_profile_sensor_data,
+                                                 callback_group=sensors)
+        self._depth_sub = self.create_subscription(Image, p["depth_topic"], self._on_depth, qos_profile_sensor_data,
+                                                   callback_group=sensors)
+        self._info_sub = self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_info,
+                                                  qos_profile_sensor_data, callback_group=sensors)
+
+        self._plan_pub = self.create_publisher(Plan, "plan", _LATCHED)
+        self._status_pub = self.create_publisher(SceneStatus, "scene_status", 10)
+        self._interaction_pub = self.create_publisher(InteractionMsg, "interactions", _RELIABLE)
+        self._grid_pub = self.create_publisher(PointCloud2, "scene_grid", _LATCHED)
+        for srv_type, name, handler in (
+            (AskScene, "ask_scene", self._ask), (PlanTask, "plan_task", self._plan),
+            (Trigger, "reset_scene", self._reset), (SaveScene, "save_scene", self._save),
+            (LoadScene, "load_scene", self._load), (Feedback, "scene_feedback", self._feedback),
+            (LoadAdapter, "load_adapter", self._load_adapter),
+        ):
+            self.create_service(srv_type, name, handler, qos_profile=_SERVICE_QOS, callback_group=services)
+        self._grid_version = -1
+        self._status_timer = self.create_timer(1.0 / max(p["status_rate"], 1e-3), self._on_status,
+                                               callback_group=timers)
+        self.get_logger().info(
+            f"ready: model {source.name}; listening to {self._rgb_sub.topic_name}, {self._depth_sub.topic_name}, "
+            f"{self._info_sub.topic_name}; poses from {self._pose.description}")
+
+    # ------------------------------------------------------------------ helpers
+    def _log(self, level: str, text: str) -> None:
+        logger = self.get_logger()
+        {"warn": logger.warning, "error": logger.error}.get(level, logger.info)(text)
+
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _header(self) -> Header:
+        return Header(stamp=self.get_clock().now().to_msg(), frame_id=self._map_frame)
+
+    def destroy_node(self) -> None:
+        self.session.close()
+        super().destroy_node()
+
+    # ------------------------------------------------------------------ sensors
+    def _on_info(self, msg: CameraInfo) -> None:
+        try:
+            self._info = (msg, intrinsics_from_camera_info(msg, self._rectified), "")
+        except ValueError as exc:
+            self._info = (msg, None, str(exc))
+
+    def _on_rgb(self, msg: Image) -> None:
+        pair = self._pairer.add_first(stamp_to_seconds(msg.header.stamp), msg)
+        if pair is not None:
+            self._on_pair(*pair)
+
+    def _on_depth(self, msg: Image) -> None:
+        pair = self._pairer.add_second(stamp_to_seconds(msg.header.stamp), msg)
+        if pair is not None:
+            self._on_pair(*pair)
+
+    def _on_pair(self, rgb_msg: Image, depth_msg: Image, stamp_s: float) -> None:
+        try:
+            frame = self._frame(rgb_msg, depth_msg, stamp_s)
+        except _Drop as drop:
+            self.session.reject_frame(drop.reason, str(drop))
+            return
+        self.session.offer(frame)
+
+    def _frame(self, rgb_msg: Image, depth_msg: Image, stamp_s: float) -> RGBDFrame:
+        """Views of both images + intrinsics + pose; raises _Drop. O(1) in the image size."""
+        if self._info is None:
+            raise _Drop("no camera_info", f"nothing received on {self._info_sub.topic_name} yet")
+        info, intrinsics, error = self._info
+        if intrinsics is None:
+            raise _Drop("bad camera_info", error)
+        try:
+            rgb = image_to_rgb(rgb_msg)
+            depth = image_to_depth(depth_msg)
+        except ValueError as exc:
+            raise _Drop("bad image", str(exc)) from exc
+        if rgb.shape[:2] != (intrinsics.height, intrinsics.width):
+            raise _Drop("bad camera_info", f"camera_info is for {intrinsics.width}x{intrinsics.height} but the "
+                                           f"colour image is {rgb.shape[1]}x{rgb.shape[0]}")
+        if depth.shape != rgb.shape[:2]:  # registered depth at another resolution: same view, scaled
+            intrinsics = intrinsics.scaled(depth.shape[1], depth.shape[0])
+        try:
+            T = self._pose.lookup(stamp_s, self._camera_frame or rgb_msg.header.frame_id)
+        except PoseLookupError as exc:
+            raise _Drop("no pose", str(exc)) from exc
+        return RGBDFrame(rgb, depth, intrinsics, T, stamp_s)
+
+    # ------------------------------------------------------------------ status
+    def _on_status(self) -> None:
+        s = self.session.stats()
+        now = self._now_s()
+        msg = SceneStatus(
+            header=self._header(), frames_received=s.frames_received, frames_dropped=s.frames_dropped,
+            keyframes_fused=s.keyframes_fused, num_voxels=s.num_voxels, num_tokens=s.num_tokens,
+            compression_rate=s.compression_rate, preservation_rate=s.preservation_rate,
+            memory_bytes=s.memory_bytes, model=s.model,
+            newest_frame_age=-1.0 if s.newest_frame_stamp_s is None else max(0.0, now - s.newest_frame_stamp_s))
+        self._status_pub.publish(msg)
+        version = self.session.version()
+        if self._publish_grid and version != self._grid_version and self._grid_pub.get_subscription_count() > 0:
+            xyz, intensity, voxels = self.session.cloud()
+            self._grid_pub.publish(grid_cloud_msg(xyz, intensity, voxels, msg.header))
+            self._grid_version = version
+
+    # ------------------------------------------------------------------ services
+    def _serve(self, response: Any, what: str, call: Callable[[], Any]) -> Any:
+        """Run ``call``; on refusal or error fill success/message and return None."""
+        try:
+            return call()
+        except RequestRefused as exc:
+            message = str(exc)
+        except Exception as exc:  # never let a request kill the node
+            message = f"internal error in {what}: {type(exc).__name__}: {exc}"
+            self.get_logger().error(message, throttle_duration_sec=5.0)
+        self.get_logger().info(f"{what} refused: {message}")
+        response.success, response.message = False, message
+        return None
+
+    def _interaction_msg(self, r: Interaction) -> InteractionMsg:
+        msg = InteractionMsg(
+            header=self._header(), interaction_id=r.interaction_id, session_id=r.session_id, kind=r.kind,
+            task=r.task, instruction=r.instruction, situation=r.situation, has_anchor=r.anchor is not None,
+            anchor_radius=float(r.anchor_radius), answer=r.answer, corrected_answer=r.corrected_answer,
+            comment=r.comment,
+            scene_stamp=Time() if r.scene_stamp_s is None else seconds_to_stamp(r.scene_stamp_s),
+            scene_tokens=r.scene_tokens, grounding_score=float(r.grounding_score), latency=float(r.latency))
+        if r.anchor is not None:
+            msg.anchor.x, msg.anchor.y, msg.anchor.z = (float(v) for v in r.anchor)
+        return msg
+
+    def _ask(self, req: AskScene.Request, res: AskScene.Response) -> AskScene.Response:
+        a = req.anchor_point
+        anchor = (a.x, a.y, a.z) if req.use_anchor else None
+        reply = self._serve(res, "ask_scene", lambda: self.session.ask(
+            req.question, req.situation, req.task, req.session_id, anchor, req.anchor_radius))
+        if reply is not None:
+            r = reply.interaction
+            res.success, res.message, res.answer, res.interaction_id = reply.success, reply.message, reply.answer, \
+                r.interaction_id
+            res.latency, res.scene_tokens, res.grounding_score = float(r.latency), r.scene_tokens, r.grounding_score
+            self._interaction_pub.publish(self._interaction_msg(r))
+        return res
+
+    def _plan(self, req: PlanTask.Request, res: PlanTask.Response) -> PlanTask.Response:
+        reply = self._serve(res, "plan_task", lambda: self.session.plan(req.goal, req.session_id))
+        if reply is not None:
+            r = reply.interaction
+            steps = [PlanStep(index=i + 1, instruction=text) for i, text in enumerate(reply.steps)]
+            plan = Plan(header=self._header(), goal=r.instruction, raw_text=reply.answer,
+                        interaction_id=r.interaction_id, steps=steps)
+            res.success, res.message, res.plan, res.latency = reply.success, reply.message, plan, float(r.latency)
+            self._interaction_pub.publish(self._interaction_msg(r))
+            self._plan_pub.publish(plan)
+        return res
+
+    def _reset(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        dropped = self._serve(res, "reset_scene", self.session.reset)
+        if dropped is not None:
+            res.success, res.message = True, f"scene reset: {dropped} voxels dropped"
+        return res
+
+    def _save(self, req: SaveScene.Request, res: SaveScene.Response) -> SaveScene.Response:
+        done = self._serve(res, "save_scene", lambda: self.session.save(req.path))
+        if done is not None:
+            res.success, res.path, res.num_voxels = True, str(done[0]), done[1]
+        return res
+
+    def _load(self, req: LoadScene.Request, res: LoadScene.Response) -> LoadScene.Response:
+        done = self._serve(res, "load_scene", lambda: self.session.load(req.path))
+        if done is not None:
+            res.success, res.path, res.num_voxels = True, str(done[0]), done[1]
+        return res
+
+    def _feedback(self, req: Feedback.Request, res: Feedback.Response) -> Feedback.Response:
+        record = self._serve(res, "scene_feedback", lambda: self.session.feedback(
+            req.interaction_id, req.corrected_answer, req.comment))
+        if record is not None:
+            self._interaction_pub.publish(self._interaction_msg(record))
+            if record.comment:
+                self.get_logger().info(f"feedback on {record.interaction_id}: {record.comment}")
+            res.success = True
+        return res
+
+    def _load_adapter(self, req: LoadAdapter.Request, res: LoadAdapter.Response) -> LoadAdapter.Response:
+        name = self._serve(res, "load_adapter", lambda: self.session.load_adapter(req.bundle_path))
+        res.model = self.session.model_name
+        if name is not None:
+            res.success = True
+            self.get_logger().info(f"now answering with {name}")
+        return res
+
+
+def _generation_config(model, p: dict[str, Any]):
+    try:
+        return replace(model.config.generation, num_beams=p["num_beams"], max_new_tokens=p["max_new_tokens"],
+                       repetition_penalty=p["repetition_penalty"], length_penalty=p["length_penalty"])
+    except ValueError as exc:
+        raise ParameterError(f"generation parameters: {exc}") from exc
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = AssistantNode()
+        executor = MultiThreadedExecutor(num_threads=node.max_pending_requests + 4)
+        executor.add_node(node)
+        executor.spin()
+    except ParameterError as exc:
+        print(f"[leovl_assistant] cannot start: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""The leovl_assistant node end to end over real DDS (own domain id, loopback only).
+
+One node process (tiny random model, the shipped config/assistant.yaml plus a few fast
+overrides) and one scene_player process streaming a synthetic room at 15 Hz are shared by
+the tests. Both pick their pose transport automatically: /tf where tf2_ros/tf2_msgs are
+installed (a ROS install), else nav_msgs/Odometry on `pose` (PyPI, as here);
+the test process talks to them as an operator would, through services and topics.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import next_domain_id, wait_for
+
+pytestmark = pytest.mark.ros
+rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run through `make test`)")
+pytest.importorskip("leovl_ros.msg", reason="interfaces not built (run through `make test`)")
+from nav_msgs.msg import Odometry  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from leovl_ros.msg import Interaction, Plan, SceneStatus  # noqa: E402
+from leovl_ros.ros.conversions import matrix_to_pose, numpy_to_image, seconds_to_stamp  # noqa: E402
+from leovl_ros.srv import AskScene, Feedback, LoadAdapter, LoadScene, PlanTask, SaveScene  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SERVICES = {"ask_scene": AskScene, "plan_task": PlanTask, "reset_scene": Trigger, "save_scene": SaveScene,
+            "load_scene": LoadScene, "scene_feedback": Feedback, "load_adapter": LoadAdapter}
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+PLAYER_FRAMES = 30
+
+
+def _env(domain_id: int) -> dict[str, str]:
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    return env
+
+
+def _start(module: str, args: list[str], domain_id: int, log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *args], cwd=REPO, env=_env(domain_id),
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Operator:
+    """The test's side: service clients and topic recorders on the node's domain."""
+
+    def __init__(self, context, node_proc: subprocess.Popen, log: Path) -> None:
+        self.context, self.proc, self.log = context, node_proc, log
+        self.node = rclpy.create_node("operator", context=context)
+        self.status: list[SceneStatus] = []
+        self.interactions: list[Interaction] = []
+        self.plans: list[Plan] = []
+        self.grids: list[PointCloud2] = []
+        self.node.create_subscription(SceneStatus, "scene_status", self.status.append, 10)
+        self.node.create_subscription(Interaction, "interactions", self.interactions.append,
+                                      QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self.node.create_subscription(Plan, "plan", self.plans.append, LATCHED)
+        self.node.create_subscription(PointCloud2, "scene_grid", self.grids.append, LATCHED)
+        self.clients = {name: self.node.create_client(t, name) for name, t in SERVICES.items()}
+        self.executor = MultiThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        threading.Thread(target=self.executor.spin, daemon=True).start()
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def call_async(self, name: str, request):
+        return self.clients[name].call_async(request)
+
+    def call(self, name: str, request, timeout: float = 120.0):
+        future = self.call_async(name, request)
+        wait_for(lambda: future.done() or not self.alive(), timeout, f"{name} to answer\n{self.log_tail()}")
+        assert self.alive(), f"the node died during {name}:\n{self.log_tail()}"
+        return future.result()
+
+    def wait_status(self, condition, timeout: float, what: str) -> SceneStatus:
+        start = len(self.status)
+        wait_for(lambda: any(condition(s) for s in self.status[start:]) or not self.alive(), timeout,
+                 f"scene_status with {what}\n{self.log_tail()}")
+        assert self.alive(), self.log_tail()
+        return next(s for s in self.status[start:] if condition(s))
+
+
+@pytest.fixture(scope="module")
+def operator(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("assistant")
+    domain_id = next_domain_id()
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    node_log = tmp / "node.log"
+    node = _start("leovl_ros.ros.assistant_node", [
+        "--params-file", str(REPO / "config" / "assistant.yaml"),
+        "-p", "model:=tiny-random", "-p", "num_beams:=1", "-p", "max_new_tokens:=8",
+        "-p", f"scene_dir:={tmp / 'scenes'}", "-p", "status_rate:=5.0", "-p", "request_timeout:=60.0",
+    ], domain_id, node_log)
+    op = Operator(context, node, node_log)
+    player = None
+    try:
+        for name, client in op.clients.items():
+            wait_for(lambda: client.service_is_ready() or not op.alive(), 90.0, f"service {name}\n{op.log_tail()}")
+            assert op.alive(), op.log_tail()
+        player = _start("leovl_ros.ros.scene_player", [
+            "-p", f"num_frames:={PLAYER_FRAMES}", "-p", "rate:=15.0", "-p", "seed:=1",
+            "-p", "rgb_encoding:=bgra8", "-p", "depth_encoding:=32FC1",  # not the defaults: more conversions
+        ], domain_id, tmp / "player.log")
+        wait_for(lambda: player.poll() is not None, 90.0, "the player to stream its frames")
+        assert player.returncode == 0, (tmp / "player.log").read_text()
+        # Settled = the last three reports agree and every received pair is fused or dropped.
+        def settled() -> bool:
+            last = op.status[-3:]
+            return (len(last) == 3 and len({(s.frames_received, s.keyframes_fused) for s in last}) == 1
+                    and last[-1].frames_received >= PLAYER_FRAMES // 2
+                    and last[-1].keyframes_fused + last[-1].frames_dropped == last[-1].frames_received)
+
+        wait_for(lambda: settled() or not op.alive(), 90.0, f"the stream to be fused\n{op.log_tail()}")
+        op.tmp = tmp
+        yield op
+    finally:
+        if player is not None:
+            _stop(player)
+        _stop(node)
+        print(op.log_tail(80))
+        op.executor.shutdown()
+        op.node.destroy_node()
+        context.try_shutdown()
+
+
+def test_streamed_keyframes_are_fused_and_questions_answered(operator):
+    status = operator.status[-1]
+    assert status.keyframes_fused >= 3 and status.num_voxels > 0 and 0 < status.num_tokens <= 750
+    assert status.model == "tiny-random" and status.memory_bytes > 0 and status.newest_frame_age >= 0.0
+    assert status.header.frame_id == "map" and 0 < status.preservation_rate <= 1.0
+    res = operator.call("ask_scene", AskScene.Request(question="what is next to the sofa?"))
+    assert res.success and res.answer.strip() and res.message == ""
+    assert res.scene_tokens == status.num_tokens and res.latency > 0 and res.interaction_id
+    wait_for(lambda: any(i.interaction_id == res.interaction_id for i in operator.interactions), 20.0, "interaction")
+    got = next(i for i in operator.interactions if i.interaction_id == res.interaction_id)
+    assert (got.kind, got.task, got.instruction, got.answer) == ("ask", "qa", "what is next to the sofa?", res.answer)
+    assert got.scene_stamp.sec > 0 and got.scene_tokens == res.scene_tokens and got.header.frame_id == "map"
+    assert got.grounding_score == pytest.approx(res.grounding_score)
+    wait_for(lambda: operator.grids, 20.0, "the scene_grid point cloud")
+    assert operator.grids[-1].width == status.num_tokens and operator.grids[-1].header.frame_id == "map"
+
+
+def test_plan_task_returns_steps_and_publishes_the_same_plan(operator):
+    res = operator.call("plan_task", PlanTask.Request(goal="tidy the room"))
+    assert res.success and res.plan.steps and res.plan.goal == "tidy the room" and res.latency > 0
+    assert [s.index for s in res.plan.steps] == list(range(1, len(res.plan.steps) + 1))
+    wait_for(lambda: any(p.interaction_id == res.plan.interaction_id for p in operator.plans), 20.0, "the plan topic")
+    assert next(p for p in operator.plans if p.interaction_id == res.plan.interaction_id) == res.plan
+    wait_for(lambda: any(i.interaction_id == res.plan.interaction_id and i.kind == "plan"
+                         for i in operator.interactions), 20.0, "the plan interaction")
+
+
+def test_feedback_is_published_and_bad_requests_are_refused(operator):
+    asked = operator.call("ask_scene", AskScene.Request(question="how many chairs?", session_id="s1"))
+    assert asked.success
+    res = operator.call("scene_feedback", Feedback.Request(interaction_id=asked.interaction_id,
+                                                           corrected_answer="three", comment="counted twice"))
+    assert res.success and res.message == ""
+    wait_for(lambda: any(i.kind == "feedback" and i.interaction_id == asked.interaction_id
+                         for i in operator.interactions), 20.0, "the feedback interaction")
+    fb = next(i for i in operator.interactions if i.kind == "feedback")
+    assert (fb.answer, fb.corrected_answer, fb.session_id, fb.task) == (asked.answer, "three", "s1", "dialogue")
+    refusals = [
+        ("scene_feedback", Feedback.Request(interaction_id="nope", corrected_answer="x"), "unknown interaction_id"),
+        ("ask_scene", AskScene.Request(question="x" * 501), "limit is 500"),
+        ("ask_scene", AskScene.Request(question="describe", task="object_caption"), "needs use_anchor"),
+        ("plan_task", PlanTask.Request(goal=""), "goal is empty"),
+        ("load_adapter", LoadAdapter.Request(bundle_path="/nonexistent"), "not a bundle directory"),
+    ]
+    for name, request, match in refusals:
+        res = operator.call(name, request)
+        assert not res.success and match in res.message, (name, res.message)
+
+
+def test_save_reset_load_restores_the_same_grid(operator):
+    from leovl_ros.cfg import GridConfig, build_grid
+    from leovl_ros.voxel_map import VoxelMap
+
+    saved = operator.call("save_scene", SaveScene.Request(path="before.safetensors"))
+    assert saved.success and Path(saved.path) == operator.tmp / "scenes" / "before.safetensors" and saved.num_voxels > 0
+    assert operator.call("reset_scene", Trigger.Request()).success
+    operator.wait_status(lambda s: s.num_voxels == 0 and s.keyframes_fused == 0, 20.0, "an empty scene")
+    empty = operator.call("ask_scene", AskScene.Request(question="anything here?"))
+    assert not empty.success and "scene is empty" in empty.message
+    (operator.tmp / "junk.safetensors").write_bytes(b"\x00" * 64)
+    bad = operator.call("load_scene", LoadScene.Request(path=str(operator.tmp / "junk.safetensors")))
+    assert not bad.success and "cannot load scene" in bad.message
+    loaded = operator.call("load_scene", LoadScene.Request(path=saved.path))
+    assert loaded.success and loaded.num_voxels == saved.num_voxels
+    operator.wait_status(lambda s: s.num_voxels == saved.num_voxels, 20.0, "the loaded scene")
+    again = operator.call("save_scene", SaveScene.Request(path=str(operator.tmp / "after.safetensors")))
+    a, b = (build_grid(VoxelMap.load(p), GridConfig()) for p in (saved.path, again.path))
+    assert a.num_tokens == b.num_tokens > 0
+    np.testing.assert_array_equal(a.features.numpy(), b.features.numpy())
+
+
+def _broken_frames(operator, publishers, stamp0: float) -> int:
+    """Publish malformed pairs one by one (each with a valid pose far from earlier keyframes),
+    waiting until the node counted each; returns the pairs sent."""
+    pose_pub, info_pub, rgb_pub, depth_pub = publishers
+    w, h = 32, 24
+    rgb, mm = np.full((h, w, 3), 90, np.uint8), np.full((h, w), 1500, np.uint16)
+    cases = [
+        ("rgb8", rgb, "16UC1", mm, dict(encoding="yuv422")),  # unknown encoding
+        ("rgb8", rgb, "16UC1", mm, dict(step=10)),  # step shorter than a row
+        ("rgb8", rgb, "16UC1", mm, dict(height=h * 4)),  # data shorter than height * step
+        ("rgb8", rgb, "32FC1", np.full((h, w), np.nan, np.float32), {}),  # NaN depth
+        ("bgr8", rgb, "16UC1", np.zeros((h, w), np.uint16), {}),  # zero depth
+        ("rgb8", rgb[:12], "16UC1", mm[:12], {}),  # image size disagrees with camera_info
+        ("rgb8", rgb, "16UC1", mm, {"no pose": True}),  # no pose near the image stamp
+    ]
+    k = [30.0, 0.0, 15.5, 0.0, 30.0, 11.5, 0.0, 0.0, 1.0]
+    for i, (rgb_enc, colour, depth_enc, depth, broken) in enumerate(cases):
+        received = operator.status[-1].frames_received
+        stamp = seconds_to_stamp(stamp0 + i)
+        header = Header(stamp=stamp, frame_id="camera_optical")
+        T = np.eye(4)
+        T[0, 3] = 10.0 + 5 * i  # a new place each time: every pair is a keyframe candidate
+        odom = Odometry(header=Header(stamp=stamp, frame_id="map"))
+        odom.pose.pose = matrix_to_pose(T)
+        if not broken.pop("no pose", False):
+            pose_pub.publish(odom)
+        info_pub.publish(CameraInfo(header=header, width=w, height=h, k=k))
+        colour_msg = numpy_to_image(colour, rgb_enc, header)
+        for key, value in broken.items():
+            setattr(colour_msg, key, value)
+        rgb_pub.publish(colour_msg)
+        depth_pub.publish(numpy_to_image(depth, depth_enc, header))
+        operator.wait_status(lambda s: s.frames_received > received, 30.0, f"broken pair {i} received")
+    return len(cases)
+
+
+def test_broken_frames_and_a_burst_of_questions_leave_the_node_alive(operator):
+    node = operator.node
+    publishers = (node.create_publisher(Odometry, "pose", 50), node.create_publisher(CameraInfo, "rgb/camera_info", 50),
+                  node.create_publisher(Image, "rgb/image", 50), node.create_publisher(Image, "depth/image", 50))
+    for pub in publishers:
+        wait_for(lambda: pub.get_subscription_count() > 0, 20.0, f"the node to subscribe {pub.topic_name}")
+    before = operator.status[-1]
+    burst = [operator.call_async("ask_scene", AskScene.Request(question=f"question {i}?")) for i in range(20)]
+    sent = _broken_frames(operator, publishers, stamp0=time.time() + 1000.0)
+    wait_for(lambda: all(f.done() for f in burst) or not operator.alive(), 180.0, f"20 answers\n{operator.log_tail()}")
+    assert operator.alive(), operator.log_tail()
+    results = [f.result() for f in burst]
+    answered = [r for r in results if r.success]
+    refused = [r for r in results if not r.success]
+    assert answered and all(r.answer for r in answered)
+    assert all("busy" in r.message for r in refused), [r.message for r in refused]
+    status = operator.wait_status(lambda s: s.frames_dropped >= before.frames_dropped + sent
+                                  and s.keyframes_fused + s.frames_dropped == s.frames_received, 30.0,
+                                  "the broken frames dropped")
+    assert status.keyframes_fused == before.keyframes_fused and status.num_voxels == before.num_voxels
+    assert operator.call("ask_scene", AskScene.Request(question="still there?")).success
+
+
+def test_load_adapter_switches_bundles(operator):
+    from leovl_ros.model.config import LeoVLConfig
+    from leovl_ros.model.leovl import LeoVL
+    from leovl_ros.model.tiny import tiny_qwen25vl_config
+    import torch
+
+    qwen = tiny_qwen25vl_config()  # the node's tiny-random base: same seed, same weights
+    model = LeoVL.from_config(qwen, LeoVLConfig(base_model="tiny-random", hidden_size=qwen.text_config.hidden_size))
+    with torch.no_grad():
+        model.heads.anchor.add_(1.0)
+    model.save_bundle(operator.tmp / "bundle_a")
+    (operator.tmp / "broken_bundle").mkdir()
+    bad = operator.call("load_adapter", LoadAdapter.Request(bundle_path=str(operator.tmp / "broken_bundle")))
+    assert not bad.success and "previous adapter stays in use" in bad.message and bad.model == "tiny-random"
+    res = operator.call("load_adapter", LoadAdapter.Request(bundle_path=str(operator.tmp / "bundle_a")))
+    assert res.success, res.message
+    assert res.model == f"tiny-random+{operator.tmp / 'bundle_a'}"
+    operator.wait_status(lambda s: s.model == res.model, 20.0, "the new model name")
+    assert operator.call("ask_scene", AskScene.Request(question="what is here?")).success
+
+
+@pytest.mark.parametrize("args,match", [
+    (["model:=leovl-tiny"], "parameter 'model': the bundled model 'leovl-tiny' is not installed"),
+    (["model:=/nonexistent/qwen"], "parameter 'model': '/nonexistent/qwen' is not a directory"),
+    (["model:=tiny-random", "depth_min:=5.0", "depth_max:=1.0"], "invalid parameters: need"),
+])
+def test_an_unusable_parameter_stops_the_node_with_one_line(args, match, tmp_path):
+    if "model:=leovl-tiny" in args:
+        from leovl_ros.ros.model_source import bundled_model_dirs
+
+        if any(p.is_dir() for p in bundled_model_dirs()):
+            pytest.skip("the bundled model is installed here")
+    log = tmp_path / "node.log"
+    proc = _start("leovl_ros.ros.assistant_node", [a for arg in args for a in ("-p", arg)], next_domain_id(), log)
+    assert proc.wait(60) == 2
+    text = log.read_text()
+    ours = [line for line in text.splitlines() if "leovl_assistant" in line]  # not rcl's own notices
+    assert "Traceback" not in text and len(ours) == 1, text
+    assert "cannot start: " in ours[0] and match in ours[0], ours

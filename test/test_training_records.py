@@ -1,0 +1,180 @@
+"""Normalised records and dataset adapters: fixture files of each format -> expected records."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from training import adapters
+from training.data_cli import main as data_main
+from training.records import ConversionReport, Record, RecordError, read_records, write_records
+
+
+def _dicts(records):
+    return [r.to_dict() for r in records]
+
+
+def _write(path, obj):
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+def test_record_round_trip_and_query():
+    data = {"scene_id": "s1", "task": "object_caption", "instruction": "Describe this.", "response": "A red chair.",
+            "source": "x", "anchor": {"center": [1, 2, 0.5], "radius": 0.4}, "situation": "I face the door.",
+            "history": [["hi", "hello"]], "id": 7}
+    rec = Record.from_dict(data)
+    assert rec.to_dict() == {**data, "id": "7", "anchor": {"center": [1.0, 2.0, 0.5], "radius": 0.4}}
+    q = rec.query()
+    assert q.anchor_center == (1.0, 2.0, 0.5) and q.anchor_radius == 0.4
+    assert q.situation == "I face the door." and q.history == [("hi", "hello")]
+    assert rec.references == ["A red chair."]
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"scene_id": None}, "missing 'scene_id'"),
+    ({"task": "grounding"}, "unknown task 'grounding'"),
+    ({"response": "  "}, "'response' must be a non-empty string"),
+    ({"anchor": {"center": [1, 2]}}, "anchor center must be 3 numbers"),
+    ({"history": [["only user"]]}, "'history' must be a list of [user, assistant] string pairs"),
+    ({"colour": "red"}, "unknown keys ['colour']"),
+])
+def test_invalid_records_name_the_problem(change, reason):
+    data = {"scene_id": "s", "task": "qa", "instruction": "q?", "response": "a", "source": "t", **change}
+    data = {k: v for k, v in data.items() if v is not None}
+    with pytest.raises(RecordError) as info:
+        Record.from_dict(data)
+    assert reason in str(info.value)
+
+
+def test_jsonl_skips_bad_lines_and_counts_reasons(tmp_path):
+    good = {"scene_id": "s", "task": "qa", "instruction": "q?", "response": "a", "source": "t"}
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join([json.dumps(good), "{not json", json.dumps({**good, "task": "nope"}), "",
+                               json.dumps({**good, "answers": ["a", "b"]})]) + "\n")
+    report = ConversionReport()
+    records = read_records(path, report)
+    assert [r.answers for r in records] == [None, ["a", "b"]]
+    assert sum(report.skipped.values()) == 2
+    assert report.first_seen[next(k for k in report.skipped if k.startswith("invalid JSON"))] == "r.jsonl:2"
+    out = tmp_path / "out.jsonl"
+    assert write_records(out, records) == 2
+    assert _dicts(read_records(out)) == _dicts(records)
+
+
+def test_scanqa(tmp_path):
+    data = [
+        {"scene_id": "scene0000_00", "question": "What color is the chair?", "answers": ["brown", " dark brown "],
+         "object_ids": [3], "question_id": "train-0"},
+        {"scene_id": "scene0000_00", "question": "Where is the sink?", "answers": [], "object_ids": []},
+        {"question": "no scene", "answers": ["x"]},
+    ]
+    report = ConversionReport()
+    records = list(adapters.convert_scanqa(data, report))
+    assert _dicts(records) == [{"scene_id": "scene0000_00", "task": "qa", "instruction": "What color is the chair?",
+                                "response": "brown", "answers": ["brown", "dark brown"], "id": "train-0",
+                                "source": "scanqa"}]
+    assert report.skipped == {"no answers (test split without ground truth?)": 1, "missing key 'scene_id'": 1}
+
+
+def test_sqa3d_keeps_situation_and_question_type():
+    questions = {"questions": [
+        {"question_id": 1, "situation": "I am sitting on the bed.", "question": "What is in front of me?"},
+        {"question_id": 2, "situation": "I face the window.", "question": "Can I reach the lamp?"},
+        {"situation": "no id"},
+    ]}
+    annotations = {"annotations": [
+        {"question_id": 1, "scene_id": "scene0001_00", "answers": [{"answer": "desk", "answer_id": 1}]},
+        {"question_id": 2, "scene_id": "scene0001_00", "answers": [{"answer": "yes"}, {"answer": "yes"}]},
+        {"question_id": 99, "scene_id": "scene0001_00", "answers": [{"answer": "no"}]},
+    ]}
+    report = ConversionReport()
+    records = list(adapters.convert_sqa3d(questions, annotations, report))
+    assert _dicts(records) == [
+        {"scene_id": "scene0001_00", "task": "qa", "instruction": "What is in front of me?", "response": "desk",
+         "answers": ["desk"], "situation": "I am sitting on the bed.", "qtype": "what", "id": "1", "source": "sqa3d"},
+        {"scene_id": "scene0001_00", "task": "qa", "instruction": "Can I reach the lamp?", "response": "yes",
+         "answers": ["yes", "yes"], "situation": "I face the window.", "qtype": "can", "id": "2", "source": "sqa3d"},
+    ]
+    assert report.skipped == {"question without question_id": 1,
+                              "annotation's question_id not in the questions file": 1}
+    assert adapters.sqa3d_question_type("Which way should I go?") == "which"
+    assert adapters.sqa3d_question_type("Where is it?") == "other"
+
+
+def test_leo_plan_qa_and_scene_caption():
+    report = ConversionReport()
+    plans = {"scanA": {"response": [{"instruction": "Tidy the desk", "plan": "1. pick up the cup. 2. wipe it."},
+                                    {"instruction": "", "plan": "x"}]}}
+    assert _dicts(adapters.convert_leo_plan(plans, report)) == [
+        {"scene_id": "scanA", "task": "plan", "instruction": "Create a step-by-step plan for the task: Tidy the desk",
+         "response": "1. pick up the cup. 2. wipe it.", "source": "leo_plan"}]
+    qa = {"scanA": {"query": "{}", "response": [{"Q": "What color is the floor?", "T": "floor-1", "A": ["wooden"]}]},
+          "scanB": "not a list"}
+    assert _dicts(adapters.convert_leo_qa(qa, report)) == [
+        {"scene_id": "scanA", "task": "qa", "instruction": "What color is the floor?", "response": "wooden",
+         "answers": ["wooden"], "source": "leo_qa"}]
+    caps = {"scanA": [{"query": "{'bed-1': {}}", "response": "A bedroom with a bed."}, {"query": "{}"}]}
+    assert _dicts(adapters.convert_leo_scene_caption(caps, report)) == [
+        {"scene_id": "scanA", "task": "scene_caption", "instruction": "Describe the scene.",
+         "response": "A bedroom with a bed.", "source": "leo_scene_caption"}]
+    assert report.skipped == {"expected non-empty text, got ''": 1,
+                              "scan entry is not a list or an object with a 'response' list": 1,
+                              "missing key 'response'": 1}
+
+
+def test_leo_dialogue_one_record_per_assistant_turn():
+    dialog = [{"role": "Human", "content": "What color is the sofa?"}, {"role": "Robot", "content": "Red. "},
+              {"role": "Human", "content": "Is it old?"}, {"role": "Robot", "content": "Yes, quite old."}]
+    bad = [{"role": "Robot", "content": "Hi"}, {"role": "Human", "content": "?"}]
+    report = ConversionReport()
+    records = list(adapters.convert_leo_dialogue({"scanC": {"query": "{}", "response": [dialog, bad]}}, report))
+    assert _dicts(records) == [
+        {"scene_id": "scanC", "task": "dialogue", "instruction": "What color is the sofa?", "response": "Red.",
+         "source": "leo_dialogue"},
+        {"scene_id": "scanC", "task": "dialogue", "instruction": "Is it old?", "response": "Yes, quite old.",
+         "history": [["What color is the sofa?", "Red."]], "source": "leo_dialogue"},
+    ]
+    assert list(report.skipped) == ["dialogue turns must alternate user/assistant, got 'robot' then 'human'"]
+
+
+def test_leo_object_caption_needs_centres():
+    caps = {"scanD": {"chair-3": [{"response": "A wooden chair."}], "lamp-9": [{"response": "A lamp."}]}}
+    centers = {"scanD": {"3": [1.0, 2.0, 0.4]}}
+    report = ConversionReport()
+    records = list(adapters.convert_leo_object_caption(caps, centers, report, radius=0.5))
+    assert _dicts(records) == [{"scene_id": "scanD", "task": "object_caption",
+                                "instruction": "Describe the object at the marked location.",
+                                "response": "A wooden chair.", "anchor": {"center": [1.0, 2.0, 0.4], "radius": 0.5},
+                                "source": "leo_object_caption"}]
+    assert report.skipped == {"no centre for the object in the centres file": 1}
+
+
+def test_synthetic_rooms_give_all_five_tasks():
+    report = ConversionReport()
+    records = list(adapters.convert_synthetic([3], report))
+    assert {r.task for r in records} == {"qa", "object_caption", "scene_caption", "plan", "dialogue"}
+    assert all(r.scene_id == "synth_000003" for r in records) and not report.skipped
+    assert all(r.anchor is not None for r in records if r.task == "object_caption")
+
+
+def test_convert_cli_reports_counts_and_skips(tmp_path, capsys):
+    src = _write(tmp_path / "scanqa.json", [
+        {"scene_id": "scene0000_00", "question": "How many chairs?", "answers": ["2"], "question_id": 1},
+        {"scene_id": "scene0000_00", "question": "", "answers": ["x"]}])
+    out = tmp_path / "out.jsonl"
+    assert data_main(["convert", "scanqa", src, "--out", str(out), "--report", str(tmp_path / "rep.json")]) == 0
+    text = capsys.readouterr().out
+    assert "kept 1 records (qa: 1); skipped 1" in text and "'instruction' must be a non-empty string" in text
+    assert [r.instruction for r in read_records(out)] == ["How many chairs?"]
+    assert json.loads((tmp_path / "rep.json").read_text())["kept"] == {"qa": 1}
+
+
+def test_convert_cli_rejects_unusable_input(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    assert data_main(["convert", "scanqa", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    assert data_main(["convert", "sqa3d", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "takes 2 input file(s)" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()

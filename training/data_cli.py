@@ -1,0 +1,148 @@
+"""``leovl-data``: convert datasets and robot bags to normalised JSONL records, and fill the
+scene feature cache.
+
+    leovl-data convert scanqa ScanQA_v1.0_train.json --out scanqa_train.jsonl
+    leovl-data convert sqa3d questions.json annotations.json --out sqa3d_train.jsonl
+    leovl-data convert leo-plan 3rscan_plan_train.json --out plan.jsonl
+    leovl-data convert leo-object-caption caps.json --centers centers.json --out objcap.jsonl
+    leovl-data convert synthetic --seeds 0:100 --out synth.jsonl
+    leovl-data from-bag robot_2024_05_01/ --out-sft sft.jsonl --out-pref pref.jsonl
+    leovl-data build-scenes --config configs/sft.yaml
+
+Every command prints what it kept and what it skipped, with reasons; a malformed record is
+skipped and counted, never fatal. Exit status 2 means the input itself was unusable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import adapters
+from .bags import BagTopics, records_from_bag
+from .records import ConversionReport, atomic_write_text, read_records, write_records
+
+
+def _load_json(path: str):
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"input file {p} does not exist")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p} is not valid JSON: {exc}") from exc
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        if ":" in text:
+            a, b = text.split(":", 1)
+            return list(range(int(a), int(b)))
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--seeds must be 'A:B' (range) or 'a,b,c', got {text!r}") from exc
+
+
+def _convert(args: argparse.Namespace, report: ConversionReport) -> list:
+    fmt, inputs = args.format, args.inputs
+    need = {"sqa3d": 2, "synthetic": 0}.get(fmt, 1)
+    if len(inputs) != need:
+        raise ValueError(f"format {fmt} takes {need} input file(s), got {len(inputs)}")
+    if fmt == "synthetic":
+        if not args.seeds:
+            raise ValueError("format synthetic needs --seeds, e.g. --seeds 0:10")
+        return list(adapters.convert_synthetic(_seeds(args.seeds), report))
+    if fmt == "sqa3d":
+        return list(adapters.convert_sqa3d(_load_json(inputs[0]), _load_json(inputs[1]), report))
+    if fmt == "leo-object-caption":
+        if not args.centers:
+            raise ValueError("format leo-object-caption needs --centers FILE ({scan_id: {object_id: [x, y, z]}})")
+        return list(adapters.convert_leo_object_caption(_load_json(inputs[0]), _load_json(args.centers), report))
+    convert = {"scanqa": adapters.convert_scanqa, "leo-plan": adapters.convert_leo_plan,
+               "leo-qa": adapters.convert_leo_qa, "leo-dialogue": adapters.convert_leo_dialogue,
+               "leo-scene-caption": adapters.convert_leo_scene_caption}[fmt]
+    return list(convert(_load_json(inputs[0]), report))
+
+
+def _from_bag(args: argparse.Namespace, report: ConversionReport) -> tuple[list, list]:
+    topics = BagTopics(interactions=args.interactions_topic)
+    sft, prefs = [], []
+    for bag in args.bags:
+        s, p = records_from_bag(bag, report, topics, trust_answers=args.trust_answers, msg_file=args.msg_file)
+        sft += s
+        prefs += p
+    return sft, prefs
+
+
+def _build_scenes(args: argparse.Namespace) -> None:
+    # Imported here: the model stack (transformers, peft) takes seconds to import and
+    # `convert` / `from-bag` do not need it.
+    import torch
+
+    from .config import load_config
+    from .modeling import load_model
+    from .scenes import SceneStore
+
+    cfg = load_config(args.config)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    model = load_model(cfg.model, cfg.trainable, cfg.seed, device)
+    records = read_records(cfg.data.train + cfg.data.eval)
+    store = SceneStore(model, cfg.scenes)
+    store.prefetch({r.scene_id for r in records})
+    print(f"scenes: {store.built} built, {store.cache.hits} already cached, in {cfg.scenes.cache_dir}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leovl-data", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="convert a dataset file to records")
+    c.add_argument("format", choices=adapters.FORMATS)
+    c.add_argument("inputs", nargs="*", help="input file(s): sqa3d takes questions + annotations")
+    c.add_argument("--out", required=True, help="output JSONL")
+    c.add_argument("--centers", help="leo-object-caption: JSON {scan_id: {object_id: [x, y, z]}}")
+    c.add_argument("--seeds", help="synthetic: room seeds, 'A:B' or 'a,b,c'")
+    c.add_argument("--report", help="also write the kept/skipped counts as JSON here")
+    b = sub.add_parser("from-bag", help="SFT and preference records from recorded robot bags")
+    b.add_argument("bags", nargs="+", help="rosbag2 folders")
+    b.add_argument("--out-sft", required=True, help="output JSONL of SFT records")
+    b.add_argument("--out-pref", required=True, help="output JSONL of preference records (SceneDPO)")
+    b.add_argument("--trust-answers", action="store_true",
+                   help="also keep the model's uncorrected answers as pseudo-label SFT records")
+    b.add_argument("--interactions-topic", default="/interactions")
+    b.add_argument("--msg-file", help="Interaction.msg for bags without embedded definitions")
+    b.add_argument("--report", help="also write the kept/skipped counts as JSON here")
+    s = sub.add_parser("build-scenes", help="encode and cache every scene the config's records use")
+    s.add_argument("--config", required=True)
+    s.add_argument("--cpu", action="store_true", help="encode on the CPU even when a GPU is present")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    report = ConversionReport()
+    try:
+        if args.command == "convert":
+            n = write_records(args.out, _convert(args, report))
+            print(f"wrote {n} records to {args.out}")
+        elif args.command == "from-bag":
+            sft, prefs = _from_bag(args, report)
+            write_records(args.out_sft, sft)
+            write_records(args.out_pref, prefs)
+            print(f"wrote {len(sft)} SFT records to {args.out_sft} and {len(prefs)} preference pairs "
+                  f"to {args.out_pref}")
+        else:
+            _build_scenes(args)
+            return 0
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"leovl-data: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    if args.report:
+        atomic_write_text(args.report, json.dumps(report.to_dict(), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

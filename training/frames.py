@@ -1,0 +1,76 @@
+"""Posed RGB-D frame sources: ScanNet SensReader exports and synthetic rooms (bags: bags.py).
+
+ScanNet decisions (paper silent): colour and depth are used at their own resolutions (the
+feature grid covers the whole image either way; the small difference between ScanNet's
+colour and depth fields of view is ignored, as is common practice); frames with
+non-finite poses (failed tracking) are skipped; when the export holds ``<scene_id>.txt``
+with ``axisAlignment``, poses are aligned with it so that z is up and heights (RoPE) are
+comparable across scenes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from leovl_ros.geometry import Intrinsics, depth_to_metres
+
+
+@dataclass
+class RGBDFrame:
+    rgb: np.ndarray  # (H, W, 3) uint8
+    depth_m: np.ndarray  # (h, w) float32 metres, registered to rgb; 0 / NaN = invalid
+    intrinsics: Intrinsics  # of the depth image
+    T_map_camera: np.ndarray  # (4, 4) optical frame -> map
+    stamp_s: float
+
+
+def _axis_alignment(scene_dir: Path) -> np.ndarray:
+    meta = scene_dir / f"{scene_dir.name}.txt"
+    if meta.is_file():
+        for line in meta.read_text().splitlines():
+            if line.strip().startswith("axisAlignment"):
+                values = [float(v) for v in line.split("=", 1)[1].split()]
+                if len(values) == 16:
+                    return np.asarray(values).reshape(4, 4)
+    return np.eye(4)
+
+
+def scannet_frames(scene_dir: str | os.PathLike, stride: int = 10) -> Iterator[RGBDFrame]:
+    """Frames of a ScanNet SensReader export: color/*.jpg, depth/*.png (uint16 mm),
+    pose/*.txt (camera-to-world), intrinsic/intrinsic_depth.txt."""
+    scene_dir = Path(scene_dir)
+    for sub in ("color", "depth", "pose", "intrinsic/intrinsic_depth.txt"):
+        if not (scene_dir / sub).exists():
+            raise ValueError(f"{scene_dir} is not a ScanNet export folder: {sub} is missing")
+    K = np.loadtxt(scene_dir / "intrinsic" / "intrinsic_depth.txt")[:3, :3]
+    align = _axis_alignment(scene_dir)
+    indices = sorted(int(p.stem) for p in (scene_dir / "color").glob("*.jpg") if p.stem.isdigit())
+    intr = None
+    for i in indices[:: max(1, stride)]:
+        depth_path, pose_path = scene_dir / "depth" / f"{i}.png", scene_dir / "pose" / f"{i}.txt"
+        if not depth_path.is_file() or not pose_path.is_file():
+            continue
+        T = np.loadtxt(pose_path)
+        if T.shape != (4, 4) or not np.isfinite(T).all():
+            continue  # ScanNet marks failed tracking with inf poses
+        depth = depth_to_metres(np.asarray(Image.open(depth_path)).astype(np.uint16))
+        if intr is None or (intr.width, intr.height) != (depth.shape[1], depth.shape[0]):
+            intr = Intrinsics.from_K(K, depth.shape[1], depth.shape[0])
+        rgb = np.asarray(Image.open(scene_dir / "color" / f"{i}.jpg").convert("RGB"))
+        yield RGBDFrame(rgb, depth, intr, align @ T, float(i))  # exports have no stamps: the index stands in
+
+
+def synthetic_frames(seed: int, num_frames: int, width: int, height: int) -> Iterator[RGBDFrame]:
+    """Frames of the procedurally generated room ``seed`` along its camera path."""
+    # Imported here: rendering needs open3d (the optional "synth" extra), other sources do not.
+    from leovl_ros.synth.render import render_frames
+    from leovl_ros.synth.rooms import generate_room
+
+    for f in render_frames(generate_room(seed), num_frames, width, height):
+        intr = Intrinsics.from_K(f.K, f.depth_mm.shape[1], f.depth_mm.shape[0])
+        yield RGBDFrame(f.rgb, depth_to_metres(f.depth_mm), intr, f.T_map_camera, f.stamp_ns * 1e-9)

@@ -1,0 +1,141 @@
+"""Answer metrics: EM / EM-R with LEO's answer cleaning, and n-gram caption metrics.
+
+``clean_answer`` and ``answer_match`` reproduce LEO's evaluation (embodied-generalist,
+data/data_utils.py ``clean_answer`` and evaluator ``answer_match``) so EM / EM-R are
+comparable with the numbers in the LEO and LEO-VL papers:
+lower-case; keep ``[a-z0-9,'\\s\\-:]``; fix LEO's list of common typos; spell out the numbers
+0-20 (and 23, "none" -> "zero"); drop "a", "an", "the" before a word. EM: the cleaned
+prediction equals a cleaned reference; EM-R ("refined"): additionally one of the two,
+with spaces removed, is a substring of the other.
+
+Two deliberate differences from LEO's code: its "ç"/"’" replacements run after the
+character filter has already deleted those characters, so they are no-ops and are left out
+here; and an empty (cleaned) prediction never matches, where LEO's substring test counts
+"" as contained in every reference and so gives EM-R credit to an empty answer.
+
+BLEU-4, METEOR, ROUGE-L and CIDEr come from pycocoevalcap (METEOR runs Java). By default
+the texts are cleaned with ``clean_answer`` first and split on spaces, as LEO scores
+ScanQA; ``tokenizer="ptb"`` uses the COCO PTB tokenizer instead (Java as well).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from collections import defaultdict
+from typing import Literal, Mapping, Sequence
+
+_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+            "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
+
+# (pattern, replacement) in LEO's order; the order matters ("none" -> "zero" before digits).
+_RULES: list[tuple[re.Pattern, str]] = [(re.compile(p), r) for p, r in [
+    (r"[ ]+$", ""), (r"^[ ]+", ""), (r" {2,}", " "), (r"\.[ ]{2,}", ". "),
+    (r"[^a-zA-Z0-9,'\s\-:]+", ""),
+    (r"\bletf\b", "left"), (r"\blet\b", "left"), (r"\btehre\b", "there"), (r"\brigth\b", "right"),
+    (r"\brght\b", "right"), (r"\bbehine\b", "behind"), (r"\btv\b", "TV"), (r"\bchai\b", "chair"),
+    (r"\bwasing\b", "washing"), (r"\bwaslked\b", "walked"), (r"\boclock\b", "o'clock"),
+    (r"\bo'[ ]+clock\b", "o'clock"),
+    (r"\b0\b", "zero"), (r"\bnone\b", "zero"),
+    *[(rf"\b{i}\b", w) for i, w in enumerate(_NUMBERS) if i > 0],
+    (r"\b23\b", "twenty-three"),
+    (r"\b([a-zA-Z]+)([0-9])\b", r"\g<1>"),  # "mat2" -> "mat"
+    (r"\ba\b ([a-zA-Z]+)", r"\g<1>"), (r"\ban\b ([a-zA-Z]+)", r"\g<1>"), (r"\bthe\b ([a-zA-Z]+)", r"\g<1>"),
+    (r"\bbackwards\b", "backward"),
+]]
+
+
+def clean_answer(text: str) -> str:
+    """LEO's answer normalisation (see module docstring)."""
+    text = text.lower()
+    for pattern, repl in _RULES:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def answer_match(pred: str, refs: Sequence[str]) -> tuple[int, int]:
+    """(EM, EM-R) of a cleaned prediction against cleaned references, each 0 or 1."""
+    if pred in refs:
+        return 1, 1
+    squeezed = "".join(pred.split())
+    if not squeezed:
+        return 0, 0
+    for ref in refs:
+        r = "".join(ref.split())
+        if r and (squeezed in r or r in squeezed):
+            return 0, 1
+    return 0, 0
+
+
+def exact_match_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                       qtypes: Sequence[str | None] | None = None) -> dict[str, dict[str, float]]:
+    """EM and EM-R in percent, overall and per question type (where given).
+
+    Returns ``{"overall": {"EM", "EM-R", "count"}, "<qtype>": {...}, ...}``.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
+    qtypes = qtypes if qtypes is not None else [None] * len(predictions)
+    sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for pred, refs, qtype in zip(predictions, references, qtypes):
+        em, emr = answer_match(clean_answer(pred), [clean_answer(r) for r in refs])
+        for key in ("overall", qtype) if qtype else ("overall",):
+            s = sums[key]
+            s[0], s[1], s[2] = s[0] + em, s[1] + emr, s[2] + 1
+    return {k: {"EM": 100.0 * em / n, "EM-R": 100.0 * emr / n, "count": n}
+            for k, (em, emr, n) in sorted(sums.items(), key=lambda kv: (kv[0] != "overall", kv[0]))}
+
+
+def _require_java() -> None:
+    if shutil.which("java") is None:
+        raise RuntimeError("METEOR (and the PTB tokenizer) need Java: install a JRE, e.g. "
+                           "`apt-get install default-jre-headless`, or drop them with ngram=False")
+
+
+class NgramScorer:
+    """BLEU-1..4, METEOR, ROUGE-L and CIDEr (x100). One METEOR Java process serves every
+    ``score`` call of the scorer (starting the JVM is the slow part)."""
+
+    def __init__(self, tokenizer: Literal["clean", "ptb"] = "clean") -> None:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        if tokenizer not in ("clean", "ptb"):
+            raise ValueError(f"tokenizer must be 'clean' or 'ptb', got {tokenizer!r}")
+        _require_java()
+        self.tokenizer = tokenizer
+        self._meteor = Meteor()
+
+    def _tokenize(self, predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]):
+        if self.tokenizer == "ptb":
+            from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+            ptb = PTBTokenizer()
+            return (ptb.tokenize({k: [{"caption": r} for r in references[k]] for k in predictions}),
+                    ptb.tokenize({k: [{"caption": v}] for k, v in predictions.items()}))
+        # Empty strings break METEOR's Java protocol; a lone "." scores like an empty answer.
+        return ({k: [clean_answer(r) or "." for r in references[k]] for k in predictions},
+                {k: [clean_answer(v) or "."] for k, v in predictions.items()})
+
+    def score(self, predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
+        """Corpus-level metrics over the ids of ``predictions``."""
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        if not predictions:
+            raise ValueError("no predictions to score")
+        missing = [k for k in predictions if k not in references or not references[k]]
+        if missing:
+            raise ValueError(f"{len(missing)} predictions have no references, e.g. id {missing[0]!r}")
+        gts, res = self._tokenize(predictions, references)
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        out = {f"BLEU-{i + 1}": 100.0 * b for i, b in enumerate(bleu)}
+        out["METEOR"] = 100.0 * self._meteor.compute_score(gts, res)[0]
+        out["ROUGE-L"] = 100.0 * float(Rouge().compute_score(gts, res)[0])
+        out["CIDEr"] = 100.0 * float(Cider().compute_score(gts, res)[0])
+        return out
+
+
+def caption_metrics(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
+                    tokenizer: Literal["clean", "ptb"] = "clean") -> dict[str, float]:
+    """One-off :meth:`NgramScorer.score` (starts and ends its own METEOR process)."""
+    return NgramScorer(tokenizer).score(predictions, references)

@@ -1,0 +1,178 @@
+"""Scenes for training: frame sources (ScanNet exports, synthetic rooms, bags), fusion of
+posed RGB-D frames into a voxel map with the model's vision encoder, and a store that
+serves maps by scene id from memory, the on-disk cache, or by building them.
+
+Scene ids: ScanNet folders by name (``scene0000_00``), synthetic rooms ``synth_<seed>``
+(6 digits, as ``Room.scene_id``), bags ``bag_<folder name>``.
+
+Decisions (paper silent):
+- Offline fusion uses the same keyframe rule as the robot (moved >= 0.1 m or turned >= 10
+  degrees) without the rate limit, so a training map looks like a map the robot builds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from leovl_ros.geometry import KeyframeSelector, cell_points
+from leovl_ros.voxel_map import VoxelMap
+
+from .bags import BagTopics, bag_frames, bag_scene_id
+from .cache import SceneCache
+from .frames import RGBDFrame, scannet_frames, synthetic_frames
+
+log = logging.getLogger(__name__)
+SYNTH_ID = re.compile(r"^synth_(\d+)$")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class FusionConfig:
+    """How frames become a voxel map (part of the cache key)."""
+
+    keyframe_translation_m: float = 0.1
+    keyframe_rotation_deg: float = 10.0
+    max_keyframes: int | None = None  # cap per scene (None = all)
+    depth_min: float = 0.1
+    depth_max: float = 10.0
+    min_valid_fraction: float = 0.1
+    storage_dtype: str = "float32"  # float32 | bfloat16 | float16 (half the disk and RAM)
+    encode_batch: int = 4  # images per vision-tower call
+
+    def __post_init__(self) -> None:
+        if self.storage_dtype not in _DTYPES:
+            raise ValueError(f"scenes.fusion.storage_dtype must be one of {', '.join(_DTYPES)}, "
+                             f"got {self.storage_dtype!r}")
+        if self.encode_batch < 1 or not 0 <= self.depth_min < self.depth_max:
+            raise ValueError("scenes.fusion: need encode_batch >= 1 and 0 <= depth_min < depth_max")
+
+    def recipe(self) -> str:
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "encode_batch"}
+        return json.dumps(fields, sort_keys=True)
+
+
+@dataclass
+class FusionStats:
+    frames: int = 0
+    keyframes: int = 0
+    points: int = 0
+
+
+def fuse_frames(encoder, vmap: VoxelMap, frames: Iterable[RGBDFrame],
+                config: FusionConfig | None = None) -> FusionStats:
+    """Encode the keyframes of ``frames`` (batched) and fuse one point per feature cell."""
+    config = config or FusionConfig()
+    selector = KeyframeSelector(config.keyframe_translation_m, config.keyframe_rotation_deg, max_rate_hz=0.0)
+    stats, batch = FusionStats(), []
+
+    def flush() -> None:
+        encoded = encoder.encode_batch([f.rgb for f in batch])
+        for f, enc in zip(batch, encoded):
+            points, cells = cell_points(f.depth_m, f.intrinsics, f.T_map_camera, enc.grid_hw, config.depth_min,
+                                        config.depth_max, config.min_valid_fraction)
+            vmap.fuse(points, enc.features[torch.from_numpy(cells)])  # (N, 3), (N, d)
+            stats.points += len(points)
+        batch.clear()
+
+    for frame in frames:
+        stats.frames += 1
+        if config.max_keyframes is not None and stats.keyframes >= config.max_keyframes:
+            break
+        if not np.isfinite(frame.T_map_camera).all() or not selector.accept(frame.T_map_camera, frame.stamp_s):
+            continue
+        stats.keyframes += 1
+        batch.append(frame)
+        if len(batch) >= config.encode_batch:
+            flush()
+    if batch:
+        flush()
+    return stats
+
+
+@dataclass
+class ScenesConfig:
+    """Where scenes come from and where their maps are cached."""
+
+    cache_dir: str = "cache/scenes"
+    scannet_root: str | None = None  # folder of ScanNet export folders, one per scene id
+    scannet_stride: int = 10  # every n-th ScanNet frame is considered
+    synthetic_frames: int = 30
+    synthetic_width: int = 320
+    synthetic_height: int = 240
+    bags: list[str] = field(default_factory=list)  # rosbag2 folders (scene id bag_<name>)
+    bag_topics: BagTopics = field(default_factory=BagTopics)
+    max_in_memory: int = 16  # voxel maps kept in RAM (LRU)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+
+class SceneStore:
+    """Voxel maps by scene id: RAM (LRU) -> disk cache -> built from the scene's frames."""
+
+    def __init__(self, model, config: ScenesConfig) -> None:
+        self.model = model
+        self.config = config
+        self.cache = SceneCache(config.cache_dir)
+        self.built = 0
+        self._memory: OrderedDict[str, VoxelMap] = OrderedDict()
+
+        self._bags = {bag_scene_id(p): Path(p) for p in config.bags}
+
+    def _source(self, scene_id: str) -> tuple[str, Callable[[], Iterable[RGBDFrame]]]:
+        c = self.config
+        m = SYNTH_ID.match(scene_id)
+        if m:
+            seed = int(m.group(1))
+            recipe = f"synthetic:{c.synthetic_frames}x{c.synthetic_width}x{c.synthetic_height}"
+            return recipe, lambda: synthetic_frames(seed, c.synthetic_frames, c.synthetic_width, c.synthetic_height)
+        if scene_id in self._bags:
+            path = self._bags[scene_id]
+            return f"bag:{self.config.bag_topics!r}", lambda: bag_frames(path, self.config.bag_topics)
+        if c.scannet_root and (Path(c.scannet_root) / scene_id).is_dir():
+            return f"scannet:stride={c.scannet_stride}", lambda: scannet_frames(Path(c.scannet_root) / scene_id,
+                                                                                c.scannet_stride)
+        raise ValueError(
+            f"no source for scene {scene_id!r}: not a synthetic room id (synth_<seed>), not one of the "
+            f"{len(self._bags)} configured bags, and not a folder of scannet_root={c.scannet_root!r}")
+
+    def recipe(self, scene_id: str) -> str:
+        return self._source(scene_id)[0] + "|" + self.config.fusion.recipe()
+
+    def get(self, scene_id: str) -> VoxelMap:
+        vmap = self._memory.get(scene_id)
+        if vmap is not None:
+            self._memory.move_to_end(scene_id)
+            return vmap
+        source_recipe, frames = self._source(scene_id)
+        recipe = source_recipe + "|" + self.config.fusion.recipe()
+        enc = self.model.encoder
+        vmap = self.cache.load(scene_id, enc.encoder_id, self.model.config.voxel_size, recipe)
+        if vmap is None:
+            vmap = self.model.new_voxel_map(storage_dtype=_DTYPES[self.config.fusion.storage_dtype])
+            stats = fuse_frames(enc, vmap, frames(), self.config.fusion)
+            if vmap.num_voxels == 0:
+                raise ValueError(f"scene {scene_id!r}: no voxels from {stats.frames} frames "
+                                 f"({stats.keyframes} keyframes): check depth units, poses and topics")
+            self.cache.store(vmap, scene_id, recipe)
+            self.built += 1
+            log.info("built scene %s: %d keyframes of %d frames, %d voxels", scene_id, stats.keyframes,
+                     stats.frames, vmap.num_voxels)
+        self._memory[scene_id] = vmap
+        while len(self._memory) > max(1, self.config.max_in_memory):
+            self._memory.popitem(last=False)
+        return vmap
+
+    def prefetch(self, scene_ids: Iterable[str], progress: bool = True) -> None:
+        """Make sure every scene is in the disk cache (builds the missing ones)."""
+        from tqdm import tqdm
+
+        for sid in tqdm(sorted(set(scene_ids)), desc="scenes", disable=not progress, unit="scene"):
+            self.get(sid)

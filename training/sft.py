@@ -1,0 +1,90 @@
+"""Instruction tuning (paper §3.2, App. B): prefix-LM loss on response tokens only, the
+five tasks mixed in one shuffled stream.
+
+loss = - sum over the batch's response tokens of log p(token | scene, prompt, earlier
+response tokens) / number of response tokens (prompt and scene tokens carry no loss).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from leovl_ros.model.config import GenerationConfig
+
+from .config import TrainConfig
+from .evaluate import answer_nll, generate_predictions
+from .metrics import exact_match_scores
+from .modeling import load_model
+from .records import ConversionReport, Record, read_records
+from .scenes import SceneStore
+from .trainer import TrainResult, make_accelerator, train_loop
+
+
+def task_mix(records: Sequence[Record], task_repeat: dict[str, float], seed: int) -> list[Record]:
+    """Oversample tasks by ``task_repeat[task]`` (default 1): whole copies plus a seeded
+    random subset for the fraction. Order does not matter: the trainer shuffles."""
+    rng = np.random.default_rng(seed)
+    out: list[Record] = []
+    for task in sorted({r.task for r in records}):
+        group = [r for r in records if r.task == task]
+        factor = float(task_repeat.get(task, 1.0))
+        if factor < 0:
+            raise ValueError(f"data.task_repeat[{task}] must be >= 0, got {factor}")
+        whole, frac = int(math.floor(factor)), factor - math.floor(factor)
+        out += group * whole
+        if frac > 0:
+            out += [group[i] for i in sorted(rng.choice(len(group), int(round(frac * len(group))), replace=False))]
+    return out
+
+
+class SFTStep:
+    """One micro-batch: response-token NLL (see module docstring)."""
+
+    def __init__(self, scenes: SceneStore) -> None:
+        self.scenes = scenes
+
+    def __call__(self, policy: Callable, batch: list[Record]) -> tuple[torch.Tensor, dict[str, float]]:
+        logp, tokens = policy([self.scenes.get(r.scene_id) for r in batch], [r.query() for r in batch],
+                              [r.response for r in batch])  # (B,), (B,)
+        return -logp.sum() / tokens.sum(), {"tokens": float(tokens.sum())}
+
+
+def make_eval_fn(model, scenes: SceneStore, records: Sequence[Record], cfg: TrainConfig) -> Callable[[], dict]:
+    """Eval NLL per token on ``records`` and, with ``eval.generate`` > 0, EM / EM-R of that many
+    generated answers among the records that carry accepted answers."""
+    generation = GenerationConfig(**{**dataclasses.asdict(model.config.generation), **cfg.eval.generation})
+    qa = [r for r in records if r.answers][: cfg.eval.generate]
+
+    def run() -> dict[str, float]:
+        out = {"nll": answer_nll(model, scenes, records, cfg.optim.batch_size)}
+        if qa:
+            preds = generate_predictions(model, scenes, qa, generation, cfg.optim.batch_size)
+            em = exact_match_scores(preds, [r.references for r in qa])["overall"]
+            out.update({"EM": em["EM"], "EM-R": em["EM-R"]})
+        return out
+    return run
+
+
+def load_split(paths: Sequence[str], what: str, limit: int | None = None) -> list[Record]:
+    report = ConversionReport()
+    records = read_records(paths, report) if paths else []
+    if report.skipped:
+        print(f"{what}: {report.summary()}")
+    return records[:limit] if limit is not None else records
+
+
+def run_sft(cfg: TrainConfig) -> TrainResult:
+    accelerator = make_accelerator(cfg)
+    with accelerator.main_process_first():
+        model = load_model(cfg.model, cfg.trainable, cfg.seed, accelerator.device)
+    train = task_mix(load_split(cfg.data.train, "data.train"), cfg.data.task_repeat, cfg.seed)
+    evals = load_split(cfg.data.eval, "data.eval", cfg.data.max_eval_records)
+    scenes = SceneStore(model, cfg.scenes)
+    with accelerator.main_process_first():  # the main process builds the cache, the others read it
+        scenes.prefetch({r.scene_id for r in train + evals}, progress=cfg.progress and accelerator.is_main_process)
+    eval_fn = make_eval_fn(model, scenes, evals, cfg) if evals else None
+    return train_loop(cfg, accelerator, model, train, SFTStep(scenes), eval_fn, kind="sft")

@@ -1,0 +1,249 @@
+"""The training loop shared by SFT and SceneDPO: accelerate, AdamW + warmup/cosine, gradient
+accumulation and clipping, progress bar, periodic evaluation, checkpoints, exact resume.
+
+Checkpoints (``output_dir/checkpoint-<step>/``, written to a temp folder and renamed):
+``bundle/`` (the adapter bundle the node loads), ``trainer_state.safetensors`` (optimizer
+moments and RNG states; safetensors only, nothing is unpickled) and ``trainer_state.json``
+(step, epoch, position in the epoch, scheduler, log history). Data order is a seeded
+permutation per epoch, so a resumed run skips the batches already seen and continues
+exactly as an uninterrupted run would.
+
+Decision (paper silent): weight decay applies to matrices only (LoRA A/B, the Fourier MLP
+weights, full-mode weight matrices); biases, norms and the anchor vector get none.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from leovl_ros.model.leovl import LeoVL
+
+from .config import TrainConfig
+from .records import atomic_write_text
+
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+class Policy(nn.Module):
+    """The trainable model as one nn.Module, so accelerate / DDP see every trainable
+    parameter; ``forward`` = ``LeoVL.sequence_logprobs`` -> (B,) summed log p, (B,) counts."""
+
+    def __init__(self, leovl: LeoVL) -> None:
+        super().__init__()
+        self.llm = leovl.model
+        self.heads = leovl.heads
+        object.__setattr__(self, "leovl", leovl)  # not a submodule: its modules are the two above
+
+    def forward(self, scenes, queries, answers) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.leovl.sequence_logprobs(scenes, queries, answers)
+
+
+StepFn = Callable[[Callable, list], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    bundle: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    mp = cfg.optim.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # find_unused_parameters: the anchor only gets gradients from object-caption samples.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=mp, kwargs_handlers=[ddp])
+
+
+def _optimizer(model: LeoVL, cfg: TrainConfig) -> torch.optim.AdamW:
+    params = model.trainable_parameters()
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.optim.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+
+
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def find_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
+    if resume is None:
+        return None
+    if resume != "auto":
+        path = Path(resume)
+        if not (path / "trainer_state.json").is_file():
+            raise ValueError(f"resume: {path} is not a checkpoint folder (no trainer_state.json)")
+        return path
+    ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return ckpts[-1] if ckpts else None
+
+
+def _save_checkpoint(path: Path, model: LeoVL, optimizer, scheduler, state: dict, limit: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        model.save_bundle(tmp / "bundle")
+        tensors = {"rng/torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            tensors.update({f"rng/cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        opt = optimizer.state_dict()
+        for idx, st in opt["state"].items():
+            for k, v in st.items():
+                tensors[f"optim/{idx}/{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+        save_file(tensors, str(tmp / "trainer_state.safetensors"))
+        full = {**state, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict()}
+        (tmp / "trainer_state.json").write_text(json.dumps(full, indent=1))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if limit > 0:
+        ckpts = sorted(path.parent.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        for old in ckpts[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_trainer_state(path: Path, optimizer, scheduler) -> dict:
+    full = json.loads((path / "trainer_state.json").read_text())
+    tensors = load_file(str(path / "trainer_state.safetensors"))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, idx, name = key.split("/", 2)
+            state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": full.pop("param_groups")})
+    scheduler.load_state_dict(full.pop("scheduler"))
+    torch.set_rng_state(tensors["rng/torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    return full
+
+
+def train_loop(cfg: TrainConfig, accelerator: Accelerator, model: LeoVL, items: Sequence[Any], step_fn: StepFn,
+               eval_fn: Callable[[], dict[str, float]] | None = None, kind: str = "sft") -> TrainResult:
+    """Run ``step_fn(policy, batch) -> (loss, logs)`` over ``items`` as configured; returns the
+    final bundle path (``output_dir/bundle``) and the log history."""
+    if not items:
+        raise ValueError(f"no training samples for {kind}: check data.train")
+    out = Path(cfg.output_dir)
+    o = cfg.optim
+    ckpt = find_checkpoint(out, cfg.resume)
+    if ckpt is not None:
+        model.load_bundle(ckpt / "bundle")
+        if model.config.train_mode != cfg.trainable:
+            model.set_trainable(cfg.trainable)
+    set_seed(cfg.seed)
+    optimizer = _optimizer(model, cfg)
+    batches_per_epoch = math.ceil(len(items) / (o.batch_size * accelerator.num_processes))
+    steps_per_epoch = math.ceil(batches_per_epoch / o.grad_accum)
+    total_steps = o.max_steps or o.epochs * steps_per_epoch
+    scheduler = get_scheduler(SCHEDULES[o.schedule], optimizer, num_warmup_steps=o.warmup_steps,
+                              num_training_steps=total_steps)
+    state = {"kind": kind, "global_step": 0, "epoch": 0, "batches_done": 0, "history": []}
+    if ckpt is not None:
+        state.update(_load_trainer_state(ckpt, optimizer, scheduler))
+        accelerator.print(f"resumed from {ckpt} at step {state['global_step']}")
+    policy = Policy(model)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    params = model.trainable_parameters()
+    bar = tqdm(total=total_steps, initial=state["global_step"], desc=kind, unit="step",
+               disable=not (cfg.progress and accelerator.is_main_process))
+    window: dict[str, list[float]] = {}
+    metrics_file = out / "metrics.jsonl"
+    if ckpt is None and accelerator.is_main_process:
+        metrics_file.unlink(missing_ok=True)  # a fresh run starts a fresh log; a resumed one appends
+
+    def log(entry: dict) -> None:
+        state["history"].append(entry)
+        if accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            with metrics_file.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def evaluate() -> None:
+        if eval_fn is not None and state.get("last_eval") != state["global_step"]:
+            state["last_eval"] = state["global_step"]
+            policy.eval()
+            with torch.no_grad():
+                log({"step": state["global_step"], **{f"eval/{k}": v for k, v in eval_fn().items()}})
+            policy.train()
+
+    if cfg.eval.every and state["global_step"] == 0:
+        evaluate()  # the starting point of the curves (Fig. 8)
+    policy.train()
+    done = state["global_step"] >= total_steps
+    while not done and state["epoch"] < max(o.epochs, math.ceil(total_steps / steps_per_epoch)):
+        ordered = [items[i] for i in _order(len(items), cfg.seed, state["epoch"])]
+        loader = accelerator.prepare_data_loader(DataLoader(ordered, batch_size=o.batch_size, collate_fn=list))
+        if state["batches_done"]:
+            loader = accelerator.skip_first_batches(loader, state["batches_done"])
+        for batch in loader:
+            with accelerator.accumulate(policy):
+                loss, logs = step_fn(policy, batch)
+                accelerator.backward(loss)
+                for k, v in {"loss": float(loss.detach()), **logs}.items():
+                    window.setdefault(k, []).append(v)
+                state["batches_done"] += 1
+                if not accelerator.sync_gradients:
+                    continue
+                grad_norm = accelerator.clip_grad_norm_(params, o.max_grad_norm) if o.max_grad_norm > 0 else None
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            state["global_step"] += 1
+            step = state["global_step"]
+            bar.update(1)
+            recent = window["loss"][-o.grad_accum:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if step % max(1, cfg.log_every) == 0 or step == total_steps:
+                means = {k: sum(v) / len(v) for k, v in window.items()}
+                means = {k: accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean").item()
+                         for k, v in means.items()}
+                entry = {"step": step, "epoch": state["epoch"], "lr": scheduler.get_last_lr()[0], **means}
+                if grad_norm is not None:
+                    entry["grad_norm"] = float(grad_norm)
+                log(entry)
+                window.clear()
+            if cfg.eval.every and step % cfg.eval.every == 0:
+                evaluate()
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    _save_checkpoint(out / f"checkpoint-{step}", model, optimizer, scheduler, state,
+                                     cfg.save_total_limit)
+            if step >= total_steps:
+                done = True
+                break
+        else:
+            state["epoch"] += 1
+            state["batches_done"] = 0
+    bar.close()
+    evaluate()
+    accelerator.wait_for_everyone()
+    bundle = out / "bundle"
+    if accelerator.is_main_process:
+        model.save_bundle(bundle)
+        atomic_write_text(out / "history.json", json.dumps(state["history"], indent=1))
+    return TrainResult(state["global_step"], bundle, state["history"])

@@ -166,3 +166,10 @@ def test_annotation_is_deterministic_and_counts_follow_config():
 @pytest.mark.parametrize("seed", [0, 3])
 def test_plan_goals_exist_for_typical_rooms(seed):
     assert any(r["task"] == "plan" for r in RECORDS[ROOMS[seed].scene_id])
+
+
+def test_one_plan_phrasing_is_what_the_plan_task_service_sends():
+    from leovl_ros.model.prompts import plan_instruction
+    from leovl_ros.synth.language import PLAN_Q
+
+    assert plan_instruction("tidy the desk") in {q.format(g="tidy the desk") for q in PLAN_Q}

@@ -19,8 +19,9 @@ CAPTION_Q = ("Describe the object at the marked location.", "What is the object 
              "Give a short description of the marked object.", "Describe this object.")
 SCENE_Q = ("Describe the room.", "Give a summary of this scene.", "What does this room look like?",
            "Describe the scene in a few sentences.")
+# The last phrasing is exactly what the plan_task service sends (model.prompts.plan_instruction).
 PLAN_Q = ("Make a plan to {g}.", "How can I {g}?", "Give me step-by-step instructions to {g}.",
-          "I want to {g}. What should I do?")
+          "I want to {g}. What should I do?", "Create a step-by-step plan for the task: {g}")
 _SEATS = ("sofa", "armchair", "chair", "bed", "stool")
 _STORAGE = ("shelf", "cabinet")
 

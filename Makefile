@@ -61,7 +61,7 @@ test: setup
 	@$(RUN) python -m pytest
 
 demo: setup
-	@$(RUN) python -m leovl_ros.demo
+	@$(RUN) python -m leovl_ros.ros.demo
 
 bench: setup
 	@for b in bench/*.py; do m=$$(basename $$b .py); echo "== bench/$$m"; $(RUN) python -m bench.$$m; done

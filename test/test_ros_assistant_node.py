@@ -188,6 +188,7 @@ def test_feedback_is_published_and_bad_requests_are_refused(operator):
                          for i in operator.interactions), 20.0, "the feedback interaction")
     fb = next(i for i in operator.interactions if i.kind == "feedback")
     assert (fb.answer, fb.corrected_answer, fb.session_id, fb.task) == (asked.answer, "three", "s1", "dialogue")
+    assert fb.comment == "counted twice"
     refusals = [
         ("scene_feedback", Feedback.Request(interaction_id="nope", corrected_answer="x"), "unknown interaction_id"),
         ("ask_scene", AskScene.Request(question="x" * 501), "limit is 500"),

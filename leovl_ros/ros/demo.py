@@ -1,0 +1,216 @@
+"""`make demo`: the assistant node on the bundled model, mapping a synthetic room live.
+
+Starts two real processes on a private ROS domain (loopback only): ``leovl_assistant`` with
+``config/assistant.yaml`` and ``scene_player`` streaming a held-out synthetic room as
+rgb/depth/camera_info + pose topics. Once the node has fused the walk-through, it asks
+questions of each kind, one object caption at an anchor and one plan through the real
+services, and prints every answer with latency, scene tokens and grounding score next to
+the room's ground truth.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+
+from leovl_ros.msg import SceneStatus
+from leovl_ros.srv import AskScene, PlanTask
+
+from ..synth.annotate import annotate_room
+from ..synth.language import PLAN_Q
+from ..synth.rooms import generate_room
+
+REPO = Path(__file__).resolve().parents[2]
+QTYPES = ("colour", "count", "existence", "above_below", "left_right", "nearest")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="leovl-tiny", help="node parameter `model` (default: the bundled model)")
+    ap.add_argument("--seed", type=int, default=900_001, help="synthetic room seed (held out from training)")
+    ap.add_argument("--questions", type=int, default=4, help="QA questions to ask (one per type, in order)")
+    ap.add_argument("--frames", type=int, default=40, help="frames of the walk-through")
+    ap.add_argument("--size", default="320x240", help="camera resolution WxH")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for start-up and mapping")
+    return ap.parse_args(argv)
+
+
+class Demo:
+    """Operator side: clients, a status subscription and the two child processes."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args, self.workdir = args, workdir
+        self.domain_id = int(os.environ.get("ROS_DOMAIN_ID") or random.randint(1, 100))
+        self.env = dict(os.environ, ROS_DOMAIN_ID=str(self.domain_id), ROS_LOCALHOST_ONLY="1",
+                        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=self.domain_id)
+        self.node = rclpy.create_node("leovl_demo", context=self.context)
+        self.status: list[SceneStatus] = []
+        self.node.create_subscription(SceneStatus, "scene_status", self.status.append, 10)
+        self.ask = self.node.create_client(AskScene, "ask_scene")
+        self.plan = self.node.create_client(PlanTask, "plan_task")
+        self.executor = MultiThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        threading.Thread(target=self.executor.spin, daemon=True).start()
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, module: str, params: list[str]) -> None:
+        log = open(self.workdir / f"{name}.log", "w")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", module, "--ros-args", *params], cwd=REPO, env=self.env,
+            stdout=log, stderr=subprocess.STDOUT)
+
+    def log_tail(self, name: str, n: int = 15) -> str:
+        return "\n".join((self.workdir / f"{name}.log").read_text(errors="replace").splitlines()[-n:])
+
+    def wait(self, condition, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            node = self.procs.get("assistant")
+            if node is not None and node.poll() is not None:
+                raise RuntimeError(f"the assistant exited while waiting for {what}:\n{self.log_tail('assistant')}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(0.05)
+
+    def call(self, client, request, timeout: float = 300.0):
+        future = client.call_async(request)
+        self.wait(future.done, timeout, f"{client.srv_name} to answer")
+        return future.result()
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+def _goal_of(instruction: str) -> str:
+    """Recover the goal from a synthetic plan instruction (plan_task takes the bare goal)."""
+    for template in PLAN_Q:
+        pattern = re.escape(template).replace(re.escape("{g}"), "(.+)")
+        match = re.fullmatch(pattern, instruction)
+        if match:
+            return match.group(1)
+    return instruction
+
+
+def _print_answer(kind: str, asked: str, res, truth: str) -> None:
+    print(f"\n[{kind}] {asked}")
+    if not res.success:
+        print(f"  refused: {res.message}")
+        return
+    answer = res.answer if kind != "plan" else "\n    ".join(
+        f"{s.index}. {s.instruction}" for s in res.plan.steps) or res.plan.raw_text
+    print(f"  answer : {answer}")
+    print(f"  truth  : {truth}")
+    if kind == "plan":
+        print(f"  latency {res.latency:.2f} s")
+    else:
+        print(f"  latency {res.latency:.2f} s | scene tokens {res.scene_tokens} | grounding {res.grounding_score:+.2f}")
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    room = generate_room(args.seed)
+    records = annotate_room(room, seed=args.seed)
+    demo = Demo(args, workdir)
+    try:
+        print(f"[1/4] starting leovl_assistant (model={args.model}) on ROS domain {demo.domain_id} ...", flush=True)
+        demo.start("assistant", "leovl_ros.ros.assistant_node",
+                   ["--params-file", str(REPO / "config" / "assistant.yaml"), "-p", f"model:={args.model}",
+                    "-p", f"scene_dir:={workdir / 'scenes'}"])
+        demo.wait(lambda: demo.ask.service_is_ready() and demo.plan.service_is_ready(), args.timeout,
+                  "the assistant's services")
+        print(f"[2/4] streaming synthetic room {room.scene_id} ({len(room.objects)} objects, "
+              f"{args.frames} frames {width}x{height} at 10 Hz) ...", flush=True)
+        demo.start("player", "leovl_ros.ros.scene_player",
+                   ["-p", f"seed:={args.seed}", "-p", f"num_frames:={args.frames}", "-p", f"width:={width}",
+                    "-p", f"height:={height}", "-p", "rate:=10.0"])
+        player = demo.procs["player"]
+
+        def settled() -> bool:  # the stream ended and every received pair was fused or dropped
+            last = demo.status[-1] if demo.status else None
+            return player.poll() is not None and last is not None and \
+                last.keyframes_fused + last.frames_dropped >= last.frames_received
+
+        shown = 0
+        deadline = time.monotonic() + args.timeout
+        while not settled():
+            demo.wait(lambda: len(demo.status) > shown or player.poll() is not None,
+                      max(1.0, deadline - time.monotonic()), "the room to be mapped")
+            if len(demo.status) > shown:
+                shown, s = len(demo.status), demo.status[-1]
+                print(f"      frames {s.frames_received:3d} | keyframes {s.keyframes_fused:3d} | voxels "
+                      f"{s.num_voxels:5d} | tokens {s.num_tokens:4d} | preserved {s.preservation_rate:.2f}",
+                      flush=True)
+            elif not settled():
+                time.sleep(0.2)
+        if player.returncode not in (0, None):
+            raise RuntimeError(f"scene_player failed:\n{demo.log_tail('player')}")
+        final = demo.status[-1]
+        print(f"      mapped: {final.keyframes_fused} keyframes, {final.num_voxels} voxels -> "
+              f"{final.num_tokens} scene tokens (preservation {final.preservation_rate:.2f})")
+
+        print("[3/4] asking questions ...", flush=True)
+        failures = 0
+        for qtype in QTYPES[:args.questions]:
+            rec = next(r for r in records if r.get("qtype") == qtype)
+            res = demo.call(demo.ask, AskScene.Request(question=rec["instruction"],
+                                                       situation=rec.get("situation", "")))
+            shown = (f"({rec['situation']}) " if rec.get("situation") else "") + rec["instruction"]
+            _print_answer(f"qa/{qtype}", shown, res, rec["response"])
+            failures += not res.success
+        cap = next(r for r in records if r["task"] == "object_caption")
+        req = AskScene.Request(question=cap["instruction"], task="object_caption", use_anchor=True,
+                               anchor_radius=float(cap["anchor"]["radius"]))
+        req.anchor_point.x, req.anchor_point.y, req.anchor_point.z = (float(v) for v in cap["anchor"]["center"])
+        res = demo.call(demo.ask, req)
+        centre = ", ".join(f"{v:.2f}" for v in cap["anchor"]["center"])
+        _print_answer("object caption", f"{cap['instruction']} (anchor at {centre} m)", res, cap["response"])
+        failures += not res.success
+        plan = next(r for r in records if r["task"] == "plan")
+        goal = _goal_of(plan["instruction"])
+        res = demo.call(demo.plan, PlanTask.Request(goal=goal))
+        _print_answer("plan", goal, res, plan["response"].replace("\n", "\n           "))
+        failures += not res.success
+        print(f"\n[4/4] done: {args.questions + 2 - failures} of {args.questions + 2} requests answered.")
+        return 1 if failures else 0
+    finally:
+        demo.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    with tempfile.TemporaryDirectory(prefix="leovl_demo_") as tmp:
+        try:
+            return run(args, Path(tmp))
+        except (RuntimeError, KeyboardInterrupt) as exc:
+            print(f"demo failed: {exc}", file=sys.stderr)
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -201,10 +201,10 @@ class AssistantNode(Node):
             return call()
         except RequestRefused as exc:
             message = str(exc)
+            self.get_logger().info(f"{what} refused: {message}")
         except Exception as exc:  # never let a request kill the node
             message = f"internal error in {what}: {type(exc).__name__}: {exc}"
             self.get_logger().error(message, throttle_duration_sec=5.0)
-        self.get_logger().info(f"{what} refused: {message}")
         response.success, response.message = False, message
         return None
 

@@ -30,6 +30,7 @@ from leovl_ros.srv import AskScene, PlanTask
 from ..synth.annotate import annotate_room
 from ..synth.language import PLAN_Q
 from ..synth.rooms import generate_room
+from .model_source import BUNDLED_MODEL, TINY_RANDOM, ParameterError, resolve_model
 
 REPO = Path(__file__).resolve().parents[2]
 QTYPES = ("colour", "count", "existence", "above_below", "left_right", "nearest")
@@ -132,8 +133,22 @@ def _print_answer(kind: str, asked: str, res, truth: str) -> None:
         print(f"  latency {res.latency:.2f} s | scene tokens {res.scene_tokens} | grounding {res.grounding_score:+.2f}")
 
 
+def _usable_model(model: str) -> str:
+    """The model to run: a missing bundled model falls back, loudly, to the untrained one."""
+    try:
+        resolve_model(model)
+        return model
+    except ParameterError as exc:
+        if model != BUNDLED_MODEL:
+            raise RuntimeError(str(exc)) from None
+        print(f"WARNING: {exc}\nWARNING: running the untrained '{TINY_RANDOM}' model instead: its answers are "
+              "noise; the pipeline (mapping, services, timings) is real.", flush=True)
+        return TINY_RANDOM
+
+
 def run(args: argparse.Namespace, workdir: Path) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
+    args.model = _usable_model(args.model)
     room = generate_room(args.seed)
     records = annotate_room(room, seed=args.seed)
     demo = Demo(args, workdir)

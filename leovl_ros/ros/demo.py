@@ -171,13 +171,16 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             return player.poll() is not None and last is not None and \
                 last.keyframes_fused + last.frames_dropped >= last.frames_received
 
-        shown = 0
+        shown, printed = 0, None
         deadline = time.monotonic() + args.timeout
         while not settled():
             demo.wait(lambda: len(demo.status) > shown or player.poll() is not None,
                       max(1.0, deadline - time.monotonic()), "the room to be mapped")
             if len(demo.status) > shown:
                 shown, s = len(demo.status), demo.status[-1]
+                if (s.frames_received, s.keyframes_fused) == printed:
+                    continue
+                printed = (s.frames_received, s.keyframes_fused)
                 print(f"      frames {s.frames_received:3d} | keyframes {s.keyframes_fused:3d} | voxels "
                       f"{s.num_voxels:5d} | tokens {s.num_tokens:4d} | preserved {s.preservation_rate:.2f}",
                       flush=True)

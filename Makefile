@@ -15,11 +15,11 @@ STAMPS := build/.stamps
 LOCK := requirements/lock.txt
 LOCK_SHA := $(shell sha256sum $(LOCK) | cut -c1-16)
 VENV_STAMP := $(VENV)/.installed-$(LOCK_SHA)
-BUILD_INPUTS := package.xml CMakeLists.txt $(wildcard msg/*.msg srv/*.srv scripts/* launch/* config/* rviz/*) \
+BUILD_INPUTS := package.xml CMakeLists.txt $(wildcard msg/*.msg srv/*.srv scripts/* launch/* config/* rviz/* leovl_ros/models/*/*) \
   $(shell find leovl_ros training -name "*.py" -not -path "*/__pycache__/*" 2>/dev/null)
 RUN := tools/ros_env.sh $(VENV)
 
-.PHONY: help setup test demo bench lock clean
+.PHONY: help setup test demo bench tiny-model lock clean
 
 help:
 	@echo "make demo   set up, then run the assistant on the bundled model over a synthetic room"
@@ -62,6 +62,11 @@ test: setup
 
 demo: setup
 	@$(RUN) python -m leovl_ros.ros.demo
+
+# Retrain the bundled model from nothing (about an hour on 2 cores; finished stages are kept
+# in runs/leovl-tiny: delete that folder for a clean rebuild).
+tiny-model: setup
+	@$(RUN) python -m training.tiny_model build --workers $$(nproc)
 
 bench: setup
 	@for b in bench/*.py; do m=$$(basename $$b .py); echo "== bench/$$m"; $(RUN) python -m bench.$$m; done

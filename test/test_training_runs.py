@@ -205,3 +205,20 @@ def test_scannet_and_bag_sources_give_the_synthetic_map(workdir, tmp_path):
     assert np.allclose(m.means().numpy(), maps["scene0000_00"].means().numpy())
     with pytest.raises(ValueError, match="no source for scene 'scene9999_00'"):
         store.get("scene9999_00")
+
+
+def test_build_scenes_with_worker_processes_fills_the_cache_once(workdir, capsys):
+    from training.data_cli import main as data_main
+
+    cfg = _config(workdir, "parallel", **{"scenes.cache_dir": str(workdir / "parallel_cache"),
+                                          "data.task_repeat": {"qa": 2.0, "plan": 0.5}})
+    assert load_config(cfg).data.task_repeat == {"qa": 2.0, "plan": 0.5}  # dict[str, float] keys parse
+    assert data_main(["build-scenes", "--config", str(cfg), "--workers", "2"]) == 0
+    assert "2 built, 0 already cached" in capsys.readouterr().out
+    assert len(list((workdir / "parallel_cache").glob("synth_*.safetensors"))) == 2
+    assert data_main(["build-scenes", "--config", str(cfg), "--workers", "2"]) == 0
+    assert "0 built, 2 already cached" in capsys.readouterr().out
+    model, _ = _model_and_scenes(workdir)  # the maps the workers wrote are the ones the trainer reads
+    store = SceneStore(model, load_config(cfg).scenes)
+    store.get("synth_000000")
+    assert store.built == 0 and store.cache.hits == 1

@@ -9,6 +9,7 @@ must not silently fall back to a default). ``leovl-train show-config`` prints ev
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +154,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if typing.get_origin(hint) in (list, dict) or hint in (list, dict):
             return typing.get_origin(hint)() if typing.get_origin(hint) else hint()  # "key:" with nothing
         raise ValueError(f"config key {key} must not be empty")
-    kinds = [a for a in args if a is not type(None)] if args and typing.get_origin(hint) is not list else [hint]
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = [a for a in args if a is not type(None)] if union else [hint]
     base = typing.get_origin(kinds[0]) or kinds[0]
     if base is float and isinstance(value, str):
         try:

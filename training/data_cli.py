@@ -75,6 +75,30 @@ def _from_bag(args: argparse.Namespace, report: ConversionReport) -> tuple[list,
     return sft, prefs
 
 
+_WORKER: dict = {}
+
+
+def _init_scene_worker(config_path: str) -> None:
+    import torch
+
+    from .config import load_config
+    from .modeling import load_model
+    from .scenes import SceneStore
+
+    torch.set_num_threads(1)  # one process per core: threads would only contend
+    cfg = load_config(config_path)
+    model = load_model(cfg.model, cfg.trainable, cfg.seed, torch.device("cpu"))
+    _WORKER["store"] = SceneStore(model, cfg.scenes)
+
+
+def _build_scene(scene_id: str) -> bool:
+    store = _WORKER["store"]
+    built = store.built
+    store.get(scene_id)
+    store._memory.clear()  # the parent only needs the cache file
+    return store.built > built
+
+
 def _build_scenes(args: argparse.Namespace) -> None:
     # Imported here: the model stack (transformers, peft) takes seconds to import and
     # `convert` / `from-bag` do not need it.
@@ -85,9 +109,24 @@ def _build_scenes(args: argparse.Namespace) -> None:
     from .scenes import SceneStore
 
     cfg = load_config(args.config)
+    records = read_records(cfg.data.train + cfg.data.eval)
+    if args.workers > 1:
+        # Scenes are independent and rendering/fusion is single-threaded numpy: one process
+        # per core scales almost linearly. Cache writes are atomic, so workers never clash.
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from tqdm import tqdm
+
+        ids = sorted({r.scene_id for r in records})
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.workers, ctx, initializer=_init_scene_worker,
+                                 initargs=(args.config,)) as pool:
+            built = sum(tqdm(pool.map(_build_scene, ids), total=len(ids), desc="scenes", unit="scene"))
+        print(f"scenes: {built} built, {len(ids) - built} already cached, in {cfg.scenes.cache_dir}")
+        return
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     model = load_model(cfg.model, cfg.trainable, cfg.seed, device)
-    records = read_records(cfg.data.train + cfg.data.eval)
     store = SceneStore(model, cfg.scenes)
     store.prefetch({r.scene_id for r in records})
     print(f"scenes: {store.built} built, {store.cache.hits} already cached, in {cfg.scenes.cache_dir}")
@@ -116,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("build-scenes", help="encode and cache every scene the config's records use")
     s.add_argument("--config", required=True)
     s.add_argument("--cpu", action="store_true", help="encode on the CPU even when a GPU is present")
+    s.add_argument("--workers", type=int, default=1, help="CPU processes building scenes in parallel")
     return parser
 
 

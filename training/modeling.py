@@ -29,10 +29,24 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+def save_pretrained_atomic(model: Qwen2_5_VLForConditionalGeneration, path: str | os.PathLike) -> Path:
+    """``model.save_pretrained(path)`` as safetensors via a temp folder + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
 def create_random_base(path: str | os.PathLike, tiny_kwargs: dict, seed: int = 0) -> Path:
     """Save a randomly initialised Qwen2.5-VL (``tiny_qwen25vl_config(**tiny_kwargs)``) at
     ``path`` as safetensors, atomically; the same seed gives the same weights."""
-    path = Path(path)
     try:
         qwen_config = tiny_qwen25vl_config(**tiny_kwargs)
     except TypeError as exc:
@@ -40,14 +54,7 @@ def create_random_base(path: str | os.PathLike, tiny_kwargs: dict, seed: int = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(qwen_config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return save_pretrained_atomic(model, path)
 
 
 def load_model(section: ModelSection, trainable: str, seed: int, device: torch.device) -> LeoVL:

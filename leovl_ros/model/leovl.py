@@ -229,15 +229,24 @@ class LeoVL:
     # ------------------------------------------------------------------ scoring
     def sequence_logprobs(self, scenes: Sequence[VoxelMap | None], queries: Sequence[SceneQuery],
                           answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) summed log p of each answer's tokens and (B,) their counts; differentiable."""
+        """(B,) summed log p of each answer's tokens and (B,) their counts; differentiable.
+
+        The LM head runs on the answer positions only (ragged, not B x longest answer): with
+        a 152k vocabulary the logits of one long caption in a batch of short answers would
+        otherwise cost more than the whole transformer.
+        """
         batch = self.prepare_batch(scenes, queries, answers)
-        A = max(batch.answer_lengths)
-        logits = self.logits(batch, logits_to_keep=A + 1)[:, :-1].float()  # (B, A, V): predicts the last A tokens
-        targets = batch.input_ids[:, -A:]  # (B, A)
-        token_lp = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, A)
+        self.model.model.rope_deltas = None
+        hidden = self.model.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                                  position_ids=batch.position_ids, use_cache=False)[0]  # (B, L, d)
+        B, L = batch.input_ids.shape
         lengths = torch.tensor(batch.answer_lengths, device=self.device)
-        is_answer = torch.arange(A, device=self.device)[None, :] >= (A - lengths)[:, None]  # (B, A)
-        return (token_lp * is_answer).sum(-1), lengths
+        # Row b's answer fills its last lengths[b] positions; position t is predicted at t - 1.
+        target = (torch.arange(1, L, device=self.device)[None, :] >= (L - lengths)[:, None])  # (B, L-1)
+        logits = self.model.lm_head(hidden[:, :-1][target]).float()  # (N, V), N = sum of lengths
+        token_lp = -torch.nn.functional.cross_entropy(logits, batch.input_ids[:, 1:][target], reduction="none")
+        row = torch.arange(B, device=self.device)[:, None].expand(B, L - 1)[target]  # (N,)
+        return torch.zeros(B, device=self.device, dtype=token_lp.dtype).index_add(0, row, token_lp), lengths
 
     @torch.no_grad()
     def score(self, scenes: Sequence[VoxelMap | None], queries: Sequence[SceneQuery],

@@ -41,8 +41,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", default="leovl-tiny", help="node parameter `model` (default: the bundled model)")
     ap.add_argument("--seed", type=int, default=900_001, help="synthetic room seed (held out from training)")
     ap.add_argument("--questions", type=int, default=4, help="QA questions to ask (one per type, in order)")
-    ap.add_argument("--frames", type=int, default=40, help="frames of the walk-through")
-    ap.add_argument("--size", default="320x240", help="camera resolution WxH")
+    # The bundled model was trained on maps of 30 frames at 448x336 along the same path.
+    ap.add_argument("--frames", type=int, default=30, help="frames of the walk-through")
+    ap.add_argument("--size", default="448x336", help="camera resolution WxH")
+    ap.add_argument("--rate", type=float, default=5.0, help="frame rate (Hz) of the stream")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for start-up and mapping")
     return ap.parse_args(argv)
 
@@ -160,10 +162,10 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         demo.wait(lambda: demo.ask.service_is_ready() and demo.plan.service_is_ready(), args.timeout,
                   "the assistant's services")
         print(f"[2/4] streaming synthetic room {room.scene_id} ({len(room.objects)} objects, "
-              f"{args.frames} frames {width}x{height} at 10 Hz) ...", flush=True)
+              f"{args.frames} frames {width}x{height} at {args.rate:g} Hz) ...", flush=True)
         demo.start("player", "leovl_ros.ros.scene_player",
                    ["-p", f"seed:={args.seed}", "-p", f"num_frames:={args.frames}", "-p", f"width:={width}",
-                    "-p", f"height:={height}", "-p", "rate:=10.0"])
+                    "-p", f"height:={height}", "-p", f"rate:={args.rate}"])
         player = demo.procs["player"]
 
         def settled() -> bool:  # the stream ended and every received pair was fused or dropped

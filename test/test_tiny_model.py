@@ -1,0 +1,94 @@
+"""leovl-tiny: vision-tower pretraining, export, and the bundled model itself."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from leovl_ros.model.encoder import CELL_PX
+from training.vision_pretrain import (CATEGORY_CLASSES, COLOUR_CLASSES, VisionPretrainConfig, cell_label_shares,
+                                      pretrain_vision_tower)
+
+BUNDLED = Path(__file__).resolve().parents[1] / "leovl_ros" / "models" / "leovl-tiny"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_cell_label_shares_count_pixels_per_cell():
+    inst = np.full((2 * CELL_PX, 2 * CELL_PX), -1, np.int32)
+    inst[:CELL_PX, :CELL_PX] = 0  # cell (0, 0): all object 0
+    inst[:CELL_PX, CELL_PX:CELL_PX + 7] = 1  # cell (0, 1): a quarter object 1
+    cat, col = cell_label_shares(inst, np.array([3, 5]), np.array([2, 4]), (2, 2))
+    assert cat.shape == (4, len(CATEGORY_CLASSES)) and col.shape == (4, len(COLOUR_CLASSES))
+    np.testing.assert_allclose(cat.sum(1), 1.0)
+    assert cat[0, 3] == 1.0 and col[0, 2] == 1.0
+    assert cat[1, 5] == pytest.approx(0.25) and cat[1, 0] == pytest.approx(0.75)
+    assert col[1, 4] == pytest.approx(0.25) and col[1, 0] == pytest.approx(0.75)
+    assert cat[2, 0] == cat[3, 0] == 1.0  # background only
+
+
+def test_cell_label_shares_reject_an_image_off_the_cell_grid():
+    with pytest.raises(ValueError, match="multiples of 28"):
+        cell_label_shares(np.zeros((50, 56), np.int32), np.zeros(1, np.int64), np.zeros(1, np.int64), (2, 2))
+
+
+def test_vision_pretraining_lowers_the_probe_loss():
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from leovl_ros.model.tiny import tiny_qwen25vl_config
+
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(hidden_size=32, heads=2, kv_heads=1,
+                                                                     vision_hidden=32))
+    before = model.model.visual.merger.mlp[-1].weight.clone()
+    cfg = VisionPretrainConfig(seeds=(0, 2), frames_per_room=4, width=112, height=84, steps=40,
+                               frames_per_step=4, lr=5e-3)
+    out = pretrain_vision_tower(model.model.visual, cfg, progress=False)
+    assert out["loss_end"] < 0.8 * out["loss_start"]
+    assert not torch.equal(before, model.model.visual.merger.mlp[-1].weight)
+    assert not model.model.visual.training
+    with pytest.raises(ValueError, match="multiples of 28"):
+        pretrain_vision_tower(model.model.visual, VisionPretrainConfig(width=100), progress=False)
+
+
+def test_export_writes_float16_weights_that_answer_like_the_original(tmp_path):
+    from leovl_ros.model.leovl import LeoVL
+    from leovl_ros.model.prompts import SceneQuery
+    from leovl_ros.model.tiny import random_scene, tiny_leovl
+    from training.tiny_model import export
+
+    model = tiny_leovl(seed=3, train_mode="full")
+    model.save_bundle(tmp_path / "trained")
+    export(tmp_path / "trained", tmp_path / "shipped", {"command": "make tiny-model", "train_seeds": "1:2"})
+    shipped = tmp_path / "shipped"
+    prov = json.loads((shipped / "training.json").read_text())
+    assert prov == {"command": "make tiny-model", "train_seeds": "1:2"}
+    from safetensors import safe_open
+
+    with safe_open(str(shipped / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    loaded = LeoVL.from_pretrained(shipped)
+    assert loaded.config.base_model == "leovl-tiny" and loaded.dtype == torch.float32
+    query = SceneQuery(task="qa", instruction="What colour is the chair?")
+    # Same points and features; each map carries its own model's encoder id.
+    a = model.score([random_scene(model, seed=1)], [query], ["red"])
+    b = loaded.score([random_scene(loaded, seed=1)], [query], ["red"])
+    assert torch.allclose(a, b, atol=0.05)
+
+
+def test_export_refuses_an_adapter_bundle(tmp_path):
+    from leovl_ros.model.tiny import tiny_leovl
+    from training.tiny_model import export
+
+    tiny_leovl(seed=0).save_bundle(tmp_path / "adapter")
+    with pytest.raises(ValueError, match="not a full bundle"):
+        export(tmp_path / "adapter", tmp_path / "out", {})

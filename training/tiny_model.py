@@ -1,0 +1,158 @@
+"""``leovl-tiny``: the small model bundled with the package, built by ``make tiny-model``.
+
+    python -m training.tiny_model build      # every stage below, each printed before it runs
+    python -m training.tiny_model base --out runs/leovl-tiny/base                   # 1
+    leovl-data convert synthetic ... ; leovl-data build-scenes ...                  # 2
+    leovl-train sft --config configs/leovl_tiny_sft.yaml                            # 3
+    leovl-train dpo --config configs/leovl_tiny_dpo.yaml                            # 4
+    python -m training.tiny_model export runs/leovl-tiny/dpo/bundle leovl_ros/models/leovl-tiny
+
+Stage 1 builds a random Qwen2.5-VL of :data:`TINY_ARCH` and pretrains its vision tower on
+synthetic frames (vision_pretrain.py): a from-scratch LLM needs features that already say
+what each cell shows. Export stores the trained full bundle in float16 (half the bytes; the
+node upcasts on load) plus ``training.json``: the commands, seeds and data that made it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+# Width / depth chosen so that SFT fits in well under an hour on 2 CPU cores and the float16
+# weights stay under 50 MB (the tied 151,936 x 128 embedding table is 39 MB of it).
+ROOT = Path("runs/leovl-tiny")
+SHIPPED = Path("leovl_ros/models/leovl-tiny")
+SEEDS = {"train": "1000:1300", "dpo": "1000:1100", "eval": "900000:900040"}  # synthetic room seeds
+VISION_SEEDS = "0:60"  # rooms of vision pretraining: none of them is a training or held-out room
+SEED = 0
+TINY_ARCH = dict(hidden_size=128, layers=4, heads=4, kv_heads=2, vision_hidden=96, vision_depth=3,
+                 vision_heads=2)
+
+
+def build_base(out: Path, seed: int, vision, progress: bool = True) -> dict:
+    """Random tiny Qwen2.5-VL + pretrained vision tower, saved atomically at ``out``."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from leovl_ros.model.tiny import tiny_qwen25vl_config
+
+    from .modeling import save_pretrained_atomic
+    from .vision_pretrain import pretrain_vision_tower
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(**TINY_ARCH))
+    probe = pretrain_vision_tower(model.model.visual, vision, progress)
+    save_pretrained_atomic(model, out)
+    return probe
+
+
+def export(bundle: Path, out: Path, provenance: dict) -> None:
+    """Write ``bundle`` (a full bundle) in float16 to ``out`` with ``training.json``; atomic."""
+    import torch
+
+    from leovl_ros.model.bundle import is_full_bundle
+    from leovl_ros.model.leovl import LeoVL
+
+    if not is_full_bundle(bundle):
+        raise ValueError(f"{bundle} is not a full bundle (an adapter bundle, or not a bundle at all); "
+                         "leovl-tiny ships its full weights (train with trainable: full)")
+    model = LeoVL.from_pretrained(bundle)
+    model.model.to(torch.float16)
+    model.config.base_model = "leovl-tiny"
+    model.save_bundle(out)
+    (out / "training.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+
+
+def stages(workers: int) -> list[tuple[str, Path | None, list[str]]]:
+    """(name, output that marks it done, argv) of every stage of the build."""
+    py = [sys.executable, "-m"]
+    data = [(split, ROOT / "data" / f"{split}.jsonl") for split in SEEDS]
+    return ([("vision-pretrained base", ROOT / "base" / "leovl_tiny_base.json",
+              py + ["training.tiny_model", "base", "--out", str(ROOT / "base"), "--seed", str(SEED),
+                    "--seeds", VISION_SEEDS])]
+            + [(f"{split} records", None, py + ["training.data_cli", "convert", "synthetic", "--seeds", SEEDS[split],
+                                               "--out", str(path)]) for split, path in data]
+            + [("scene cache", None, py + ["training.data_cli", "build-scenes", "--config",
+                                           "configs/leovl_tiny_sft.yaml", "--workers", str(workers)]),
+               ("SFT", ROOT / "sft" / "bundle", py + ["training.train_cli", "sft", "--config",
+                                                      "configs/leovl_tiny_sft.yaml"]),
+               ("SceneDPO", ROOT / "dpo" / "bundle", py + ["training.train_cli", "dpo", "--config",
+                                                           "configs/leovl_tiny_dpo.yaml"])])
+
+
+def build(workers: int) -> int:
+    """Run the stages (skipping finished ones), then export to :data:`SHIPPED`."""
+    import subprocess
+    import time
+
+    ran = []
+    for name, done, argv in stages(workers):
+        shown = " ".join(argv[1:] if argv[0] == sys.executable else argv)
+        if done is not None and done.exists():
+            print(f"== {name}: {done} exists, kept (delete it to redo this stage)", flush=True)
+        else:
+            print(f"== {name}: python {shown}", flush=True)
+            t0 = time.perf_counter()
+            subprocess.run(argv, check=True)
+            print(f"== {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+        ran.append("python " + shown)
+    base = json.loads((ROOT / "base" / "leovl_tiny_base.json").read_text())
+    provenance = {"built_by": "make tiny-model (python -m training.tiny_model build)", "commands": ran,
+                  "room_seeds": SEEDS, "seed": SEED, "base": base,
+                  "configs": {p: Path(p).read_text() for p in ("configs/leovl_tiny_sft.yaml",
+                                                               "configs/leovl_tiny_dpo.yaml")}}
+    export(ROOT / "dpo" / "bundle", SHIPPED, provenance)
+    size = sum(p.stat().st_size for p in SHIPPED.iterdir()) / 1e6
+    print(f"== exported {ROOT / 'dpo' / 'bundle'} -> {SHIPPED} ({size:.1f} MB)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .vision_pretrain import VisionPretrainConfig
+
+    parser = argparse.ArgumentParser(prog="python -m training.tiny_model", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("base", help="random tiny Qwen2.5-VL with a pretrained vision tower")
+    b.add_argument("--out", required=True, type=Path)
+    b.add_argument("--seed", type=int, default=0)
+    for f in dataclasses.fields(VisionPretrainConfig):
+        if f.name != "seed" and f.type in ("int", "float", int, float):
+            b.add_argument(f"--{f.name.replace('_', '-')}", type=float if "float" in str(f.type) else int,
+                           default=f.default)
+    b.add_argument("--seeds", default="%d:%d" % VisionPretrainConfig.seeds, help="vision rooms A:B")
+    a = sub.add_parser("build", help="all stages (finished ones are kept) and the export to the package")
+    a.add_argument("--workers", type=int, default=2, help="processes building the scene cache")
+    e = sub.add_parser("export", help="float16 copy of a trained full bundle + training.json")
+    e.add_argument("bundle", type=Path)
+    e.add_argument("out", type=Path)
+    e.add_argument("--provenance", type=Path, help="JSON file merged into training.json")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            return build(args.workers)
+        if args.command == "base":
+            a, z = (int(s) for s in args.seeds.split(":"))
+            kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(VisionPretrainConfig)
+                  if hasattr(args, f.name) and f.name != "seeds"}
+            vision = VisionPretrainConfig(**{**kw, "seeds": (a, z), "seed": args.seed})
+            probe = build_base(args.out, args.seed, vision)
+            info = {"arch": TINY_ARCH, "seed": args.seed, "vision_pretrain": dataclasses.asdict(vision),
+                    "vision_probe_heldout": probe}
+            (args.out / "leovl_tiny_base.json").write_text(json.dumps(info, indent=2) + "\n")
+            print(f"base: {args.out}; vision probe on held-out frames: {probe}")
+        else:
+            prov = json.loads(args.provenance.read_text()) if args.provenance else {}
+            export(args.bundle, args.out, prov)
+            size = sum(p.stat().st_size for p in args.out.iterdir()) / 1e6
+            print(f"exported {args.bundle} -> {args.out} ({size:.1f} MB)")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"tiny_model {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""Pretraining a tiny Qwen2.5-VL vision tower on synthetic frames (for ``leovl-tiny``).
+
+The real LEO-VL inherits a vision tower pretrained on web images: its per-cell features
+already say *what* is seen. A tiny model has no such tower, and a seeded random one keeps
+colour but not category (a from-scratch LLM on such features learns answer priors only). So
+the tiny tower is pretrained first, on rendered frames of synthetic rooms whose per-pixel
+instance ids give every 28 px feature cell a soft label: the share of its pixels showing
+each category and each colour ("background" / "none" for floor, walls and ceiling). The
+loss is soft-target cross-entropy through two linear probes on the merged cell features;
+the probes are thrown away and the tower is frozen for everything after (the voxel-map
+cache stays valid because the tower never changes again).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from leovl_ros.model.encoder import CELL_PX, VisionEncoder
+from leovl_ros.synth.catalog import CATEGORY_NAMES, COLOURS
+
+CATEGORY_CLASSES = ("background",) + CATEGORY_NAMES
+COLOUR_CLASSES = ("none",) + tuple(COLOURS)
+
+
+@dataclass
+class VisionPretrainConfig:
+    """What the tower is pretrained on and how (rooms are not the LLM's held-out rooms)."""
+
+    seeds: tuple[int, int] = (0, 60)  # synthetic room seeds [a, b)
+    frames_per_room: int = 16
+    width: int = 448  # multiples of 28 px: cells line up with the rendered pixels
+    height: int = 336
+    steps: int = 1500
+    frames_per_step: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+
+
+def cell_label_shares(instance: np.ndarray, object_category: np.ndarray, object_colour: np.ndarray,
+                      grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Soft labels of the (h, w) cell grid from an (H, W) instance image (-1 = structure).
+
+    object_category / object_colour: class index per object id (background/none excluded).
+    Returns (h*w, C_cat) and (h*w, C_col) float32 pixel shares, row-major like the features.
+    """
+    h, w = grid_hw
+    H, W = instance.shape
+    if (H, W) != (h * CELL_PX, w * CELL_PX):
+        raise ValueError(f"instance image {W}x{H} does not match the {w}x{h} cell grid (render at multiples of 28)")
+    cat = np.where(instance >= 0, object_category[np.maximum(instance, 0)], 0)  # (H, W) 0 = background
+    col = np.where(instance >= 0, object_colour[np.maximum(instance, 0)], 0)
+    cell = (np.arange(H)[:, None] // CELL_PX) * w + np.arange(W)[None, :] // CELL_PX  # (H, W) cell index
+
+    def shares(labels: np.ndarray, classes: int) -> np.ndarray:
+        counts = np.bincount((cell * classes + labels).ravel(), minlength=h * w * classes)
+        return (counts.reshape(h * w, classes) / (CELL_PX * CELL_PX)).astype(np.float32)
+
+    return shares(cat, len(CATEGORY_CLASSES)), shares(col, len(COLOUR_CLASSES))
+
+
+def labelled_frames(config: VisionPretrainConfig, progress: bool = True) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rgb, category shares, colour shares) of every rendered frame."""
+    from leovl_ros.synth.render import render_frames
+    from leovl_ros.synth.rooms import generate_room
+
+    cat_index = {c: i for i, c in enumerate(CATEGORY_CLASSES)}
+    col_index = {c: i for i, c in enumerate(COLOUR_CLASSES)}
+    grid = (config.height // CELL_PX, config.width // CELL_PX)
+    out = []
+    for seed in tqdm(range(*config.seeds), desc="render rooms", unit="room", disable=not progress):
+        room = generate_room(seed)
+        n = max(o.id for o in room.objects) + 1
+        obj_cat, obj_col = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        for o in room.objects:
+            obj_cat[o.id], obj_col[o.id] = cat_index[o.category], col_index[o.colour]
+        for f in render_frames(room, config.frames_per_room, config.width, config.height, seed=seed):
+            out.append((f.rgb, *cell_label_shares(f.instance, obj_cat, obj_col, grid)))
+    return out
+
+
+def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
+
+
+def pretrain_vision_tower(visual: nn.Module, config: VisionPretrainConfig, progress: bool = True) -> dict[str, float]:
+    """Train ``visual`` in place (probes discarded); returns held-out probe accuracies and
+    the mean training loss of the first and last tenth of the steps."""
+    if config.width % CELL_PX or config.height % CELL_PX:
+        raise ValueError(f"width/height must be multiples of {CELL_PX} px, got {config.width}x{config.height}")
+    frames = labelled_frames(config, progress)
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(frames))
+    held = [frames[i] for i in order[: max(1, len(frames) // 20)]]
+    train = [frames[i] for i in order[len(held):]]
+    encoder = VisionEncoder(visual, max_pixels=config.width * config.height, min_pixels=CELL_PX * CELL_PX)
+    d = encoder.feature_dim
+    torch.manual_seed(config.seed)
+    probes = nn.ModuleDict({"cat": nn.Linear(d, len(CATEGORY_CLASSES)), "col": nn.Linear(d, len(COLOUR_CLASSES))})
+    params = list(visual.parameters()) + list(probes.parameters())
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+
+    def forward(batch):
+        pixels, grid_thw = encoder.preprocess([b[0] for b in batch])
+        feats = visual(pixels, grid_thw=grid_thw).pooler_output  # (sum cells, d)
+        cat = torch.from_numpy(np.concatenate([b[1] for b in batch]))
+        col = torch.from_numpy(np.concatenate([b[2] for b in batch]))
+        return probes["cat"](feats), probes["col"](feats), cat, col
+
+    losses = []
+    visual.train()
+    bar = tqdm(range(config.steps), desc="pretrain vision tower", unit="step", disable=not progress)
+    for step in bar:
+        idx = rng.choice(len(train), config.frames_per_step, replace=False)
+        lc, lo, cat, col = forward([train[i] for i in idx])
+        loss = _soft_ce(lc, cat) + _soft_ce(lo, col)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    visual.eval()
+    with torch.no_grad():
+        lc, lo, cat, col = forward(held)
+        obj = cat[:, 0] < 0.5  # cells mostly showing an object
+        tenth = max(1, len(losses) // 10)
+        return {"loss_start": float(np.mean(losses[:tenth])), "loss_end": float(np.mean(losses[-tenth:])),
+                "category_acc": float((lc.argmax(-1) == cat.argmax(-1))[obj].float().mean()),
+                "colour_acc": float((lo.argmax(-1) == col.argmax(-1))[obj].float().mean()),
+                "object_cells": int(obj.sum())}

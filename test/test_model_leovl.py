@@ -170,3 +170,15 @@ def test_maps_from_another_model_are_rejected(model, tok):
         model.scene_tokens(random_scene(small, 50), Q)
     with pytest.raises(ValueError, match="lengths must match"):
         model.score([None], [Q, Q], ["a", "b"])
+
+
+def test_history_turns_add_the_earlier_answers_as_targets(tok):
+    chat = tiny_leovl(seed=2, tokenizer=tok, dialogue_format="chat")
+    scene = random_scene(chat, seed=4)
+    q = SceneQuery("qa", "Is there a lamp?", history=[("What colour is the bed?", "red")])
+    last, n_last = chat.sequence_logprobs([scene], [q], ["yes"])
+    both, n_both = chat.sequence_logprobs([scene], [q], ["yes"], history_turns=True)
+    assert int(n_last) == len(chat.prompts.answer_ids("yes")) and int(n_both) == int(n_last) + 2  # "red" + <|im_end|>
+    # the extra term is log p("red<|im_end|>" | scene, first question): score the first turn alone
+    first, _ = chat.sequence_logprobs([scene], [SceneQuery("qa", "What colour is the bed?")], ["red"])
+    assert float(both - last) == pytest.approx(float(first), abs=1e-4)

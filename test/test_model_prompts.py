@@ -78,3 +78,15 @@ def test_bad_queries_are_rejected_clearly():
     with pytest.raises(ValueError, match="pairs"):
         SceneQuery("dialogue", "hi", history=[("only user",)])
     assert plan_instruction(" make coffee ").endswith("task: make coffee")
+
+
+def test_history_mask_marks_the_earlier_answers_of_a_chat_session(tok):
+    chat = PromptBuilder(tok, dialogue_format="chat")
+    q = SceneQuery("qa", "Is there a lamp?", history=[("What colour is the bed?", "red"), ("How many chairs?", "two")])
+    ids, mask = chat.prompt_ids_and_history_mask(q, 3)
+    assert ids == chat.prompt_ids(q, 3) and len(mask) == len(ids)
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "red<|im_end|>two<|im_end|>"
+    # inline history is user text, never a target; no history, no targets
+    inline_ids, inline_mask = PromptBuilder(tok).prompt_ids_and_history_mask(q, 3)
+    assert not any(inline_mask) and len(inline_mask) == len(inline_ids)
+    assert not any(chat.prompt_ids_and_history_mask(SceneQuery("qa", "Is there a lamp?"), 3)[1])

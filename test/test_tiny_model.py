@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from leovl_ros.model.encoder import CELL_PX
-from training.vision_pretrain import (CATEGORY_CLASSES, COLOUR_CLASSES, VisionPretrainConfig, cell_label_shares,
-                                      pretrain_vision_tower)
+from training.vision_pretrain import (CATEGORY_CLASSES, COLOUR_CLASSES, VisionPretrainConfig, calibrate_output,
+                                      cell_label_shares, labelled_frames, pretrain_vision_tower)
 
 BUNDLED = Path(__file__).resolve().parents[1] / "leovl_ros" / "models" / "leovl-tiny"
 
@@ -41,7 +41,7 @@ def test_cell_label_shares_reject_an_image_off_the_cell_grid():
         cell_label_shares(np.zeros((50, 56), np.int32), np.zeros(1, np.int64), np.zeros(1, np.int64), (2, 2))
 
 
-def test_vision_pretraining_lowers_the_probe_loss():
+def test_vision_pretraining_lowers_the_probe_loss_and_centres_the_output_on_background():
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from leovl_ros.model.tiny import tiny_qwen25vl_config
@@ -52,8 +52,14 @@ def test_vision_pretraining_lowers_the_probe_loss():
     before = model.model.visual.merger.mlp[-1].weight.clone()
     cfg = VisionPretrainConfig(seeds=(0, 2), frames_per_room=4, width=112, height=84, steps=40,
                                frames_per_step=4, lr=5e-3)
-    out = pretrain_vision_tower(model.model.visual, cfg, progress=False)
+    frames = labelled_frames(cfg, progress=False)
+    out = pretrain_vision_tower(model.model.visual, cfg, progress=False, frames=frames)
     assert out["loss_end"] < 0.8 * out["loss_start"]
+    assert out["background_norm"] > 0 and out["scale"] > 0
+    # Calibrated: background cells average to zero and object cells have mean norm 1, so a
+    # second calibration on the same frames changes (almost) nothing.
+    again = calibrate_output(model.model.visual, frames)
+    assert again["background_norm"] < 1e-4 and again["scale"] == pytest.approx(1.0, abs=1e-4)
     assert not torch.equal(before, model.model.visual.merger.mlp[-1].weight)
     assert not model.model.visual.training
     with pytest.raises(ValueError, match="multiples of 28"):

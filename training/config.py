@@ -47,6 +47,8 @@ class DataSection:
     task_repeat: dict[str, float] = _help("oversampling factor per task, e.g. {plan: 2.0} (default 1)",
                                           factory=dict)
     max_eval_records: int = _help("cap on eval records per evaluation (first N)", 256)
+    history_turns: bool = _help("SFT: also train on the earlier assistant turns of records with a history "
+                                "(needs model.leovl.dialogue_format: chat, where those turns are answers)", False)
 
 
 @dataclass
@@ -117,6 +119,10 @@ class TrainConfig:
             raise ValueError(f"optim.mixed_precision must be auto | no | bf16 | fp16, got {o.mixed_precision!r}")
         if o.batch_size < 1 or o.grad_accum < 1 or o.epochs < 1 or len(o.betas) != 2:
             raise ValueError("optim: batch_size, grad_accum and epochs must be >= 1 and betas two numbers")
+        if self.data.history_turns and self.model.leovl.get("dialogue_format", "inline") != "chat" \
+                and not self.model.bundle:
+            raise ValueError("data.history_turns needs model.leovl.dialogue_format: chat (inline history is "
+                             "user text, not answers)")
         if d.reference not in ("none", "initial", "base") or d.nll not in ("token", "sequence"):
             raise ValueError(f"dpo.reference must be none | initial | base and dpo.nll token | sequence, "
                              f"got {d.reference!r}, {d.nll!r}")

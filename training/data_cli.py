@@ -7,6 +7,7 @@ scene feature cache.
     leovl-data convert leo-object-caption caps.json --centers centers.json --out objcap.jsonl
     leovl-data convert synthetic --seeds 0:100 --out synth.jsonl
     leovl-data from-bag robot_2024_05_01/ --out-sft sft.jsonl --out-pref pref.jsonl
+    leovl-data sessions synth.jsonl --size 6 --out synth_sessions.jsonl
     leovl-data build-scenes --config configs/sft.yaml
 
 Every command prints what it kept and what it skipped, with reasons; a malformed record is
@@ -152,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--interactions-topic", default="/interactions")
     b.add_argument("--msg-file", help="Interaction.msg for bags without embedded definitions")
     b.add_argument("--report", help="also write the kept/skipped counts as JSON here")
+    q = sub.add_parser("sessions", help="regroup QA records into chat sessions of several questions per scene")
+    q.add_argument("inputs", nargs="+", help="record JSONL files")
+    q.add_argument("--size", type=int, required=True, help="questions per session")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="output JSONL")
     s = sub.add_parser("build-scenes", help="encode and cache every scene the config's records use")
     s.add_argument("--config", required=True)
     s.add_argument("--cpu", action="store_true", help="encode on the CPU even when a GPU is present")
@@ -166,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "convert":
             n = write_records(args.out, _convert(args, report))
             print(f"wrote {n} records to {args.out}")
+        elif args.command == "sessions":
+            from .sessions import qa_sessions
+
+            records = read_records(args.inputs, report)
+            n = write_records(args.out, qa_sessions(records, args.size, args.seed))
+            print(f"wrote {n} records ({len(records)} before grouping) to {args.out}")
         elif args.command == "from-bag":
             sft, prefs = _from_bag(args, report)
             write_records(args.out_sft, sft)
@@ -179,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"leovl-data: error: {exc}", file=sys.stderr)
         return 2
     print(report.summary())
-    if args.report:
+    if getattr(args, "report", None):
         atomic_write_text(args.report, json.dumps(report.to_dict(), indent=1))
     return 0
 

@@ -42,14 +42,16 @@ def task_mix(records: Sequence[Record], task_repeat: dict[str, float], seed: int
 
 
 class SFTStep:
-    """One micro-batch: response-token NLL (see module docstring)."""
+    """One micro-batch: response-token NLL (see module docstring); with ``history_turns``
+    the earlier assistant turns of chat-format sessions are targets too."""
 
-    def __init__(self, scenes: SceneStore) -> None:
+    def __init__(self, scenes: SceneStore, history_turns: bool = False) -> None:
         self.scenes = scenes
+        self.history_turns = history_turns
 
     def __call__(self, policy: Callable, batch: list[Record]) -> tuple[torch.Tensor, dict[str, float]]:
         logp, tokens = policy([self.scenes.get(r.scene_id) for r in batch], [r.query() for r in batch],
-                              [r.response for r in batch])  # (B,), (B,)
+                              [r.response for r in batch], self.history_turns)  # (B,), (B,)
         return -logp.sum() / tokens.sum(), {"tokens": float(tokens.sum())}
 
 
@@ -87,4 +89,4 @@ def run_sft(cfg: TrainConfig) -> TrainResult:
     with accelerator.main_process_first():  # the main process builds the cache, the others read it
         scenes.prefetch({r.scene_id for r in train + evals}, progress=cfg.progress and accelerator.is_main_process)
     eval_fn = make_eval_fn(model, scenes, evals, cfg) if evals else None
-    return train_loop(cfg, accelerator, model, train, SFTStep(scenes), eval_fn, kind="sft")
+    return train_loop(cfg, accelerator, model, train, SFTStep(scenes, cfg.data.history_turns), eval_fn, kind="sft")

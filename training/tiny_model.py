@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in dataclasses.fields(VisionPretrainConfig):
         if f.name != "seed" and f.type in ("int", "float", int, float):
             b.add_argument(f"--{f.name.replace('_', '-')}", type=float if "float" in str(f.type) else int,
-                           default=f.default)
+                           default=f.default, help="vision pretraining (default %(default)s)")
     b.add_argument("--seeds", default="%d:%d" % VisionPretrainConfig.seeds, help="vision rooms A:B")
     a = sub.add_parser("build", help="all stages (finished ones are kept) and the export to the package")
     a.add_argument("--workers", type=int, default=2, help="processes building the scene cache")

@@ -49,8 +49,8 @@ class Policy(nn.Module):
         self.heads = leovl.heads
         object.__setattr__(self, "leovl", leovl)  # not a submodule: its modules are the two above
 
-    def forward(self, scenes, queries, answers) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.leovl.sequence_logprobs(scenes, queries, answers)
+    def forward(self, scenes, queries, answers, history_turns: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.leovl.sequence_logprobs(scenes, queries, answers, history_turns)
 
 
 StepFn = Callable[[Callable, list], tuple[torch.Tensor, dict[str, float]]]

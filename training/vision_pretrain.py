@@ -9,6 +9,14 @@ each category and each colour ("background" / "none" for floor, walls and ceilin
 loss is soft-target cross-entropy through two linear probes on the merged cell features;
 the probes are thrown away and the tower is frozen for everything after (the voxel-map
 cache stays valid because the tower never changes again).
+
+Calibration (after pretraining): the output is shifted so that "nothing there" (floor,
+wall, ceiling cells) is the zero vector and scaled so an object cell has norm ~1, folded
+into the merger's last linear layer. Uncalibrated, every cell shares a large background
+component (norm ~15, cosine ~0.7 between any two scene tokens): a column token is then
+mostly wall, the object standing in it a small perturbation, and scene tokens dwarf the
+text embeddings (norm ~0.2) in the LLM's residual stream. The LLM learned answer priors
+only; centred and scaled, an object is what a column token points at.
 """
 from __future__ import annotations
 
@@ -87,12 +95,39 @@ def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
 
 
-def pretrain_vision_tower(visual: nn.Module, config: VisionPretrainConfig, progress: bool = True) -> dict[str, float]:
-    """Train ``visual`` in place (probes discarded); returns held-out probe accuracies and
-    the mean training loss of the first and last tenth of the steps."""
+def _check_size(config: VisionPretrainConfig) -> None:
     if config.width % CELL_PX or config.height % CELL_PX:
         raise ValueError(f"width/height must be multiples of {CELL_PX} px, got {config.width}x{config.height}")
-    frames = labelled_frames(config, progress)
+
+
+@torch.no_grad()
+def calibrate_output(visual: nn.Module, frames: list, batch: int = 16) -> dict[str, float]:
+    """Fold f' = (f - mu_background) / s into the merger's last layer (see module doc).
+
+    mu_background: mean feature of cells >= 90% floor/wall/ceiling; s: mean norm of
+    f - mu over cells mostly (> 50%) showing an object.
+    """
+    encoder = VisionEncoder(visual, max_pixels=max(f[0].shape[0] * f[0].shape[1] for f in frames),
+                            min_pixels=CELL_PX * CELL_PX)
+    visual.eval()
+    feats = torch.cat([torch.cat([e.features for e in encoder.encode_batch([f[0] for f in frames[i:i + batch]])])
+                       for i in range(0, len(frames), batch)])  # (cells, d)
+    background = torch.from_numpy(np.concatenate([f[1][:, 0] for f in frames]))  # (cells,) share
+    mu = feats[background >= 0.9].mean(0)
+    scale = (feats[background < 0.5] - mu).norm(dim=1).mean()
+    last = visual.merger.mlp[-1]
+    last.weight.div_(scale)
+    last.bias.sub_(mu.to(last.bias.dtype)).div_(scale)
+    return {"background_norm": float(mu.norm()), "scale": float(scale)}
+
+
+def pretrain_vision_tower(visual: nn.Module, config: VisionPretrainConfig, progress: bool = True,
+                          frames: list | None = None) -> dict[str, float]:
+    """Train ``visual`` in place (probes discarded) and calibrate its output; returns held-out
+    probe accuracies, the mean training loss of the first and last tenth of the steps and
+    the calibration. ``frames``: :func:`labelled_frames` of ``config`` (rendered if None)."""
+    _check_size(config)
+    frames = labelled_frames(config, progress) if frames is None else frames
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(frames))
     held = [frames[i] for i in order[: max(1, len(frames) // 20)]]
@@ -132,7 +167,8 @@ def pretrain_vision_tower(visual: nn.Module, config: VisionPretrainConfig, progr
         lc, lo, cat, col = forward(held)
         obj = cat[:, 0] < 0.5  # cells mostly showing an object
         tenth = max(1, len(losses) // 10)
-        return {"loss_start": float(np.mean(losses[:tenth])), "loss_end": float(np.mean(losses[-tenth:])),
+        probe = {"loss_start": float(np.mean(losses[:tenth])), "loss_end": float(np.mean(losses[-tenth:])),
                 "category_acc": float((lc.argmax(-1) == cat.argmax(-1))[obj].float().mean()),
                 "colour_acc": float((lo.argmax(-1) == col.argmax(-1))[obj].float().mean()),
                 "object_cells": int(obj.sum())}
+    return {**probe, **calibrate_output(visual, frames)}

@@ -41,6 +41,7 @@ class SceneBatch:
     position_ids: torch.Tensor  # (B, L) long
     answer_lengths: list[int]  # answer tokens at the end of each row (0 without answers)
     num_scene_tokens: list[int]
+    history_targets: torch.Tensor  # (B, L) bool: earlier assistant turns' tokens (chat format)
 
 
 def _inject_lora(model: Qwen2_5_VLForConditionalGeneration, config: LeoVLConfig) -> PeftModel:
@@ -206,18 +207,20 @@ class LeoVL:
                 memo[key] = self.scene_tokens(scene, query)
             tokens.append(memo[key])
         counts = [int(t.shape[0]) for t in tokens]
-        seqs = self.prompts.batch_prompt_ids(queries, counts)
-        ans = [self.prompts.answer_ids(a) for a in answers] if answers is not None else [[] for _ in seqs]
-        seqs = [s + a for s, a in zip(seqs, ans)]
+        prompts = self.prompts.batch_prompt_ids_and_history_masks(queries, counts)
+        ans = [self.prompts.answer_ids(a) for a in answers] if answers is not None else [[] for _ in prompts]
+        seqs = [p + a for (p, _), a in zip(prompts, ans)]
         L, pad = max(map(len, seqs)), self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (L - len(s)) + s for s in seqs], device=self.device)  # (B, L)
         mask = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs], device=self.device)  # (B, L)
+        history = torch.tensor([[False] * (L - len(s)) + h + [False] * len(a)
+                                for s, (_, h), a in zip(seqs, prompts, ans)], device=self.device)  # (B, L)
         embeds = self.model.get_input_embeddings()(ids)  # (B, L, d)
         if sum(counts):
             is_scene = (ids == self.prompts.image_pad_id).unsqueeze(-1)  # (B, L, 1)
             embeds = embeds.masked_scatter(is_scene, torch.cat(tokens).to(embeds.dtype))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return SceneBatch(ids, embeds, mask, positions, [len(a) for a in ans], counts)
+        return SceneBatch(ids, embeds, mask, positions, [len(a) for a in ans], counts, history)
 
     def logits(self, batch: SceneBatch, logits_to_keep: int = 0) -> torch.Tensor:
         """(B, L or logits_to_keep, V) next-token logits of a prepared batch."""
@@ -228,10 +231,12 @@ class LeoVL:
 
     # ------------------------------------------------------------------ scoring
     def sequence_logprobs(self, scenes: Sequence[VoxelMap | None], queries: Sequence[SceneQuery],
-                          answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+                          answers: Sequence[str], history_turns: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) summed log p of each answer's tokens and (B,) their counts; differentiable.
 
-        The LM head runs on the answer positions only (ragged, not B x longest answer): with
+        ``history_turns``: also count the earlier assistant turns of "chat"-format queries
+        (training on every turn of a session: one scene prefix, several supervised answers).
+        The LM head runs on the target positions only (ragged, not B x longest answer): with
         a 152k vocabulary the logits of one long caption in a batch of short answers would
         otherwise cost more than the whole transformer.
         """
@@ -243,6 +248,9 @@ class LeoVL:
         lengths = torch.tensor(batch.answer_lengths, device=self.device)
         # Row b's answer fills its last lengths[b] positions; position t is predicted at t - 1.
         target = (torch.arange(1, L, device=self.device)[None, :] >= (L - lengths)[:, None])  # (B, L-1)
+        if history_turns:
+            target |= batch.history_targets[:, 1:]
+            lengths = target.sum(-1)
         logits = self.model.lm_head(hidden[:, :-1][target]).float()  # (N, V), N = sum of lengths
         token_lp = -torch.nn.functional.cross_entropy(logits, batch.input_ids[:, 1:][target], reduction="none")
         row = torch.arange(B, device=self.device)[:, None].expand(B, L - 1)[target]  # (N,)

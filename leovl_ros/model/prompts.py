@@ -108,16 +108,34 @@ class PromptBuilder:
 
     def prompt_ids(self, query: SceneQuery, num_scene_tokens: int) -> list[int]:
         """Template token ids with ``num_scene_tokens`` ``<|image_pad|>`` placeholders."""
+        return self.prompt_ids_and_history_mask(query, num_scene_tokens)[0]
+
+    def prompt_ids_and_history_mask(self, query: SceneQuery, num_scene_tokens: int) -> tuple[list[int], list[bool]]:
+        """``prompt_ids`` and, aligned with them, True on the earlier assistant turns' tokens
+        (text + closing ``<|im_end|>``) of the "chat" format: targets when training on every
+        turn of a session. All False in the "inline" format (history is user text there)."""
         if num_scene_tokens < 0:
             raise ValueError(f"num_scene_tokens must be >= 0, got {num_scene_tokens}")
         turns = self._chat_turns(query)
         ids = self._head + [self.image_pad_id] * num_scene_tokens + [self.vision_end_id]
         if not turns:
-            return ids + self._text(self.instruction_text(query)) + self._tail
-        ids += self._text(turns[0][0]) + self._tail + self._text(turns[0][1])
-        for user, assistant in turns[1:]:
-            ids += self._next_user + self._text(user) + self._tail + self._text(assistant)
-        return ids + self._next_user + self._text(self.instruction_text(query)) + self._tail
+            ids += self._text(self.instruction_text(query)) + self._tail
+            return ids, [False] * len(ids)
+        mask = [False] * len(ids)
+
+        def add(part: list[int], target: bool = False) -> None:
+            ids.extend(part)
+            mask.extend([target] * len(part))
+
+        add(self._text(turns[0][0]) + self._tail)
+        for k, (user, assistant) in enumerate(turns):
+            if k:
+                add(self._next_user[:1], True)  # <|im_end|> closing the previous answer
+                add(self._next_user[1:] + self._text(user) + self._tail)
+            add(self._text(assistant), True)
+        add(self._next_user[:1], True)
+        add(self._next_user[1:] + self._text(self.instruction_text(query)) + self._tail)
+        return ids, mask
 
     def answer_ids(self, answer: str) -> list[int]:
         """Target ids of a response (``<|im_end|>`` appended when ``answer_eos``)."""
@@ -127,6 +145,10 @@ class PromptBuilder:
         return ids + [self.im_end_id] if self.answer_eos else ids
 
     def batch_prompt_ids(self, queries: Sequence[SceneQuery], num_scene_tokens: Sequence[int]) -> list[list[int]]:
+        return [ids for ids, _ in self.batch_prompt_ids_and_history_masks(queries, num_scene_tokens)]
+
+    def batch_prompt_ids_and_history_masks(self, queries: Sequence[SceneQuery],
+                                           num_scene_tokens: Sequence[int]) -> list[tuple[list[int], list[bool]]]:
         if len(queries) != len(num_scene_tokens):
             raise ValueError(f"{len(queries)} queries but {len(num_scene_tokens)} scenes")
-        return [self.prompt_ids(q, n) for q, n in zip(queries, num_scene_tokens)]
+        return [self.prompt_ids_and_history_mask(q, n) for q, n in zip(queries, num_scene_tokens)]

@@ -1,0 +1,48 @@
+"""QA sessions: several questions of one scene as one chat record (training on every turn)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from training.adapters import convert_synthetic
+from training.config import load_config
+from training.records import ConversionReport, Record
+from training.sessions import qa_sessions
+
+
+@pytest.fixture(scope="module")
+def records() -> list[Record]:
+    return list(convert_synthetic([0, 1], ConversionReport()))
+
+
+def test_sessions_regroup_each_scenes_qa_and_keep_everything_else(records):
+    qa = [r for r in records if r.task == "qa"]
+    out = qa_sessions(records, size=4, seed=0)
+    sessions = [r for r in out if r.task == "qa"]
+    assert [r for r in out if r.task != "qa"] == [r for r in records if r.task != "qa"]
+    turns = [(s.scene_id, *t) for s in sessions for t in (s.history or [])]
+    turns += [(s.scene_id, f"{s.situation} {s.instruction}" if s.situation else s.instruction, s.response)
+              for s in sessions]
+    asked = [(r.scene_id, f"{r.situation} {r.instruction}" if r.situation else r.instruction, r.response) for r in qa]
+    assert sorted(turns) == sorted(asked)  # every question once, in its own scene, with its answer
+    assert all(len(s.history or []) <= 3 for s in sessions)
+    for scene in ("synth_000000", "synth_000001"):
+        n = sum(r.scene_id == scene for r in qa)
+        assert sum(s.scene_id == scene for s in sessions) == -(-n // 4)
+    assert qa_sessions(records, 4, seed=0) == out and qa_sessions(records, 4, seed=1) != out
+    with pytest.raises(ValueError, match="size"):
+        qa_sessions(records, 0)
+
+
+def test_history_turns_require_the_chat_format(tmp_path: Path):
+    cfg = {"output_dir": str(tmp_path / "o"), "model": {"base": "b", "leovl": {"dialogue_format": "inline"}},
+           "data": {"history_turns": True}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match="dialogue_format: chat"):
+        load_config(path)
+    cfg["model"]["leovl"]["dialogue_format"] = "chat"
+    path.write_text(yaml.safe_dump(cfg))
+    assert load_config(path).data.history_turns

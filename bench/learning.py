@@ -9,10 +9,11 @@ conditions, EM per question type:
   empty  - no scene tokens at all
   other  - another held-out room's map (right format, wrong content)
 A model that reads the scene scores well only with its own room; answer priors score the
-same in all three. Ablations (paper §4.2) at this scale, each an SFT run of the same config
+same in all three. "scene-acc" is the paper's scene-preference accuracy (Fig. 8): how often
+the true answer is more likely given the room than given another room. Ablations (paper §4.2) at this scale, each an SFT run of the same config
 and budget that changes one thing: ``grid.pos_z: none`` (no height RoPE),
-``grid.grid: voxel_sample`` (uniform voxel sample instead of the CFG); plus SFT vs
-SFT + SceneDPO. TARGET_TYPES carry the issue's goal (>= 0.70 with the scene, >= 30 points
+``grid.grid: voxel_sample`` (uniform voxel sample instead of the CFG); plus the shipped SFT
+model vs SFT + SceneDPO. TARGET_TYPES carry the issue's goal (>= 0.70 with the scene, >= 30 points
 lower without it).
 """
 from __future__ import annotations
@@ -68,6 +69,14 @@ def scene_conditions(model, store, records, batch_size: int = 16) -> dict[str, d
         row["all"] = em["overall"]["EM"]
         row["target"] = sum(row.get(q, 0.0) for q in TARGET_TYPES) / len(TARGET_TYPES)
         out[cond] = row
+    wins = 0
+    for i in range(0, len(records), batch_size):
+        batch = records[i:i + batch_size]
+        queries, answers = [r.query() for r in batch], [r.response for r in batch]
+        own = model.score([scene_of["scene"](r) for r in batch], queries, answers)
+        other = model.score([scene_of["other"](r) for r in batch], queries, answers)
+        wins += int((own > other).sum())
+    out["scene"]["scene-acc"] = 100.0 * wins / len(records)
     return out
 
 
@@ -100,18 +109,18 @@ def train_ablations(steps: int, out_dir: Path) -> None:
 
 
 def fmt_table(rows: list[tuple[str, dict[str, dict[str, float]]]]) -> str:
-    cols = list(TARGET_TYPES) + ["target", "all"]
+    cols = list(TARGET_TYPES) + ["target", "all", "scene-acc"]
     lines = [f"| model | condition | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for name, res in rows:
         for cond, row in res.items():
-            lines.append(f"| {name} | {cond} | " + " | ".join(f"{row.get(c, float('nan')):.2f}" for c in cols) + " |")
+            lines.append(f"| {name} | {cond} | " + " | ".join(f"{row[c]:.1f}" if c in row else "" for c in cols) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="leovl_ros/models/leovl-tiny", help="the model to check (full bundle)")
-    p.add_argument("--sft", default="runs/leovl-tiny/sft/bundle", help="its SFT-only bundle (SFT vs +SceneDPO)")
+    p.add_argument("--dpo", default="runs/leovl-tiny/dpo/bundle", help="the SFT + SceneDPO bundle (SFT vs +SceneDPO)")
     p.add_argument("--eval", default="runs/leovl-tiny/data/eval.jsonl", help="held-out QA records")
     p.add_argument("--cache-dir", default="runs/leovl-tiny/scenes")
     p.add_argument("--per-room", type=int, default=None, help="at most N questions per room and type")
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_ablations:
         train_ablations(args.train_ablations, Path(args.ablations_dir))
     records = qa_records(args.eval, args.per_room)
-    models = [("leovl-tiny (SFT+SceneDPO)", Path(args.model)), ("SFT only", Path(args.sft))]
+    models = [("leovl-tiny (SFT, shipped)", Path(args.model)), ("SFT + SceneDPO", Path(args.dpo))]
     models += [(f"ablation {name}", Path(args.ablations_dir) / name.split(" ")[0].replace(":", "") / "bundle")
                for name in ABLATIONS]
     rows = []
@@ -142,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         model = load(path)
         res = scene_conditions(model, store_for(model, args.cache_dir), records)
-        rows.append((name, res if name.startswith("leovl-tiny") else {"scene": res["scene"]}))
+        rows.append((name, res if not name.startswith("ablation") else {"scene": res["scene"]}))
         print(f"{name}: {len(records)} questions x 3 conditions in {time.perf_counter() - t0:.0f} s", flush=True)
     rooms = len({r.scene_id for r in records})
     print(f"\nEM on {len(records)} held-out questions from {rooms} rooms (greedy decoding)\n")

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from leovl_ros.model.encoder import CELL_PX
-from training.vision_pretrain import (CATEGORY_CLASSES, COLOUR_CLASSES, VisionPretrainConfig, calibrate_output,
-                                      cell_label_shares, labelled_frames, pretrain_vision_tower)
+from training.vision_pretrain import (CATEGORY_CLASSES, COLOUR_CLASSES, VisionPretrainConfig, align_word_embeddings,
+                                      calibrate_output, cell_label_shares, class_directions, class_words,
+                                      labelled_frames, pretrain_vision_tower)
 
 BUNDLED = Path(__file__).resolve().parents[1] / "leovl_ros" / "models" / "leovl-tiny"
 
@@ -60,6 +61,23 @@ def test_vision_pretraining_lowers_the_probe_loss_and_centres_the_output_on_back
     # second calibration on the same frames changes (almost) nothing.
     again = calibrate_output(model.model.visual, frames)
     assert again["background_norm"] < 1e-4 and again["scale"] == pytest.approx(1.0, abs=1e-4)
+
+    # Class words start at their class's direction in the feature space (tied: output rows too).
+    directions = class_directions(model.model.visual, frames, steps=30)
+    assert directions["category"].shape == (len(CATEGORY_CLASSES), 32)
+    assert directions["colour"].norm(dim=1).sub(1).abs().max() < 1e-5
+    from leovl_ros.model.tokenizer import load_qwen_tokenizer
+
+    tok = load_qwen_tokenizer()
+    embed = model.get_input_embeddings()
+    untouched = embed.weight[tok.encode(" the", add_special_tokens=False)[0]].clone()
+    words = align_word_embeddings(embed, tok, directions, norm=0.5)
+    assert {" red", "red", " grey", " bed", " beds"} <= set(words) and "background" not in words
+    red = tok.encode(" red", add_special_tokens=False)[0]
+    assert torch.allclose(embed.weight[red], 0.5 * directions["colour"][COLOUR_CLASSES.index("red")])
+    assert torch.equal(model.lm_head.weight[red], embed.weight[red])
+    assert torch.equal(embed.weight[tok.encode(" the", add_special_tokens=False)[0]], untouched)
+
     assert not torch.equal(before, model.model.visual.merger.mlp[-1].weight)
     assert not model.model.visual.training
     with pytest.raises(ValueError, match="multiples of 28"):
@@ -98,3 +116,41 @@ def test_export_refuses_an_adapter_bundle(tmp_path):
     tiny_leovl(seed=0).save_bundle(tmp_path / "adapter")
     with pytest.raises(ValueError, match="not a full bundle"):
         export(tmp_path / "adapter", tmp_path / "out", {})
+
+
+def test_class_words_cover_plurals_and_synonyms():
+    assert class_words("shelf") == ["shelf", " shelf", "shelves", " shelves"]
+    assert class_words("gray") == ["gray", " gray", "grey", " grey"]
+
+
+def test_the_bundled_model_is_small_documented_and_answers_in_kind():
+    """The shipped leovl-tiny: float16 safetensors under 50 MB, its training recorded, loaded
+    the way the node loads it, answering each question type with the right kind of word."""
+    from leovl_ros.ros.model_source import BUNDLED_MODEL, load_model, resolve_model
+    from leovl_ros.synth.catalog import CATEGORY_NAMES, COLOURS
+    from leovl_ros.synth.qa import qa_records
+    from leovl_ros.synth.rooms import generate_room
+    from leovl_ros.model.config import GenerationConfig
+    from training.tiny_model import SEEDS
+
+    assert BUNDLED.is_dir(), "leovl_ros/models/leovl-tiny is missing: run `make tiny-model`"
+    files = list(BUNDLED.iterdir())
+    assert sum(f.stat().st_size for f in files) <= 50e6
+    assert not [f for f in files if f.suffix in (".bin", ".pt", ".pth", ".pkl")]  # safetensors only
+    prov = json.loads((BUNDLED / "training.json").read_text())
+    assert prov["room_seeds"] == SEEDS and any("train_cli sft" in c for c in prov["commands"])
+    assert any("train_cli dpo" in c for c in prov["commands"]) and prov["shipped_stage"] == "sft"
+
+    model = load_model(resolve_model(BUNDLED_MODEL))
+    assert model.config.train_mode == "full" and model.config.base_model == "leovl-tiny"
+    room = generate_room(int(SEEDS["eval"].split(":")[0]) + 1)  # a held-out room
+    records = qa_records(room, np.random.default_rng(0), per_type=2)
+    kinds = {"colour": set(COLOURS), "existence": {"yes", "no"}, "count": {str(n) for n in range(10)},
+             "nearest": set(CATEGORY_NAMES)}
+    asked = [r for r in records if r["qtype"] in kinds]
+    from leovl_ros.model.prompts import SceneQuery
+
+    answers = model.generate([None] * len(asked), [SceneQuery("qa", r["instruction"]) for r in asked],
+                             GenerationConfig(num_beams=1, max_new_tokens=6, repetition_penalty=1.0))
+    for r, a in zip(asked, answers):
+        assert a in kinds[r["qtype"]], (r["instruction"], a)

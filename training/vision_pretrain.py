@@ -17,6 +17,13 @@ component (norm ~15, cosine ~0.7 between any two scene tokens): a column token i
 mostly wall, the object standing in it a small perturbation, and scene tokens dwarf the
 text embeddings (norm ~0.2) in the LLM's residual stream. The LLM learned answer priors
 only; centred and scaled, an object is what a column token points at.
+
+Word alignment: Qwen2.5-VL's merger writes into the LLM's token-embedding space, so the
+word "red" and a red patch start out related. A from-scratch LLM has no such link and must
+discover it from answers alone, which 2 CPU cores cannot afford. So linear probes are fitted
+on the frozen calibrated features and each class's direction becomes the initial embedding
+(tied: also the output row) of the words naming it ("red", " red", " laptop", " laptops"...).
+Reading "what colour is the laptop" then starts as near-linear lookups the LLM refines.
 """
 from __future__ import annotations
 
@@ -101,17 +108,23 @@ def _check_size(config: VisionPretrainConfig) -> None:
 
 
 @torch.no_grad()
-def calibrate_output(visual: nn.Module, frames: list, batch: int = 16) -> dict[str, float]:
+def cell_features(visual: nn.Module, frames: list, batch: int = 16) -> torch.Tensor:
+    """(cells, d) output of ``visual`` for every frame, cells in frame then row-major order."""
+    encoder = VisionEncoder(visual, max_pixels=max(f[0].shape[0] * f[0].shape[1] for f in frames),
+                            min_pixels=CELL_PX * CELL_PX)
+    visual.eval()
+    return torch.cat([torch.cat([e.features for e in encoder.encode_batch([f[0] for f in frames[i:i + batch]])])
+                      for i in range(0, len(frames), batch)])
+
+
+@torch.no_grad()
+def calibrate_output(visual: nn.Module, frames: list) -> dict[str, float]:
     """Fold f' = (f - mu_background) / s into the merger's last layer (see module doc).
 
     mu_background: mean feature of cells >= 90% floor/wall/ceiling; s: mean norm of
     f - mu over cells mostly (> 50%) showing an object.
     """
-    encoder = VisionEncoder(visual, max_pixels=max(f[0].shape[0] * f[0].shape[1] for f in frames),
-                            min_pixels=CELL_PX * CELL_PX)
-    visual.eval()
-    feats = torch.cat([torch.cat([e.features for e in encoder.encode_batch([f[0] for f in frames[i:i + batch]])])
-                       for i in range(0, len(frames), batch)])  # (cells, d)
+    feats = cell_features(visual, frames)  # (cells, d)
     background = torch.from_numpy(np.concatenate([f[1][:, 0] for f in frames]))  # (cells,) share
     mu = feats[background >= 0.9].mean(0)
     scale = (feats[background < 0.5] - mu).norm(dim=1).mean()
@@ -172,3 +185,47 @@ def pretrain_vision_tower(visual: nn.Module, config: VisionPretrainConfig, progr
                 "colour_acc": float((lo.argmax(-1) == col.argmax(-1))[obj].float().mean()),
                 "object_cells": int(obj.sum())}
     return {**probe, **calibrate_output(visual, frames)}
+
+
+def class_directions(visual: nn.Module, frames: list, steps: int = 300, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Unit directions of each category / colour class in the tower's output space: the
+    rows of soft-target linear probes fitted on the frozen features, centred over classes."""
+    feats = cell_features(visual, frames)  # (cells, d)
+    out = {}
+    for i, (name, classes) in enumerate((("category", CATEGORY_CLASSES), ("colour", COLOUR_CLASSES))):
+        target = torch.from_numpy(np.concatenate([f[1 + i] for f in frames]))  # (cells, C)
+        torch.manual_seed(seed)
+        probe = nn.Linear(feats.shape[1], len(classes))
+        opt = torch.optim.Adam(probe.parameters(), lr=0.05)
+        for _ in range(steps):  # full batch: the features fit in memory and the problem is convex
+            loss = _soft_ce(probe(feats), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        w = probe.weight.detach()
+        out[name] = nn.functional.normalize(w - w.mean(0), dim=1)  # (C, d)
+    return out
+
+
+def class_words(name: str) -> list[str]:
+    """How a class is written in questions and answers (own word, plural, synonyms)."""
+    from leovl_ros.synth.catalog import COLOUR_SYNONYMS, PLURALS
+
+    words = [name, PLURALS.get(name, name), *COLOUR_SYNONYMS.get(name, ())]
+    return list(dict.fromkeys(w for word in words for w in (word, " " + word)))
+
+
+@torch.no_grad()
+def align_word_embeddings(embed: nn.Embedding, tokenizer, directions: dict[str, torch.Tensor],
+                          norm: float = 1.0) -> list[str]:
+    """Set the embedding of every single-token class word to ``norm`` x its class direction
+    (background / none are not words); returns the words set."""
+    done = []
+    for key, classes in (("category", CATEGORY_CLASSES), ("colour", COLOUR_CLASSES)):
+        for k, name in enumerate(classes[1:], start=1):
+            for word in class_words(name):
+                ids = tokenizer.encode(word, add_special_tokens=False)
+                if len(ids) == 1:
+                    embed.weight[ids[0]] = norm * directions[key][k].to(embed.weight.dtype)
+                    done.append(word)
+    return done

@@ -304,16 +304,11 @@ def test_load_adapter_switches_bundles(operator):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["model:=leovl-tiny"], "parameter 'model': the bundled model 'leovl-tiny' is not installed"),
+    (["model:=" + str(REPO / "README.md")], "is a file; give a checkpoint directory"),
     (["model:=/nonexistent/qwen"], "parameter 'model': '/nonexistent/qwen' is not a directory"),
     (["model:=tiny-random", "depth_min:=5.0", "depth_max:=1.0"], "invalid parameters: need"),
 ])
 def test_an_unusable_parameter_stops_the_node_with_one_line(args, match, tmp_path):
-    if "model:=leovl-tiny" in args:
-        from leovl_ros.ros.model_source import bundled_model_dirs
-
-        if any(p.is_dir() for p in bundled_model_dirs()):
-            pytest.skip("the bundled model is installed here")
     log = tmp_path / "node.log"
     proc = _start("leovl_ros.ros.assistant_node", [a for arg in args for a in ("-p", arg)], next_domain_id(), log)
     assert proc.wait(60) == 2
@@ -321,3 +316,31 @@ def test_an_unusable_parameter_stops_the_node_with_one_line(args, match, tmp_pat
     ours = [line for line in text.splitlines() if "leovl_assistant" in line]  # not rcl's own notices
     assert "Traceback" not in text and len(ours) == 1, text
     assert "cannot start: " in ours[0] and match in ours[0], ours
+
+
+def test_the_shipped_params_file_runs_the_bundled_model(tmp_path):
+    """config/assistant.yaml as shipped (model: leovl-tiny, paper decoding) over real DDS."""
+    domain_id = next_domain_id()
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    log = tmp_path / "node.log"
+    node = _start("leovl_ros.ros.assistant_node", ["--params-file", str(REPO / "config" / "assistant.yaml"),
+                                                   "-p", f"scene_dir:={tmp_path}"], domain_id, log)
+    op = Operator(context, node, log)
+    try:
+        wait_for(lambda: op.clients["ask_scene"].service_is_ready() or not op.alive(), 90.0, f"ask_scene\n{op.log_tail()}")
+        status = op.wait_status(lambda s: True, 20.0, "any status")
+        assert status.model.endswith("models/leovl-tiny"), status.model
+        player = _start("leovl_ros.ros.scene_player", ["-p", "num_frames:=6", "-p", "rate:=10.0", "-p", "seed:=900001"],
+                        domain_id, tmp_path / "player.log")
+        assert player.wait(90) == 0, (tmp_path / "player.log").read_text()
+        op.wait_status(lambda s: s.keyframes_fused >= 1, 30.0, "a fused keyframe")
+        res = op.call("ask_scene", AskScene.Request(question="How many chairs are there in the room?"))
+        assert res.success and res.answer in {str(n) for n in range(10)}, res  # a trained model answers in kind
+        plan = op.call("plan_task", PlanTask.Request(goal="read a book"))
+        assert plan.success and len(plan.plan.steps) >= 2, plan
+    finally:
+        _stop(node)
+        op.executor.shutdown()
+        op.node.destroy_node()
+        context.try_shutdown()

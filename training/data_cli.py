@@ -88,6 +88,7 @@ def _init_scene_worker(config_path: str) -> None:
 
     torch.set_num_threads(1)  # one process per core: threads would only contend
     cfg = load_config(config_path)
+    cfg.scenes.max_in_memory = 1  # the parent only needs the cache files
     model = load_model(cfg.model, cfg.trainable, cfg.seed, torch.device("cpu"))
     _WORKER["store"] = SceneStore(model, cfg.scenes)
 
@@ -96,7 +97,6 @@ def _build_scene(scene_id: str) -> bool:
     store = _WORKER["store"]
     built = store.built
     store.get(scene_id)
-    store._memory.clear()  # the parent only needs the cache file
     return store.built > built
 
 

@@ -5,7 +5,7 @@
     leovl-data convert synthetic ... ; leovl-data build-scenes ...                  # 2
     leovl-train sft --config configs/leovl_tiny_sft.yaml                            # 3
     leovl-train dpo --config configs/leovl_tiny_dpo.yaml                            # 4
-    python -m training.tiny_model export runs/leovl-tiny/dpo/bundle leovl_ros/models/leovl-tiny
+    python -m training.tiny_model export runs/leovl-tiny/sft/bundle leovl_ros/models/leovl-tiny    # SHIP_STAGE
 
 Stage 1 builds a random Qwen2.5-VL of :data:`TINY_ARCH` and pretrains its vision tower on
 synthetic frames (vision_pretrain.py): a from-scratch LLM needs features that already say

@@ -181,4 +181,4 @@ def test_history_turns_add_the_earlier_answers_as_targets(tok):
     assert int(n_last) == len(chat.prompts.answer_ids("yes")) and int(n_both) == int(n_last) + 2  # "red" + <|im_end|>
     # the extra term is log p("red<|im_end|>" | scene, first question): score the first turn alone
     first, _ = chat.sequence_logprobs([scene], [SceneQuery("qa", "What colour is the bed?")], ["red"])
-    assert float(both - last) == pytest.approx(float(first), abs=1e-4)
+    assert float((both - last).detach()) == pytest.approx(float(first.detach()), abs=1e-4)

@@ -222,12 +222,16 @@ class LeoVL:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return SceneBatch(ids, embeds, mask, positions, [len(a) for a in ans], counts, history)
 
+    def hidden_states(self, batch: SceneBatch) -> torch.Tensor:
+        """(B, L, d) last-layer hidden states (after the final norm) of a prepared batch."""
+        self.model.model.rope_deltas = None  # cached per batch shape by Qwen; never valid across batches
+        return self.model.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                                position_ids=batch.position_ids, use_cache=False)[0]
+
     def logits(self, batch: SceneBatch, logits_to_keep: int = 0) -> torch.Tensor:
         """(B, L or logits_to_keep, V) next-token logits of a prepared batch."""
-        self.model.model.rope_deltas = None  # cached per batch shape by Qwen; never valid across batches
-        out = self.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                         position_ids=batch.position_ids, use_cache=False, logits_to_keep=logits_to_keep)
-        return out.logits
+        hidden = self.hidden_states(batch)
+        return self.model.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
 
     # ------------------------------------------------------------------ scoring
     def sequence_logprobs(self, scenes: Sequence[VoxelMap | None], queries: Sequence[SceneQuery],
@@ -241,9 +245,7 @@ class LeoVL:
         otherwise cost more than the whole transformer.
         """
         batch = self.prepare_batch(scenes, queries, answers)
-        self.model.model.rope_deltas = None
-        hidden = self.model.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                                  position_ids=batch.position_ids, use_cache=False)[0]  # (B, L, d)
+        hidden = self.hidden_states(batch)  # (B, L, d)
         B, L = batch.input_ids.shape
         lengths = torch.tensor(batch.answer_lengths, device=self.device)
         # Row b's answer fills its last lengths[b] positions; position t is predicted at t - 1.

@@ -128,3 +128,15 @@ def test_bad_arguments():
         intrinsics_matrix(64, 48, hfov_deg=200)
     with pytest.raises(ValueError, match="hole_fraction"):
         render_frames(room, 1, 32, 24, hole_fraction=1.5)
+
+
+def test_every_category_has_its_own_surface_pattern():
+    from leovl_ros.synth.catalog import CATEGORY_NAMES
+    from leovl_ros.synth.render import _category_pattern, category_pattern_of
+
+    patterns = [category_pattern_of(c) for c in CATEGORY_NAMES]
+    assert len(set(patterns)) == len(CATEGORY_NAMES)
+    pts = np.random.default_rng(0).uniform(0, 1, (2000, 3)).astype(np.float32)
+    for kind, period in patterns:
+        f = _category_pattern(pts, np.full(len(pts), kind), np.full(len(pts), period, np.float32))
+        assert 0.75 - 1e-6 <= f.min() and f.max() <= 1.25 + 1e-6 and f.std() > 0.05  # albedo stays nameable

@@ -222,3 +222,33 @@ def test_build_scenes_with_worker_processes_fills_the_cache_once(workdir, capsys
     store = SceneStore(model, load_config(cfg).scenes)
     store.get("synth_000000")
     assert store.built == 0 and store.cache.hits == 1
+
+
+def test_object_maps_spell_each_object_in_word_space(workdir):
+    from training.object_maps import word_vector
+
+    cfg = load_config(_config(workdir, "objects", scenes={"cache_dir": str(workdir / "object_cache"),
+                                                          "source": "objects"}))
+    model = load_model(cfg.model, "full", 0, torch.device("cpu"))
+    store = SceneStore(model, cfg.scenes)
+    room = generate_room(1)
+    vmap = store.get(room.scene_id)
+    assert store.built == 0 and store.cache.misses == 1  # built from the scene graph, no rendering
+    from leovl_ros.synth.catalog import CATEGORY_NAMES, COLOURS
+
+    means = vmap.means()
+    assert vmap.num_voxels <= len(room.objects)
+    for o in room.objects:  # every object sits in its voxel and points at its two words
+        row = int(np.flatnonzero((vmap.coords.numpy() == np.floor(o.center / vmap.voxel_size)).all(1))[0])
+        for words, own in ((CATEGORY_NAMES, o.category), (tuple(COLOURS), o.colour)):
+            sims = torch.stack([torch.cosine_similarity(means[row], word_vector(model, w), dim=0) for w in words])
+            assert words.index(own) in sims.topk(3).indices.tolist(), (o, words)
+    again = SceneStore(model, cfg.scenes)
+    assert torch.equal(again.get(room.scene_id).coords, vmap.coords) and again.cache.hits == 1
+    with torch.no_grad():  # other word embeddings -> other maps: the cache must not serve the old ones
+        model.model.get_input_embeddings().weight.mul_(-1)
+    changed = SceneStore(model, cfg.scenes)
+    changed.get(room.scene_id)
+    assert changed.cache.misses == 1
+    with pytest.raises(ValueError, match="synthetic rooms only"):
+        store.get("scene0000_00")

@@ -29,6 +29,7 @@ from leovl_ros.voxel_map import VoxelMap
 from .bags import BagTopics, bag_frames, bag_scene_id
 from .cache import SceneCache
 from .frames import RGBDFrame, scannet_frames, synthetic_frames
+from .object_maps import object_map, object_map_recipe
 
 log = logging.getLogger(__name__)
 SYNTH_ID = re.compile(r"^synth_(\d+)$")
@@ -112,6 +113,13 @@ class ScenesConfig:
     bag_topics: BagTopics = field(default_factory=BagTopics)
     max_in_memory: int = 16  # voxel maps kept in RAM (LRU)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    # "frames": maps fused from each scene's RGB-D frames (the real thing); "objects":
+    # synthetic rooms as word-space object maps (object_maps.py, a curriculum stage)
+    source: str = "frames"
+
+    def __post_init__(self) -> None:
+        if self.source not in ("frames", "objects"):
+            raise ValueError(f"scenes.source must be 'frames' or 'objects', got {self.source!r}")
 
 
 class SceneStore:
@@ -129,6 +137,10 @@ class SceneStore:
     def _source(self, scene_id: str) -> tuple[str, Callable[[], Iterable[RGBDFrame]]]:
         c = self.config
         m = SYNTH_ID.match(scene_id)
+        if c.source == "objects":
+            if not m:
+                raise ValueError(f"scenes.source 'objects' builds synthetic rooms only, not {scene_id!r}")
+            return object_map_recipe(self.model), lambda: ()
         if m:
             seed = int(m.group(1))
             recipe = f"synthetic:{c.synthetic_frames}x{c.synthetic_width}x{c.synthetic_height}"
@@ -155,6 +167,9 @@ class SceneStore:
         recipe = source_recipe + "|" + self.config.fusion.recipe()
         enc = self.model.encoder
         vmap = self.cache.load(scene_id, enc.encoder_id, self.model.config.voxel_size, recipe)
+        if vmap is None and self.config.source == "objects":
+            vmap = object_map(int(SYNTH_ID.match(scene_id).group(1)), self.model)
+            self.cache.store(vmap, scene_id, recipe)
         if vmap is None:
             vmap = self.model.new_voxel_map(storage_dtype=_DTYPES[self.config.fusion.storage_dtype])
             stats = fuse_frames(enc, vmap, frames(), self.config.fusion)

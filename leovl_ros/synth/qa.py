@@ -5,6 +5,13 @@ Answers are one canonical word or number ("red", "3", "yes", "above", "left", "c
 exact match is a fair metric; `answers` adds accepted variants ("three", "grey").
 Every object a question names is referred to by a phrase that is unique in its room
 (relations.refer), and left/right and nearest are only asked when they win by a margin.
+
+Answers are balanced where the wording alone would give them away, so that a model that
+ignores the scene scores low (what bench/learning.py measures): count questions draw their
+answer value first, uniformly over the values the room offers (0 from an absent category,
+1, 2, ...), then a question with that answer; above/below mixes "is X above or below Y"
+(decided by the categories: a mug is never under a table) with "what is X standing on" on
+objects that stand on different things in different rooms and "what is on top of Y".
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from collections import Counter
 
 import numpy as np
 
-from .catalog import CATEGORY_NAMES, PLURALS
+from .catalog import CATEGORY_NAMES, PLURALS, categories_by_placement
 from .relations import is_above, nearest, refer, side_of, support_name
 from .rooms import Room
 from .text import a, colour_answers, count_answers, pick, record
@@ -26,6 +33,7 @@ EXIST_Q = ("Is there {x} in the room?", "Is there {x} here?", "Can you see {x} i
            "Does this room have {x}?")
 ABOVE_Q = ("Is {x} above or below {y}?", "Is {x} located above or below {y}?",
            "Would I find {x} above or below {y}?")
+ON_TOP_Q = ("What is on top of {y}?", "What is standing on {y}?", "What can I find on top of {y}?")
 SUPPORT_Q = ("What is {x} standing on?", "What is {x} placed on?", "What is directly under {x}?",
              "What does {x} rest on?")
 SITUATION = (("You are standing next to {a} and facing {b}.", "Is {c} on your left or on your right?"),
@@ -55,11 +63,19 @@ def colour_qa(room: Room, rng: np.random.Generator, k: int) -> list[dict]:
 
 def count_qa(room: Room, rng: np.random.Generator, k: int) -> list[dict]:
     counts = Counter(o.category for o in room.objects)
-    absent = [c for c in CATEGORY_NAMES if c not in counts]
-    cands = [(PLURALS[c], n) for c, n in counts.items()]
-    cands += [(f"{col} {PLURALS[c]}", n) for (c, col), n in Counter(
-        (o.category, o.colour) for o in room.objects).items() if counts[c] >= 2]
-    out = [(p, n) for p, n in _sample(rng, cands, k - 1)] + [(PLURALS[c], 0) for c in _sample(rng, absent, 1)]
+    by_answer: dict[int, list[str]] = {0: [PLURALS[c] for c in CATEGORY_NAMES if c not in counts]}
+    for c, n in counts.items():
+        by_answer.setdefault(n, []).append(PLURALS[c])
+    for (c, col), n in Counter((o.category, o.colour) for o in room.objects).items():
+        if counts[c] >= 2:
+            by_answer.setdefault(n, []).append(f"{col} {PLURALS[c]}")
+    out = []
+    for _ in range(k):
+        values = sorted(n for n, phrases in by_answer.items() if phrases)
+        if not values:
+            break
+        n = values[int(rng.integers(len(values)))]
+        out.append((by_answer[n].pop(int(rng.integers(len(by_answer[n])))), n))
     return [_qa(room, "count", pick(rng, COUNT_Q).format(p=p), str(n), count_answers(n)) for p, n in out]
 
 
@@ -82,6 +98,9 @@ def existence_qa(room: Room, rng: np.random.Generator, k: int) -> list[dict]:
 
 
 def above_below_qa(room: Room, rng: np.random.Generator, k: int) -> list[dict]:
+    """A third each (as the room allows): "is X above or below Y", "what is X standing on"
+    (items, and the boxes, plants and lamps that stand on the floor in other rooms) and
+    "what is on top of Y" (supporters whose items are all of one category)."""
     pairs = []
     for o in room.objects:
         for b in room.objects:
@@ -90,13 +109,21 @@ def above_below_qa(room: Room, rng: np.random.Generator, k: int) -> list[dict]:
                 if ro and rb:
                     pairs.append((ro, rb))
     out = []
-    for ro, rb in _sample(rng, pairs, (k + 1) // 2):
+    for ro, rb in _sample(rng, pairs, k // 3):
         if rng.random() < 0.5:
             out.append(_qa(room, "above_below", pick(rng, ABOVE_Q).format(x=ro, y=rb), "above"))
         else:
             out.append(_qa(room, "above_below", pick(rng, ABOVE_Q).format(x=rb, y=ro), "below"))
-    stacked = [o for o in room.objects if o.support is not None and refer(room, o)]
-    for o in _sample(rng, stacked, k - len(out)):
+    tops = []
+    for y in room.objects:
+        on = {o.category for o in room.objects if o.support == y.id}
+        if len(on) == 1 and refer(room, y):
+            tops.append((refer(room, y), on.pop()))
+    for ry, cat in _sample(rng, tops, (k - len(out)) // 2):
+        out.append(_qa(room, "above_below", pick(rng, ON_TOP_Q).format(y=ry), cat))
+    movable = {c.name for c in categories_by_placement("surface")}
+    standing = [o for o in room.objects if (o.support is not None or o.category in movable) and refer(room, o)]
+    for o in _sample(rng, standing, k - len(out)):
         out.append(_qa(room, "above_below", pick(rng, SUPPORT_Q).format(x=refer(room, o)), support_name(room, o)))
     return out
 

@@ -9,6 +9,12 @@ Decisions:
 - Shading: albedo x (ambient + directional light + camera-facing term) x texture noise that
   is fixed in the world (hashed 3 cm cells, so it is the same surface pattern in every
   frame) + small per-frame sensor noise. Colour stays nameable but is never one exact RGB.
+- Category pattern: every object's surface also carries a world-fixed pattern (+-25 %
+  of its albedo: stripes, diagonals or checks of a set period) that is fixed per category,
+  the way mugs, sofas and shelves differ in material and not only in outline. Our objects
+  are a few primitives in one flat colour, so without it a 28 px view of a bed's side and a
+  sofa's side are the same pixels and a small vision tower cannot tell categories apart
+  (held-out cell accuracy 0.49 with, and the LLM then cannot say what a room contains).
 - Depth: the ray hit's z-depth, with optional noise growing as z^2 (structured-light
   sensors), dropouts at grazing angles and random holes, quantised to uint16 millimetres.
 """
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
+from .catalog import CATEGORY_NAMES
 from .rooms import Room, generate_room
 from .shapes import raycasting_scene
 
@@ -95,6 +102,35 @@ def _texture(points: np.ndarray, salt: np.ndarray, cell: float = 0.03) -> np.nda
     return np.float32(0.88) + np.float32(0.24 / 65535) * ((h >> 7) & 0xFFFF).astype(np.float32)
 
 
+_PATTERN_PERIODS_M = (0.025, 0.04, 0.065, 0.1)
+_PATTERN_AMPLITUDE = np.float32(0.25)
+
+
+def _category_pattern(points: np.ndarray, kind: np.ndarray, period: np.ndarray) -> np.ndarray:
+    """Multiplicative pattern in [0.75, 1.25] of kind (0-5) and period (m), per point. (N,3)->(N,)
+
+    kinds: 0 horizontal stripes, 1 vertical stripes, 2 and 3 diagonals (mirrored), 4 3D
+    checks, 5 checks of vertical x horizontal stripes; every axis-aligned face shows it."""
+    t = points / period[:, None]  # (N, 3) in periods
+    x, y, z = t[:, 0], t[:, 1], t[:, 2]
+    wave = {0: lambda: np.cos(2 * np.pi * z), 1: lambda: np.cos(2 * np.pi * (x + y)),
+            2: lambda: np.cos(2 * np.pi * (x + y + z) / np.sqrt(3)), 3: lambda: np.cos(2 * np.pi * (x - y - z) / np.sqrt(3)),
+            4: lambda: np.cos(np.pi * x) * np.cos(np.pi * y) * np.cos(np.pi * z),
+            5: lambda: np.cos(np.pi * (x + y)) * np.cos(np.pi * z)}
+    out = np.zeros(len(points), np.float32)
+    for k, f in wave.items():
+        sel = kind == k
+        if sel.any():
+            out[sel] = f()[sel]
+    return np.float32(1) + _PATTERN_AMPLITUDE * out
+
+
+def category_pattern_of(category: str) -> tuple[int, float]:
+    """(kind, period in metres) of a category's surface pattern: distinct for every name."""
+    k = CATEGORY_NAMES.index(category)
+    return k // len(_PATTERN_PERIODS_M), _PATTERN_PERIODS_M[k % len(_PATTERN_PERIODS_M)]
+
+
 class RoomRenderer:
     """Renders views of one room; builds the ray-casting scene once."""
 
@@ -104,6 +140,9 @@ class RoomRenderer:
         counts = np.array([len(m.triangles) for m in meshes])
         self.tri_offset = np.concatenate([[0], np.cumsum(counts)[:-1]])  # (G,) first triangle
         self.tri_rgb = np.concatenate([m.rgb for m in meshes])  # (sum T, 3)
+        patterns = [(-1, 1.0)] + [category_pattern_of(o.category) for o in room.objects]  # -1: structure, plain
+        self.pattern_kind = np.array([k for k, _ in patterns])  # (G,)
+        self.pattern_period = np.array([p for _, p in patterns], np.float32)  # (G,)
         self.light = (np.array([0.35, 0.25, 1.0]) / np.linalg.norm([0.35, 0.25, 1.0])).astype(np.float32)
 
     def render(self, K: np.ndarray, T_map_camera: np.ndarray, width: int, height: int,
@@ -131,7 +170,8 @@ class RoomRenderer:
         n *= np.where(d_dot_n > 0, -1.0, 1.0).astype(np.float32)[:, None]  # face the camera
         points = r[:, :3] + r[:, 3:] * tv[:, None]
         shade = 0.35 + 0.45 * np.clip(n @ self.light, 0, None) + 0.25 * cos_v  # (M,)
-        colour = self.tri_rgb[tri] * (shade * _texture(points, g) * 255)[:, None]
+        surface = _texture(points, g) * _category_pattern(points, self.pattern_kind[g], self.pattern_period[g])
+        colour = self.tri_rgb[tri] * (shade * surface * 255)[:, None]
         colour += rng.standard_normal(colour.shape, dtype=np.float32) * 2.5
 
         rgb = np.zeros((width * height, 3), np.uint8)

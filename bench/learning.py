@@ -10,11 +10,14 @@ conditions, EM per question type:
   other  - another held-out room's map (right format, wrong content)
 A model that reads the scene scores well only with its own room; answer priors score the
 same in all three. "scene-acc" is the paper's scene-preference accuracy (Fig. 8): how often
-the true answer is more likely given the room than given another room. Ablations (paper §4.2) at this scale, each an SFT run of the same config
-and budget that changes one thing: ``grid.pos_z: none`` (no height RoPE),
-``grid.grid: voxel_sample`` (uniform voxel sample instead of the CFG); plus the shipped SFT
-model vs SFT + SceneDPO. TARGET_TYPES carry the issue's goal (>= 0.70 with the scene, >= 30 points
-lower without it).
+the true answer is more likely given the room than given another room.
+
+Ablations (paper §4.2) at this scale branch off the shared stage-2 model (object maps, see
+training/tiny_model.py): each is a stage-3 SFT run (configs/leovl_tiny_sft.yaml) of the same
+reduced budget that changes one thing: ``grid.pos_z: none`` (no height RoPE),
+``grid.grid: voxel_sample`` (a uniform voxel sample instead of the CFG), against the CFG
+itself at that budget; plus the shipped SFT model vs SFT + SceneDPO. TARGET_TYPES carry the
+issue's goal (>= 70 % EM with the scene, >= 30 points lower without it).
 """
 from __future__ import annotations
 

@@ -252,3 +252,16 @@ def test_object_maps_spell_each_object_in_word_space(workdir):
     assert changed.cache.misses == 1
     with pytest.raises(ValueError, match="synthetic rooms only"):
         store.get("scene0000_00")
+
+
+def test_a_bundle_continues_under_another_grid_only(workdir):
+    bundle = workdir / "sft" / "bundle"
+    if not bundle.is_dir():
+        pytest.skip("needs the SFT test's bundle")
+    section = ModelSection(base=str(workdir / "base"), bundle=str(bundle), leovl={"grid": {"pos_z": "none"}})
+    model = load_model(section, "adapter", 0, torch.device("cpu"))
+    assert model.config.grid.pos_z == "none" and model.config.grid.max_tokens == 64  # the rest is the bundle's
+    for leovl in ({"voxel_size": 0.5}, {"grid": {"fourier_features": 8}}):
+        with pytest.raises(ValueError, match="cannot change a bundle's model"):
+            load_model(ModelSection(base=str(workdir / "base"), bundle=str(bundle), leovl=leovl), "adapter", 0,
+                       torch.device("cpu"))

@@ -46,3 +46,21 @@ def test_history_turns_require_the_chat_format(tmp_path: Path):
     cfg["model"]["leovl"]["dialogue_format"] = "chat"
     path.write_text(yaml.safe_dump(cfg))
     assert load_config(path).data.history_turns
+
+
+def test_cli_sessions_of_one_question_type_from_more_questions_per_room(records, tmp_path: Path, capsys):
+    from training.data_cli import main
+    from training.records import read_records
+
+    assert main(["convert", "synthetic", "--seeds", "0:2", "--qa-per-type", "12", "--out", str(tmp_path / "r.jsonl")]) == 0
+    many = [r for r in read_records([tmp_path / "r.jsonl"]) if r.task == "qa" and r.qtype == "colour"]
+    assert len(many) > len([r for r in records if r.task == "qa" and r.qtype == "colour"])  # rooms 0, 1 at 6 per type
+    assert main(["sessions", str(tmp_path / "r.jsonl"), "--size", "8", "--qtypes", "colour",
+                 "--out", str(tmp_path / "s.jsonl")]) == 0
+    sessions = read_records([tmp_path / "s.jsonl"])
+    assert {r.qtype for r in sessions} == {"colour"} and {r.task for r in sessions} == {"qa"}
+    assert sum(1 + len(r.history or []) for r in sessions) == len(many)
+    assert all(q.startswith(("What", "Which", "Tell")) for r in sessions for q, _ in (r.history or []))
+    assert main(["sessions", str(tmp_path / "r.jsonl"), "--size", "8", "--qtypes", "nonsense",
+                 "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "no QA records of question type(s) nonsense" in capsys.readouterr().err

@@ -168,14 +168,16 @@ def convert_leo_object_caption(data: Any, centers: Any, report: ConversionReport
     yield from convert_items(items(), lambda t: _validated(one(t)), report)
 
 
-def convert_synthetic(seeds: list[int], report: ConversionReport) -> Iterator[Record]:
-    """Records of procedurally generated rooms (ground truth from the scene graph)."""
-    from leovl_ros.synth.annotate import annotate_room
+def convert_synthetic(seeds: list[int], report: ConversionReport, qa_per_type: int | None = None) -> Iterator[Record]:
+    """Records of procedurally generated rooms (ground truth from the scene graph);
+    ``qa_per_type``: questions per room and type (default: AnnotateConfig's)."""
+    from leovl_ros.synth.annotate import AnnotateConfig, annotate_room
     from leovl_ros.synth.rooms import generate_room
 
+    config = AnnotateConfig() if qa_per_type is None else AnnotateConfig(qa_per_type=qa_per_type)
     for seed in seeds:
         room = generate_room(seed)
-        items = ((f"{room.scene_id}[{i}]", d) for i, d in enumerate(annotate_room(room, seed)))
+        items = ((f"{room.scene_id}[{i}]", d) for i, d in enumerate(annotate_room(room, seed, config)))
         yield from convert_items(items, lambda d: [Record.from_dict(d)], report)
 
 

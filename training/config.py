@@ -37,7 +37,8 @@ class ModelSection:
         "create a random Qwen2.5-VL base at `base` when it does not exist: keyword arguments of "
         "leovl_ros.model.tiny.tiny_qwen25vl_config (tests; training from scratch with trainable: full)", None)
     leovl: dict = _help("LeoVLConfig overrides for a fresh model (voxel_size, grid, lora_r, ...); "
-                        "ignored when a bundle is given (the bundle holds its config)", factory=dict)
+                        "with a bundle (which holds its config) only grid.pos_z / grid / max_tokens / "
+                        "sample_seed may be set: ablations continuing a trained model", factory=dict)
 
 
 @dataclass

@@ -8,6 +8,7 @@ scene feature cache.
     leovl-data convert synthetic --seeds 0:100 --out synth.jsonl
     leovl-data from-bag robot_2024_05_01/ --out-sft sft.jsonl --out-pref pref.jsonl
     leovl-data sessions synth.jsonl --size 6 --out synth_sessions.jsonl
+    leovl-data sessions synth.jsonl --size 8 --qtypes colour --out colour_sessions.jsonl
     leovl-data build-scenes --config configs/sft.yaml
 
 Every command prints what it kept and what it skipped, with reasons; a malformed record is
@@ -53,7 +54,7 @@ def _convert(args: argparse.Namespace, report: ConversionReport) -> list:
     if fmt == "synthetic":
         if not args.seeds:
             raise ValueError("format synthetic needs --seeds, e.g. --seeds 0:10")
-        return list(adapters.convert_synthetic(_seeds(args.seeds), report))
+        return list(adapters.convert_synthetic(_seeds(args.seeds), report, args.qa_per_type))
     if fmt == "sqa3d":
         return list(adapters.convert_sqa3d(_load_json(inputs[0]), _load_json(inputs[1]), report))
     if fmt == "leo-object-caption":
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output JSONL")
     c.add_argument("--centers", help="leo-object-caption: JSON {scan_id: {object_id: [x, y, z]}}")
     c.add_argument("--seeds", help="synthetic: room seeds, 'A:B' or 'a,b,c'")
+    c.add_argument("--qa-per-type", type=int, help="synthetic: questions per room and question type (default 6)")
     c.add_argument("--report", help="also write the kept/skipped counts as JSON here")
     b = sub.add_parser("from-bag", help="SFT and preference records from recorded robot bags")
     b.add_argument("bags", nargs="+", help="rosbag2 folders")
@@ -157,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("inputs", nargs="+", help="record JSONL files")
     q.add_argument("--size", type=int, required=True, help="questions per session")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--qtypes", help="keep only QA of these question types, e.g. 'colour' (drops every other record)")
     q.add_argument("--out", required=True, help="output JSONL")
     s = sub.add_parser("build-scenes", help="encode and cache every scene the config's records use")
     s.add_argument("--config", required=True)
@@ -176,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
             from .sessions import qa_sessions
 
             records = read_records(args.inputs, report)
+            if args.qtypes:
+                keep = set(args.qtypes.split(","))
+                records = [r for r in records if r.task == "qa" and r.qtype in keep]
+                if not records:
+                    raise ValueError(f"no QA records of question type(s) {args.qtypes} in {', '.join(args.inputs)}")
             n = write_records(args.out, qa_sessions(records, args.size, args.seed))
             print(f"wrote {n} records ({len(records)} before grouping) to {args.out}")
         elif args.command == "from-bag":

@@ -1,6 +1,7 @@
 """Loading the model to train: a Qwen2.5-VL base (optionally created at random) + bundle."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -57,6 +58,29 @@ def create_random_base(path: str | os.PathLike, tiny_kwargs: dict, seed: int = 0
     return save_pretrained_atomic(model, path)
 
 
+# Grid settings that change no weight shape: a trained bundle can continue under another one
+# (the paper's ablations branching off a shared earlier stage).
+_BUNDLE_GRID_KEYS = ("pos_z", "grid", "max_tokens", "sample_seed")
+
+
+def _override_grid(model: LeoVL, leovl: dict) -> None:
+    """Apply ``model.leovl: {grid: {...}}`` on top of a bundle's config. Other keys may only
+    repeat the bundle's own values (a config shared by the stages before and after)."""
+    current = dataclasses.asdict(model.config)
+    grid = dict(leovl.get("grid", {}))
+    changed = sorted(k for k, v in leovl.items() if k != "grid" and current.get(k, v) != v)
+    changed += sorted(f"grid.{k}" for k, v in grid.items()
+                      if k not in _BUNDLE_GRID_KEYS and current["grid"].get(k, v) != v)
+    if changed:
+        raise ValueError(f"model.leovl keys {changed} cannot change a bundle's model (its config and weights "
+                         f"belong together); with model.bundle only grid.{{{', '.join(_BUNDLE_GRID_KEYS)}}} "
+                         "may differ from the bundle's config")
+    unknown = sorted(set(leovl) - set(current)) + sorted(f"grid.{k}" for k in set(grid) - set(current["grid"]))
+    if unknown:
+        raise ValueError(f"unknown model.leovl keys {unknown}")
+    model.config.grid = dataclasses.replace(model.config.grid, **{k: grid[k] for k in _BUNDLE_GRID_KEYS if k in grid})
+
+
 def load_model(section: ModelSection, trainable: str, seed: int, device: torch.device) -> LeoVL:
     """The model to train, on ``device``, in ``trainable`` mode ('adapter' | 'full')."""
     base = Path(section.base)
@@ -66,6 +90,7 @@ def load_model(section: ModelSection, trainable: str, seed: int, device: torch.d
     if section.bundle:
         model = LeoVL.from_pretrained(base, bundle=section.bundle, device=device, dtype=dtype,
                                       allow_network=section.allow_network)
+        _override_grid(model, section.leovl)
         if model.config.train_mode != trainable:
             model.set_trainable(trainable)
         return model

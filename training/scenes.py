@@ -116,6 +116,7 @@ class ScenesConfig:
     # "frames": maps fused from each scene's RGB-D frames (the real thing); "objects":
     # synthetic rooms as word-space object maps (object_maps.py, a curriculum stage)
     source: str = "frames"
+    object_floor: bool = False  # objects: also an empty floor voxel in every column (a real room's token count)
 
     def __post_init__(self) -> None:
         if self.source not in ("frames", "objects"):
@@ -140,7 +141,7 @@ class SceneStore:
         if c.source == "objects":
             if not m:
                 raise ValueError(f"scenes.source 'objects' builds synthetic rooms only, not {scene_id!r}")
-            return object_map_recipe(self.model), lambda: ()
+            return object_map_recipe(self.model, c.object_floor), lambda: ()
         if m:
             seed = int(m.group(1))
             recipe = f"synthetic:{c.synthetic_frames}x{c.synthetic_width}x{c.synthetic_height}"
@@ -168,7 +169,7 @@ class SceneStore:
         enc = self.model.encoder
         vmap = self.cache.load(scene_id, enc.encoder_id, self.model.config.voxel_size, recipe)
         if vmap is None and self.config.source == "objects":
-            vmap = object_map(int(SYNTH_ID.match(scene_id).group(1)), self.model)
+            vmap = object_map(int(SYNTH_ID.match(scene_id).group(1)), self.model, self.config.object_floor)
             self.cache.store(vmap, scene_id, recipe)
         if vmap is None:
             vmap = self.model.new_voxel_map(storage_dtype=_DTYPES[self.config.fusion.storage_dtype])

@@ -4,6 +4,7 @@
     python -m training.tiny_model base --out runs/leovl-tiny/base                   # 1
     leovl-data convert synthetic ... ; leovl-data sessions ...
     leovl-train sft --config configs/leovl_tiny_objects.yaml                        # 2
+    leovl-train sft --config configs/leovl_tiny_objects_floor.yaml                  # 2b
     leovl-data build-scenes --config configs/leovl_tiny_sft.yaml
     leovl-train sft --config configs/leovl_tiny_sft.yaml                            # 3
     leovl-train dpo --config configs/leovl_tiny_dpo.yaml                            # 4
@@ -12,8 +13,9 @@
 Stage 1 builds a random Qwen2.5-VL of :data:`TINY_ARCH` and pretrains its vision tower on
 synthetic frames (vision_pretrain.py): a from-scratch LLM needs features that already say
 what each cell shows. Stage 2 trains the LLM on object maps (object_maps.py: a room as one
-word-space token per object) so it learns to look scene tokens up at all; stage 3 continues
-on the rendered rooms' real maps. Export stores the trained full bundle in float16 (half the
+word-space token per object) and colour questions so it learns to look scene tokens up at
+all; 2b keeps that lookup among a real room's number of tokens (empty floor voxels); stage 3
+trains every task on the rendered rooms' real maps. Export stores the trained full bundle in float16 (half the
 bytes; the node upcasts on load) plus ``training.json``: the commands, seeds and data that
 made it.
 """
@@ -29,14 +31,17 @@ from pathlib import Path
 # weights stay under 50 MB (the tied 151,936 x 128 embedding table is 39 MB of it).
 ROOT = Path("runs/leovl-tiny")
 SHIPPED = Path("leovl_ros/models/leovl-tiny")
-SEEDS = {"train": "1000:1300", "dpo": "1000:1100", "eval": "900000:900040"}  # synthetic room seeds
+# synthetic room seeds; "lookup" rooms are object maps only (stage 2: no rendering)
+SEEDS = {"train": "1000:1300", "dpo": "1000:1100", "eval": "900000:900040", "lookup": "2000:4000",
+         "train_lookup": "1000:1300"}
 VISION_SEEDS = "0:300"  # rooms of vision pretraining: none of them is a training or held-out room
 SEED = 0
 # The stage whose bundle ships. SceneDPO runs and is reported by bench/learning.py, but at
 # this scale it lowered held-out EM (50 -> 33: it learns to avoid its own wrong answers
 # without reading the scene better), so the SFT result is the better default.
 SHIP_STAGE = "sft"
-CONFIGS = ("configs/leovl_tiny_objects.yaml", "configs/leovl_tiny_sft.yaml", "configs/leovl_tiny_dpo.yaml")
+CONFIGS = ("configs/leovl_tiny_objects.yaml", "configs/leovl_tiny_objects_floor.yaml", "configs/leovl_tiny_sft.yaml",
+           "configs/leovl_tiny_dpo.yaml")
 TINY_ARCH = dict(hidden_size=128, layers=4, heads=4, kv_heads=2, vision_hidden=96, vision_depth=3,
                  vision_heads=2)
 
@@ -84,17 +89,28 @@ def export(bundle: Path, out: Path, provenance: dict) -> None:
 def stages(workers: int) -> list[tuple[str, Path | None, list[str]]]:
     """(name, output that marks it done, argv) of every stage of the build."""
     py = [sys.executable, "-m"]
-    data = [(split, ROOT / "data" / f"{split}.jsonl") for split in SEEDS]
+    data = ROOT / "data"
+
+    def records(split: str, *extra: str) -> tuple[str, None, list[str]]:
+        return (f"{split} records", None, py + ["training.data_cli", "convert", "synthetic", "--seeds", SEEDS[split],
+                                                *extra, "--out", str(data / f"{split}.jsonl")])
+
+    def sessions(name: str, source: str, size: int, *extra: str) -> tuple[str, None, list[str]]:
+        return (f"sessions {name}", None, py + ["training.data_cli", "sessions", str(data / f"{source}.jsonl"),
+                                                "--size", str(size), "--seed", str(SEED), *extra, "--out",
+                                                str(data / f"{name}.jsonl")])
+
     return ([("vision-pretrained base", ROOT / "base" / "leovl_tiny_base.json",
               py + ["training.tiny_model", "base", "--out", str(ROOT / "base"), "--seed", str(SEED),
                     "--seeds", VISION_SEEDS])]
-            + [(f"{split} records", None, py + ["training.data_cli", "convert", "synthetic", "--seeds", SEEDS[split],
-                                               "--out", str(path)]) for split, path in data]
-            + [("train sessions", None, py + ["training.data_cli", "sessions", str(ROOT / "data" / "train.jsonl"),
-                                              "--size", "6", "--seed", str(SEED), "--out",
-                                              str(ROOT / "data" / "train_sessions.jsonl")])]
+            + [records(split) for split in ("train", "dpo", "eval")]
+            + [records(split, "--qa-per-type", "12") for split in ("lookup", "train_lookup")]
+            + [sessions("train_sessions", "train", 6), sessions("eval_colour", "eval", 1, "--qtypes", "colour")]
+            + [sessions(f"{split}_sessions", split, 8, "--qtypes", "colour") for split in ("lookup", "train_lookup")]
             + [("SFT on object maps", ROOT / "objects" / "bundle", py + ["training.train_cli", "sft", "--config",
                                                                          "configs/leovl_tiny_objects.yaml"]),
+               ("SFT on object maps with floor", ROOT / "objects_floor" / "bundle",
+                py + ["training.train_cli", "sft", "--config", "configs/leovl_tiny_objects_floor.yaml"]),
                ("scene cache", None, py + ["training.data_cli", "build-scenes", "--config",
                                            "configs/leovl_tiny_sft.yaml", "--workers", str(workers)]),
                ("SFT", ROOT / "sft" / "bundle", py + ["training.train_cli", "sft", "--config",

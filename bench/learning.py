@@ -1,7 +1,7 @@
 """Does leovl-tiny look at the scene? Learning-validity report on held-out synthetic rooms.
 
     python -m bench.learning                         # the bundled model (+ the runs below if present)
-    python -m bench.learning --train-ablations 500   # also train the ablations (about 10 min each)
+    python -m bench.learning --train-ablations 400   # also train the ablations (about 20 min each)
 
 For each model, QA on held-out rooms is answered by generation (greedy) under three scene
 conditions, EM per question type:
@@ -12,7 +12,7 @@ A model that reads the scene scores well only with its own room; answer priors s
 same in all three. "scene-acc" is the paper's scene-preference accuracy (Fig. 8): how often
 the true answer is more likely given the room than given another room.
 
-Ablations (paper §4.2) at this scale branch off the shared stage-2 model (object maps, see
+Ablations (paper §4.2) at this scale branch off the shared stage-2b model (object maps, see
 training/tiny_model.py): each is a stage-3 SFT run (configs/leovl_tiny_sft.yaml) of the same
 reduced budget that changes one thing: ``grid.pos_z: none`` (no height RoPE),
 ``grid.grid: voxel_sample`` (a uniform voxel sample instead of the CFG), against the CFG

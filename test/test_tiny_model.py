@@ -123,17 +123,37 @@ def test_class_words_cover_plurals_and_synonyms():
     assert class_words("gray") == ["gray", " gray", "grey", " grey"]
 
 
-def test_the_bundled_model_is_small_documented_and_answers_in_kind():
-    """The shipped leovl-tiny: float16 safetensors under 50 MB, its training recorded, loaded
-    the way the node loads it, answering each question type with the right kind of word."""
+@pytest.fixture(scope="module")
+def mapped_rooms():
+    """The bundled model as the node loads it, and two held-out rooms it mapped the way the
+    training recipe does (30 frames at 448 x 336): {seed: (room, voxel map)}."""
     from leovl_ros.ros.model_source import BUNDLED_MODEL, load_model, resolve_model
-    from leovl_ros.synth.catalog import CATEGORY_NAMES, COLOURS
-    from leovl_ros.synth.qa import qa_records
     from leovl_ros.synth.rooms import generate_room
-    from leovl_ros.model.config import GenerationConfig
+    from training.frames import synthetic_frames
+    from training.scenes import fuse_frames
     from training.tiny_model import SEEDS
 
     assert BUNDLED.is_dir(), "leovl_ros/models/leovl-tiny is missing: run `make tiny-model`"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = load_model(resolve_model(BUNDLED_MODEL))
+    rooms = {}
+    for seed in (int(SEEDS["eval"].split(":")[0]) + i for i in (2, 3)):
+        rooms[seed] = (generate_room(seed), model.new_voxel_map())
+        fuse_frames(model.encoder, rooms[seed][1], synthetic_frames(seed, 30, 448, 336))
+    torch.set_num_threads(n)
+    return model, rooms
+
+
+def test_the_bundled_model_is_small_documented_and_answers_in_kind(mapped_rooms):
+    """The shipped leovl-tiny: float16 safetensors under 50 MB, its training recorded, and,
+    asked about a room it mapped, each question type answered with the right kind of word."""
+    from leovl_ros.model.config import GenerationConfig
+    from leovl_ros.model.prompts import SceneQuery
+    from leovl_ros.synth.catalog import CATEGORY_NAMES, COLOURS
+    from leovl_ros.synth.qa import qa_records
+    from training.tiny_model import SEEDS
+
     files = list(BUNDLED.iterdir())
     assert sum(f.stat().st_size for f in files) <= 50e6
     assert not [f for f in files if f.suffix in (".bin", ".pt", ".pth", ".pkl")]  # safetensors only
@@ -141,16 +161,35 @@ def test_the_bundled_model_is_small_documented_and_answers_in_kind():
     assert prov["room_seeds"] == SEEDS and any("train_cli sft" in c for c in prov["commands"])
     assert any("train_cli dpo" in c for c in prov["commands"]) and prov["shipped_stage"] == "sft"
 
-    model = load_model(resolve_model(BUNDLED_MODEL))
+    model, rooms = mapped_rooms
     assert model.config.train_mode == "full" and model.config.base_model == "leovl-tiny"
-    room = generate_room(int(SEEDS["eval"].split(":")[0]) + 1)  # a held-out room
-    records = qa_records(room, np.random.default_rng(0), per_type=2)
+    room, scene = next(iter(rooms.values()))
     kinds = {"colour": set(COLOURS), "existence": {"yes", "no"}, "count": {str(n) for n in range(10)},
              "nearest": set(CATEGORY_NAMES)}
-    asked = [r for r in records if r["qtype"] in kinds]
-    from leovl_ros.model.prompts import SceneQuery
-
-    answers = model.generate([None] * len(asked), [SceneQuery("qa", r["instruction"]) for r in asked],
+    asked = [r for r in qa_records(room, np.random.default_rng(0), per_type=2) if r["qtype"] in kinds]
+    answers = model.generate([scene] * len(asked), [SceneQuery("qa", r["instruction"]) for r in asked],
                              GenerationConfig(num_beams=1, max_new_tokens=6, repetition_penalty=1.0))
+    assert {r["qtype"] for r in asked} == set(kinds)
     for r, a in zip(asked, answers):
         assert a in kinds[r["qtype"]], (r["instruction"], a)
+
+
+def test_the_bundled_model_reads_colours_from_the_room_it_mapped(mapped_rooms):
+    """Colour questions about two held-out rooms, each answered with its own map and with the
+    other room's (right format, wrong content): only the room's own map gives its colours."""
+    from leovl_ros.model.config import GenerationConfig
+    from leovl_ros.model.prompts import SceneQuery
+    from leovl_ros.synth.qa import colour_qa
+    from training.metrics import exact_match_scores
+
+    model, rooms = mapped_rooms
+    (a, (room_a, map_a)), (b, (room_b, map_b)) = rooms.items()
+    asked = [(r, own, other) for room, own, other in ((room_a, map_a, map_b), (room_b, map_b, map_a))
+             for r in colour_qa(room, np.random.default_rng(0), 20)]
+    queries = [SceneQuery("qa", r["instruction"]) for r, _, _ in asked]
+    gen = GenerationConfig(num_beams=1, max_new_tokens=4, repetition_penalty=1.0)
+    em = {}
+    for cond, col in (("own", 1), ("other", 2)):
+        answers = model.generate([x[col] for x in asked], queries, gen)
+        em[cond] = exact_match_scores(answers, [r["answers"] for r, _, _ in asked])["overall"]["EM"]
+    assert len(asked) >= 15 and em["own"] >= 40 and em["own"] >= em["other"] + 20, em

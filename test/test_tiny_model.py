@@ -125,10 +125,11 @@ def test_class_words_cover_plurals_and_synonyms():
 
 @pytest.fixture(scope="module")
 def mapped_rooms():
-    """The bundled model as the node loads it, and two held-out rooms it mapped the way the
-    training recipe does (30 frames at 448 x 336): {seed: (room, voxel map)}."""
+    """The bundled model as the node loads it, and two held-out rooms it mapped the way its
+    training stage did (configs/leovl_tiny_sft.yaml's frames): {seed: (room, voxel map)}."""
     from leovl_ros.ros.model_source import BUNDLED_MODEL, load_model, resolve_model
     from leovl_ros.synth.rooms import generate_room
+    from training.config import load_config
     from training.frames import synthetic_frames
     from training.scenes import fuse_frames
     from training.tiny_model import SEEDS
@@ -137,10 +138,12 @@ def mapped_rooms():
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     model = load_model(resolve_model(BUNDLED_MODEL))
+    sc = load_config(Path(__file__).resolve().parents[1] / "configs" / "leovl_tiny_sft.yaml").scenes
     rooms = {}
     for seed in (int(SEEDS["eval"].split(":")[0]) + i for i in (2, 3)):
         rooms[seed] = (generate_room(seed), model.new_voxel_map())
-        fuse_frames(model.encoder, rooms[seed][1], synthetic_frames(seed, 30, 448, 336))
+        fuse_frames(model.encoder, rooms[seed][1], synthetic_frames(seed, sc.synthetic_frames, sc.synthetic_width,
+                                                                    sc.synthetic_height))
     torch.set_num_threads(n)
     return model, rooms
 

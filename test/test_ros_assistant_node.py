@@ -138,7 +138,12 @@ def operator(tmp_path_factory):
                     and last[-1].frames_received >= PLAYER_FRAMES // 2
                     and last[-1].keyframes_fused + last[-1].frames_dropped == last[-1].frames_received)
 
-        wait_for(lambda: settled() or not op.alive(), 90.0, f"the stream to be fused\n{op.log_tail()}")
+        try:
+            wait_for(lambda: settled() or not op.alive(), 90.0, "the stream to be fused")
+        except pytest.fail.Exception:  # say which part never settled: frames lost, fusion behind, no status
+            counts = [(s.frames_received, s.keyframes_fused, s.frames_dropped) for s in op.status[-3:]]
+            pytest.fail(f"stream not fused within 90 s: {len(op.status)} scene_status reports, last "
+                        f"(received, fused, dropped) {counts}\n{op.log_tail()}")
         op.tmp = tmp
         yield op
     finally:

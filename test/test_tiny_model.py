@@ -10,8 +10,8 @@ import torch
 
 from leovl_ros.model.encoder import CELL_PX
 from training.vision_pretrain import (CATEGORY_CLASSES, COLOUR_CLASSES, VisionPretrainConfig, align_word_embeddings,
-                                      calibrate_output, cell_label_shares, class_directions, class_words,
-                                      labelled_frames, pretrain_vision_tower)
+                                      calibrate_output, cell_label_shares, class_directions, class_weights,
+                                      class_words, labelled_frames, pretrain_vision_tower, soft_cross_entropy)
 
 BUNDLED = Path(__file__).resolve().parents[1] / "leovl_ros" / "models" / "leovl-tiny"
 
@@ -40,6 +40,25 @@ def test_cell_label_shares_count_pixels_per_cell():
 def test_cell_label_shares_reject_an_image_off_the_cell_grid():
     with pytest.raises(ValueError, match="multiples of 28"):
         cell_label_shares(np.zeros((50, 56), np.int32), np.zeros(1, np.int64), np.zeros(1, np.int64), (2, 2))
+
+
+def test_class_balance_weighs_rare_categories_up_and_is_off_at_zero():
+    C = len(CATEGORY_CLASSES)
+    cat = np.zeros((10, C), np.float32)
+    cat[:8, 0] = 1.0  # 8 background cells
+    cat[8:, 1] = 1.0  # 2 cells of category 1
+    frames = [(None, cat, None)]
+    assert class_weights(frames, 0.0) is None
+    w = class_weights(frames, 0.5)
+    assert w[1] == pytest.approx(2.0 * w[0])  # 4x rarer -> 2x the weight at balance 0.5
+    assert w[2] > w[1]  # never seen: counted as one pixel share, the largest weight
+
+    logits, target = torch.randn(10, C), torch.from_numpy(cat)
+    assert soft_cross_entropy(logits, target, torch.ones(C)) == pytest.approx(float(soft_cross_entropy(logits, target)))
+    # Weighted: the category-1 cells count as much as the 4x more background cells.
+    per_cell = -(target * logits.log_softmax(-1)).sum(-1)
+    expected = (w[0] * per_cell[:8].sum() + w[1] * per_cell[8:].sum()) / (8 * w[0] + 2 * w[1])
+    assert soft_cross_entropy(logits, target, w) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_vision_pretraining_lowers_the_probe_loss_and_centres_the_output_on_background():

@@ -1,6 +1,6 @@
 """What does leovl-tiny's vision tower recognise, category by category?
 
-    python -m bench.vision_tower                     # make tiny-model's tower vs a random one (~4 min on 2 cores)
+    python -m bench.vision_tower                     # make tiny-model's tower vs a random one (~1 min per tower, 2 cores)
     python -m bench.vision_tower --tower runs/leovl-tiny/base --tower runs/exp/base \\
         --cache-dir runs/leovl-tiny/scenes runs/exp/scenes
 

@@ -53,21 +53,11 @@ def load_tower(path: str) -> nn.Module:
     return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, local_files_only=True).model.visual.float().eval()
 
 
-def fit_probe(visual: nn.Module, frames: list, steps: int = 300) -> nn.Linear:
-    """Soft-target linear category probe on the frozen tower's cell features (full batch: convex)."""
-    from training.vision_pretrain import CATEGORY_CLASSES, soft_cross_entropy, cell_features
+def fit_probe(visual: nn.Module, frames: list) -> nn.Linear:
+    """Linear category probe on the frozen tower's cell features."""
+    from training.vision_pretrain import cell_features, fit_linear_probe
 
-    feats = cell_features(visual, frames)  # (cells, d)
-    target = torch.from_numpy(np.concatenate([f[1] for f in frames]))  # (cells, C)
-    torch.manual_seed(0)
-    probe = nn.Linear(feats.shape[1], len(CATEGORY_CLASSES))
-    opt = torch.optim.Adam(probe.parameters(), lr=0.05)
-    for _ in range(steps):
-        loss = soft_cross_entropy(probe(feats), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return probe.eval()
+    return fit_linear_probe(cell_features(visual, frames), torch.from_numpy(np.concatenate([f[1] for f in frames])))
 
 
 @torch.no_grad()

@@ -216,22 +216,27 @@ def _mean_recall(pred: torch.Tensor, label: torch.Tensor) -> float:
     return float(np.mean(recalls))
 
 
+def fit_linear_probe(feats: torch.Tensor, target: torch.Tensor, steps: int = 300, seed: int = 0) -> nn.Linear:
+    """Soft-target linear probe (d -> C) on frozen (cells, d) features and (cells, C) shares."""
+    torch.manual_seed(seed)
+    probe = nn.Linear(feats.shape[1], target.shape[1])
+    opt = torch.optim.Adam(probe.parameters(), lr=0.05)
+    for _ in range(steps):  # full batch: the features fit in memory and the problem is convex
+        loss = soft_cross_entropy(probe(feats), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return probe.eval()
+
+
 def class_directions(visual: nn.Module, frames: list, steps: int = 300, seed: int = 0) -> dict[str, torch.Tensor]:
     """Unit directions of each category / colour class in the tower's output space: the
     rows of soft-target linear probes fitted on the frozen features, centred over classes."""
     feats = cell_features(visual, frames)  # (cells, d)
     out = {}
-    for i, (name, classes) in enumerate((("category", CATEGORY_CLASSES), ("colour", COLOUR_CLASSES))):
+    for i, name in enumerate(("category", "colour")):
         target = torch.from_numpy(np.concatenate([f[1 + i] for f in frames]))  # (cells, C)
-        torch.manual_seed(seed)
-        probe = nn.Linear(feats.shape[1], len(classes))
-        opt = torch.optim.Adam(probe.parameters(), lr=0.05)
-        for _ in range(steps):  # full batch: the features fit in memory and the problem is convex
-            loss = soft_cross_entropy(probe(feats), target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        w = probe.weight.detach()
+        w = fit_linear_probe(feats, target, steps, seed).weight.detach()
         out[name] = nn.functional.normalize(w - w.mean(0), dim=1)  # (C, d)
     return out
 

@@ -73,10 +73,11 @@ def cell_recall(visual: nn.Module, probe: nn.Linear, frames: list) -> tuple[np.n
 
 
 @torch.no_grad()
-def room_presence(visual: nn.Module, probe: nn.Linear, cache_dirs: list[Path],
-                  size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(C,) held-out presence accuracy from this tower's cached maps of ``size`` (W, H) frames and
-    (C,) the majority-answer accuracy; None when no such map of training and held-out rooms exists."""
+def room_presence(visual: nn.Module, probe: nn.Linear, cache_dirs: list[Path], size: tuple[int, int],
+                  outward_every: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """(C,) held-out presence accuracy from this tower's cached maps of ``size`` (W, H) frames along
+    the camera path with ``outward_every`` and (C,) the majority-answer accuracy; None when no such
+    map of training and held-out rooms exists."""
     from leovl_ros.model.encoder import VisionEncoder
     from leovl_ros.synth.catalog import CATEGORY_NAMES
     from leovl_ros.synth.rooms import generate_room
@@ -84,6 +85,7 @@ def room_presence(visual: nn.Module, probe: nn.Linear, cache_dirs: list[Path],
     from training.tiny_model import SEEDS
 
     encoder_id = VisionEncoder(visual, max_pixels=150528).encoder_id  # the id ignores the pixel cap
+    frames_recipe = f"x{size[0]}x{size[1]}" + (f":outward{outward_every}" if outward_every else "") + "|"
     elo = int(SEEDS["eval"].split(":")[0])
     rooms: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for path in sorted(p for d in cache_dirs for p in d.glob("synth_*.safetensors")):
@@ -92,7 +94,7 @@ def room_presence(visual: nn.Module, probe: nn.Linear, cache_dirs: list[Path],
         seed = int(meta.get("scene_id", "synth_-1").split("_")[1])
         recipe = meta.get("recipe", "")
         if (meta.get("encoder_id") != encoder_id or not recipe.startswith("synthetic:")
-                or f"x{size[0]}x{size[1]}|" not in recipe or seed in rooms):
+                or frames_recipe not in recipe or seed in rooms):
             continue
         score = probe(vmap.means().float()).softmax(-1)[:, 1:].max(0).values.numpy()  # (C,)
         have = Counter(o.category for o in generate_room(seed).objects)
@@ -119,15 +121,19 @@ def main(argv: list[str] | None = None) -> int:
                         "built the cached maps (the shipped float16 copy has another encoder id)")
     p.add_argument("--size", default="448x336", help="WxH of the rendered frames, multiples of 28 (default %(default)s: "
                                                      "make tiny-model's)")
+    p.add_argument("--outward-every", type=int, default=0,
+                   help="every k-th frame looks at the near wall (synth/render.py camera_path; default 0: never, "
+                        "as make tiny-model renders)")
     p.add_argument("--cache-dir", nargs="*", type=Path, default=[Path("runs/leovl-tiny/scenes")],
                    help="dirs of cached voxel maps (make tiny-model's by default)")
     args = p.parse_args(argv)
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
-        if width % 28 or height % 28:
+        if width % 28 or height % 28 or args.outward_every == 1 or args.outward_every < 0:
             raise ValueError
     except ValueError:
-        print(f"bench.vision_tower: --size {args.size!r} is not WxH in multiples of 28 px", file=sys.stderr)
+        print(f"bench.vision_tower: --size {args.size!r} is not WxH in multiples of 28 px, or --outward-every "
+              f"{args.outward_every} is not 0 or >= 2", file=sys.stderr)
         return 2
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from leovl_ros.synth.catalog import CATEGORY_NAMES
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.vision_tower: cannot load a vision tower: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    size = {"width": width, "height": height}
+    size = {"width": width, "height": height, "outward_every": args.outward_every}
     fit_frames = labelled_frames(VisionPretrainConfig(seeds=PROBE_ROOMS, **size), progress=False)
     new_frames = labelled_frames(VisionPretrainConfig(seeds=NEW_ROOMS, **size), progress=False)
     cols, counts = [], None
@@ -148,13 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         probe = fit_probe(visual, fit_frames)
         recall, counts = cell_recall(visual, probe, new_frames)
         cols.append((f"{Path(path).name} cells", recall))
-        rooms = None if path == "random" else room_presence(visual, probe, args.cache_dir, (width, height))
+        rooms = None if path == "random" else room_presence(visual, probe, args.cache_dir, (width, height),
+                                                                args.outward_every)
         if rooms is not None:
             cols.append((f"{Path(path).name} rooms", rooms[0]))
             if not any(name == "prior rooms" for name, _ in cols):
                 cols.append(("prior rooms", rooms[1]))
         print(f"{path}: done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    print(f"cells: {width}x{height} frames of rooms {NEW_ROOMS[0]}:{NEW_ROOMS[1]}; rooms: held-out rooms of make tiny-model")
+    path_note = f", one in {args.outward_every} looking at the near wall" if args.outward_every else ""
+    print(f"cells: {width}x{height} frames{path_note} of rooms {NEW_ROOMS[0]}:{NEW_ROOMS[1]}; "
+          "rooms: held-out rooms of make tiny-model")
     print("| category | cells | " + " | ".join(name for name, _ in cols) + " |\n|---|---|" + "---|" * len(cols))
     for c, name in enumerate(CATEGORY_NAMES):
         print(f"| {name} | {counts[c]} | " + " | ".join(f"{v[c]:.2f}" for _, v in cols) + " |")

@@ -50,11 +50,23 @@ def test_manifest_splits_and_annotations(runs):
         assert len(list((out / r["scene_dir"] / "depth").iterdir())) == 3
 
 
+def test_outward_views_change_the_poses_and_are_recorded(runs, tmp_path):
+    out = tmp_path / "outward"
+    assert main(ARGS + ["--out", str(out), "--outward-every", "2"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["render"]["outward_every"] == 2
+    poses = {}
+    for name, root in (("inward", runs[0]), ("outward", out)):
+        poses[name] = [(root / "scenes/synth_000020/pose" / f"{i}.txt").read_text() for i in range(3)]
+    assert [a == b for a, b in zip(poses["inward"], poses["outward"])] == [True, False, True]  # frame 1 turned
+
+
 def test_refuses_existing_set_and_bad_args(runs, capsys):
     out, _ = runs
     assert main(ARGS + ["--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["--rooms", "0", "--out", str(out / "x")]) == 2
+    assert main(ARGS + ["--out", str(out / "y"), "--outward-every", "1"]) == 2
+    assert "--outward-every" in capsys.readouterr().err
     with pytest.raises(ValueError, match="ratios"):
         split_rooms(["a", "b"], [0.5, 0.6, 0.1], 0)
 

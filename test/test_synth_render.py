@@ -99,6 +99,27 @@ def test_camera_path_covers_the_room_without_entering_furniture():
     assert len(seen) >= 0.9 * len(room.objects)
 
 
+def test_outward_views_face_the_nearest_wall_and_show_surface_items_larger():
+    room = generate_room(2)
+    inward, outward = camera_path(room, 12), camera_path(room, 12, outward_every=3)
+    turned = [i for i in range(12) if not np.allclose(inward[i], outward[i])]
+    assert turned == [2, 5, 8, 11]
+    half = np.array([room.width / 2, room.depth / 2])
+    for i in turned:
+        eye, fwd = outward[i][:3, 3], outward[i][:3, 2]  # optical z = viewing direction
+        wall_axis = int(np.argmin(half - np.abs(eye[:2])))
+        assert fwd[2] < -0.2  # tilted down at the supporters' tops
+        assert np.sign(fwd[wall_axis]) == np.sign(eye[wall_axis])  # towards that wall, not the centre
+    near, far = [], []  # per item on a supporter: its pixel count in the view showing it largest
+    for seed in range(4):
+        room = generate_room(seed)
+        items = [o.id for o in room.objects if o.support is not None]
+        for frames, out in ((render_frames(room, 24, 160, 120, outward_every=2), near),
+                            (render_frames(room, 24, 160, 120), far)):
+            out += [max((f.instance == k).sum() for f in frames) for k in items]
+    assert len(near) >= 15 and np.median(near) > 1.5 * np.median(far)
+
+
 def test_named_colour_is_visible_but_not_constant():
     names = list(COLOURS)
     palette = np.array([COLOURS[n] for n in names])
@@ -124,6 +145,8 @@ def test_bad_arguments():
         camera_path(room, 4, camera_height=5.0)
     with pytest.raises(ValueError, match="num_frames"):
         camera_path(room, 0)
+    with pytest.raises(ValueError, match="outward_every"):
+        camera_path(room, 4, outward_every=1)
     with pytest.raises(ValueError, match="hfov"):
         intrinsics_matrix(64, 48, hfov_deg=200)
     with pytest.raises(ValueError, match="hole_fraction"):

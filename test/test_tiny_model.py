@@ -103,6 +103,24 @@ def test_vision_pretraining_lowers_the_probe_loss_and_centres_the_output_on_back
         pretrain_vision_tower(model.model.visual, VisionPretrainConfig(width=100), progress=False)
 
 
+def test_base_command_builds_the_tower_size_asked_for_and_records_it(tmp_path, capsys):
+    from transformers import AutoConfig
+
+    from training.tiny_model import TINY_ARCH, main
+
+    args = ["base", "--out", str(tmp_path / "base"), "--seeds", "0:2", "--frames-per-room", "2", "--width", "112",
+            "--height", "84", "--steps", "2", "--frames-per-step", "2", "--vision-hidden", "48", "--vision-depth", "1"]
+    assert main(args + ["--outward-every", "2"]) == 0
+    vision = AutoConfig.from_pretrained(tmp_path / "base").vision_config
+    assert (vision.hidden_size, vision.depth, vision.num_heads) == (48, 1, TINY_ARCH["vision_heads"])
+    info = json.loads((tmp_path / "base" / "leovl_tiny_base.json").read_text())
+    assert info["arch"] == {**TINY_ARCH, "vision_hidden": 48, "vision_depth": 1}
+    assert info["vision_pretrain"]["outward_every"] == 2
+    capsys.readouterr()
+    assert main(args + ["--vision-heads", "5"]) == 2  # 48 is not divisible by 5: one line, no traceback
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_export_writes_float16_weights_that_answer_like_the_original(tmp_path):
     from leovl_ros.model.leovl import LeoVL
     from leovl_ros.model.prompts import SceneQuery

@@ -207,6 +207,16 @@ def test_scannet_and_bag_sources_give_the_synthetic_map(workdir, tmp_path):
         store.get("scene9999_00")
 
 
+def test_outward_views_are_cached_apart_from_the_inward_loop(workdir, tmp_path):
+    model, _ = _model_and_scenes(workdir)
+    stores = {k: SceneStore(model, load_config(_config(workdir, f"outward{k}", scenes={
+        "cache_dir": str(tmp_path / "cache"), **SCENES, "synthetic_outward_every": k})).scenes) for k in (0, 2)}
+    maps = {k: store.get("synth_000000") for k, store in stores.items()}
+    assert [s.built for s in stores.values()] == [1, 1]  # one path's map is never served for the other
+    assert ":outward2|" in stores[2].recipe("synth_000000") and "outward" not in stores[0].recipe("synth_000000")
+    assert {tuple(c) for c in maps[0].coords.tolist()} != {tuple(c) for c in maps[2].coords.tolist()}
+
+
 def test_build_scenes_with_worker_processes_fills_the_cache_once(workdir, capsys):
     from training.data_cli import main as data_main
 

@@ -65,12 +65,13 @@ def scannet_frames(scene_dir: str | os.PathLike, stride: int = 10) -> Iterator[R
         yield RGBDFrame(rgb, depth, intr, align @ T, float(i))  # exports have no stamps: the index stands in
 
 
-def synthetic_frames(seed: int, num_frames: int, width: int, height: int) -> Iterator[RGBDFrame]:
+def synthetic_frames(seed: int, num_frames: int, width: int, height: int,
+                     outward_every: int = 0) -> Iterator[RGBDFrame]:
     """Frames of the procedurally generated room ``seed`` along its camera path."""
     # Imported here: rendering needs open3d (the optional "synth" extra), other sources do not.
     from leovl_ros.synth.render import render_frames
     from leovl_ros.synth.rooms import generate_room
 
-    for f in render_frames(generate_room(seed), num_frames, width, height):
+    for f in render_frames(generate_room(seed), num_frames, width, height, outward_every=outward_every):
         intr = Intrinsics.from_K(f.K, f.depth_mm.shape[1], f.depth_mm.shape[0])
         yield RGBDFrame(f.rgb, depth_to_metres(f.depth_mm), intr, f.T_map_camera, f.stamp_ns * 1e-9)

@@ -109,6 +109,7 @@ class ScenesConfig:
     synthetic_frames: int = 30
     synthetic_width: int = 320
     synthetic_height: int = 240
+    synthetic_outward_every: int = 0  # every k-th synthetic frame looks at the near wall (synth/render.py)
     bags: list[str] = field(default_factory=list)  # rosbag2 folders (scene id bag_<name>)
     bag_topics: BagTopics = field(default_factory=BagTopics)
     max_in_memory: int = 16  # voxel maps kept in RAM (LRU)
@@ -145,7 +146,10 @@ class SceneStore:
         if m:
             seed = int(m.group(1))
             recipe = f"synthetic:{c.synthetic_frames}x{c.synthetic_width}x{c.synthetic_height}"
-            return recipe, lambda: synthetic_frames(seed, c.synthetic_frames, c.synthetic_width, c.synthetic_height)
+            if c.synthetic_outward_every:  # only then: maps cached before the option stay valid
+                recipe += f":outward{c.synthetic_outward_every}"
+            return recipe, lambda: synthetic_frames(seed, c.synthetic_frames, c.synthetic_width, c.synthetic_height,
+                                                    c.synthetic_outward_every)
         if scene_id in self._bags:
             path = self._bags[scene_id]
             return f"bag:{self.config.bag_topics!r}", lambda: bag_frames(path, self.config.bag_topics)

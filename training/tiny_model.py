@@ -46,8 +46,9 @@ TINY_ARCH = dict(hidden_size=128, layers=4, heads=4, kv_heads=2, vision_hidden=9
                  vision_heads=2)
 
 
-def build_base(out: Path, seed: int, vision, progress: bool = True) -> dict:
-    """Random tiny Qwen2.5-VL + pretrained vision tower, saved atomically at ``out``."""
+def build_base(out: Path, seed: int, vision, progress: bool = True, arch: dict | None = None) -> dict:
+    """Random tiny Qwen2.5-VL of ``arch`` (default :data:`TINY_ARCH`) + pretrained vision tower,
+    saved atomically at ``out``."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -60,7 +61,7 @@ def build_base(out: Path, seed: int, vision, progress: bool = True) -> dict:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(**TINY_ARCH))
+        model = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(**(arch or TINY_ARCH)))
     frames = labelled_frames(vision, progress)
     probe = pretrain_vision_tower(model.model.visual, vision, progress, frames)
     words = align_word_embeddings(model.get_input_embeddings(), load_qwen_tokenizer(),
@@ -158,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             b.add_argument(f"--{f.name.replace('_', '-')}", type=float if "float" in str(f.type) else int,
                            default=f.default, help="vision pretraining (default %(default)s)")
     b.add_argument("--seeds", default="%d:%d" % VisionPretrainConfig.seeds, help="vision rooms A:B")
+    for k in ("vision_hidden", "vision_depth", "vision_heads"):
+        b.add_argument(f"--{k.replace('_', '-')}", type=int, default=TINY_ARCH[k],
+                       help="tower size (default %(default)s)")
     a = sub.add_parser("build", help="all stages (finished ones are kept) and the export to the package")
     a.add_argument("--workers", type=int, default=2, help="processes building the scene cache")
     e = sub.add_parser("export", help="float16 copy of a trained full bundle + training.json")
@@ -173,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(VisionPretrainConfig)
                   if hasattr(args, f.name) and f.name != "seeds"}
             vision = VisionPretrainConfig(**{**kw, "seeds": (a, z), "seed": args.seed})
-            probe = build_base(args.out, args.seed, vision)
-            info = {"arch": TINY_ARCH, "seed": args.seed, "vision_pretrain": dataclasses.asdict(vision),
+            arch = {**TINY_ARCH, **{k: getattr(args, k) for k in ("vision_hidden", "vision_depth", "vision_heads")}}
+            probe = build_base(args.out, args.seed, vision, arch=arch)
+            info = {"arch": arch, "seed": args.seed, "vision_pretrain": dataclasses.asdict(vision),
                     "vision_probe_heldout": probe}
             (args.out / "leovl_tiny_base.json").write_text(json.dumps(info, indent=2) + "\n")
             print(f"base: {args.out}; vision probe on held-out frames: {probe}")

@@ -61,6 +61,10 @@ class VisionPretrainConfig:
     # cell recall < 0.1) and the voxel maps do not say whether a room has one. 0.5 lifts mid-size
     # categories' room-level presence 0.71 -> 0.78 (bench/vision_tower.py); leovl-tiny shipped with 0.
     class_balance: float = 0.0
+    # Every k-th frame looks at the near wall zone (synth/render.py camera_path); 0 = never, as
+    # leovl-tiny shipped. k = 2 shows surface objects larger (>= 4 cells in their best view: 12 -> 30 %
+    # of them) but this tower got no better at naming them and worse on inward views (bench/vision_tower.py).
+    outward_every: int = 0
 
 
 def cell_label_shares(instance: np.ndarray, object_category: np.ndarray, object_colour: np.ndarray,
@@ -100,7 +104,8 @@ def labelled_frames(config: VisionPretrainConfig, progress: bool = True) -> list
         obj_cat, obj_col = np.zeros(n, np.int64), np.zeros(n, np.int64)
         for o in room.objects:
             obj_cat[o.id], obj_col[o.id] = cat_index[o.category], col_index[o.colour]
-        for f in render_frames(room, config.frames_per_room, config.width, config.height, seed=seed):
+        for f in render_frames(room, config.frames_per_room, config.width, config.height, seed=seed,
+                               outward_every=config.outward_every):
             out.append((f.rgb, *cell_label_shares(f.instance, obj_cat, obj_col, grid)))
     return out
 

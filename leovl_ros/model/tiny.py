@@ -46,6 +46,9 @@ def tiny_qwen25vl_config(
             f"hidden_size={hidden_size}, heads={heads}, kv_heads={kv_heads}: need hidden divisible by heads, "
             "heads divisible by kv_heads and an even head_dim"
         )
+    if vision_hidden % vision_heads or (vision_hidden // vision_heads) % 4:  # 2D rotary: half the dims per axis
+        raise ValueError(f"vision_hidden={vision_hidden}, vision_heads={vision_heads}: need vision_hidden divisible "
+                         "by vision_heads and a vision head_dim divisible by 4")
     head_dim = hidden_size // heads
     text = dict(
         vocab_size=vocab_size,

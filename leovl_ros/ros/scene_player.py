@@ -31,6 +31,7 @@ __all__ = ["PLAYER_PARAMETERS", "ScenePlayer", "main"]
 PLAYER_PARAMETERS: dict[str, tuple[Any, str]] = {
     "seed": (0, "synthetic room seed"),
     "num_frames": (30, "frames along one loop of the room"),
+    "outward_every": (0, "every k-th frame looks at the nearest wall instead of the room centre (0 = never)"),
     "width": (160, "image width in pixels"),
     "height": (120, "image height in pixels"),
     "rate": (15.0, "frames per second"),
@@ -55,7 +56,8 @@ class ScenePlayer(Node):
             raise ValueError(f"rgb_encoding {p['rgb_encoding']!r} / depth_encoding {p['depth_encoding']!r}: use "
                              f"one of {sorted(RGB_ENCODINGS)} / 16UC1, 32FC1")
         room = generate_room(p["seed"])
-        self.frames = render_frames(room, p["num_frames"], p["width"], p["height"], seed=p["seed"])
+        self.frames = render_frames(room, p["num_frames"], p["width"], p["height"], seed=p["seed"],
+                                    outward_every=p["outward_every"])
         out = p["pose_output"]
         if out == "auto":
             out = "tf" if importlib.util.find_spec("tf2_msgs") is not None else "odometry"

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--bag", choices=("mcap", "sqlite3"), help="also write a rosbag2 per room")
     p.add_argument("--frames", type=int, default=30, help="frames per room")
+    p.add_argument("--outward-every", type=int, default=0,
+                   help="every k-th frame looks at the nearest wall instead of the room centre (0 = never)")
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--depth-noise", type=float, default=0.002, help="depth noise std at 1 m (metres)")
@@ -62,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.rooms < 1 or args.frames < 1 or args.seed < 0:
-        print("leovl-synth: --rooms and --frames must be >= 1 and --seed >= 0", file=sys.stderr)
+    if args.rooms < 1 or args.frames < 1 or args.seed < 0 or args.outward_every == 1 or args.outward_every < 0:
+        print("leovl-synth: --rooms and --frames must be >= 1, --seed >= 0 and --outward-every 0 or >= 2",
+              file=sys.stderr)
         return 2
     out: Path = args.out
     if (out / "manifest.json").exists() and not args.overwrite:
@@ -76,12 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     records: dict[str, list[dict]] = {name: [] for name in SPLITS}
     ann_cfg = AnnotateConfig(qa_per_type=args.qa_per_type)
     render = {"frames": args.frames, "width": args.width, "height": args.height,
-              "depth_noise_m": args.depth_noise, "hole_fraction": args.hole_fraction}
+              "depth_noise_m": args.depth_noise, "hole_fraction": args.hole_fraction,
+              "outward_every": args.outward_every}
     rooms = []
     for seed in tqdm(seeds, desc="rooms", unit="room", disable=args.quiet):
         room = generate_room(seed)
         frames = render_frames(room, args.frames, args.width, args.height, seed=seed,
-                               depth_noise_m=args.depth_noise, hole_fraction=args.hole_fraction)
+                               depth_noise_m=args.depth_noise, hole_fraction=args.hole_fraction,
+                               outward_every=args.outward_every)
         write_scannet(frames, out / "scenes" / room.scene_id, overwrite=True,
                       extra_json={"scene_graph.json": room.scene_graph()})
         if args.bag:

@@ -4,7 +4,10 @@ Decisions:
 - Camera path: one loop along the walkway's centre line (see rooms.py, kept free of
   furniture) at a robot's camera height, looking towards a point above the room centre with
   sinusoidal head turns. Looking inwards from the ring sees the centre and the far walls;
-  the near wall zone is seen from the other side of the loop.
+  the near wall zone is seen from the other side of the loop. With `outward_every` = k,
+  every k-th frame instead turns to the near wall zone, tilted down to the supporters'
+  tops: from across the room a mug on a desk is ~10 px (under one 28 px feature cell at
+  448x336), from the walkway ~40 px, the way a mapping robot looks around as it goes.
 - Pixels follow the OpenCV / CameraInfo convention (integer coordinates at pixel centres).
 - Shading: albedo x (ambient + directional light + camera-facing term) x texture noise that
   is fixed in the world (hashed 3 cm cells, so it is the same surface pattern in every
@@ -67,11 +70,20 @@ def look_at(eye: np.ndarray, forward: np.ndarray) -> np.ndarray:
     return T
 
 
+OUTWARD_PITCH = 0.5  # outward views look down by atan(0.5) = 27 deg, at desk and cabinet tops
+
+
 def camera_path(room: Room, num_frames: int, camera_height: float = 1.3, look_at_height: float = 0.7,
-                head_turn_deg: float = 35.0, head_turn_cycles: float = 3.0) -> np.ndarray:
-    """(N, 4, 4) poses along one loop of the walkway centre line."""
+                head_turn_deg: float = 35.0, head_turn_cycles: float = 3.0, outward_every: int = 0) -> np.ndarray:
+    """(N, 4, 4) poses along one loop of the walkway centre line.
+
+    outward_every: 0 = every frame looks inwards; k >= 2 = frames k-1, 2k-1, ... look at the
+    nearest wall instead (same head turns), tilted down by :data:`OUTWARD_PITCH`.
+    """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if outward_every == 1 or outward_every < 0:
+        raise ValueError(f"outward_every must be 0 (never) or >= 2, got {outward_every}")
     if not 0.2 <= camera_height < room.height - 0.1:
         raise ValueError(f"camera_height {camera_height} m must lie between 0.2 m and below the "
                          f"ceiling ({room.height:.2f} m)")
@@ -87,6 +99,10 @@ def camera_path(room: Room, num_frames: int, camera_height: float = 1.3, look_at
         xy = corners[k] + (corners[k + 1] - corners[k]) * (si - cum[k]) / seg[k]
         eye = np.array([xy[0], xy[1], camera_height])
         to_centre = np.array([0.0, 0.0, look_at_height]) - eye
+        if outward_every and i % outward_every == outward_every - 1:
+            x_wall_nearer = room.width / 2 - abs(xy[0]) < room.depth / 2 - abs(xy[1])
+            wall = [np.sign(xy[0]), 0.0] if x_wall_nearer else [0.0, np.sign(xy[1])]
+            to_centre = np.array([*wall, -OUTWARD_PITCH])
         turn = math.radians(head_turn_deg) * math.sin(2 * math.pi * head_turn_cycles * i / num_frames)
         c, sn = math.cos(turn), math.sin(turn)
         fwd = np.array([c * to_centre[0] - sn * to_centre[1], sn * to_centre[0] + c * to_centre[1], to_centre[2]])
@@ -192,8 +208,8 @@ class RoomRenderer:
 def render_frames(room: Room, num_frames: int = 30, width: int = 640, height: int = 480, seed: int = 0,
                   depth_noise_m: float = 0.002, hole_fraction: float = 0.005, hfov_deg: float = 60.0,
                   camera_height: float = 1.3, rate_hz: float = 5.0, start_ns: int = DEFAULT_START_NS,
-                  depth_max_m: float = 10.0) -> list[Frame]:
-    """Render `num_frames` RGB-D frames along the room's camera path.
+                  depth_max_m: float = 10.0, outward_every: int = 0) -> list[Frame]:
+    """Render `num_frames` RGB-D frames along the room's camera path (see :func:`camera_path`).
 
     depth_noise_m: noise std at 1 m (scales with z^2); hole_fraction: share of valid depth
     pixels dropped at random; rate_hz: frame rate of the stamps (starting at `start_ns`).
@@ -208,7 +224,7 @@ def render_frames(room: Room, num_frames: int = 30, width: int = 640, height: in
     renderer = RoomRenderer(room)
     period_ns = round(1e9 / rate_hz)
     frames = []
-    for i, T in enumerate(camera_path(room, num_frames, camera_height)):
+    for i, T in enumerate(camera_path(room, num_frames, camera_height, outward_every=outward_every)):
         rng = np.random.default_rng([seed, room.seed, i])
         rgb, depth, inst = renderer.render(K, T, width, height, rng, depth_noise_m, hole_fraction, depth_max_m)
         frames.append(Frame(rgb, depth, K.copy(), T, start_ns + i * period_ns, inst))

@@ -62,8 +62,8 @@ class VisionPretrainConfig:
     # categories' room-level presence 0.71 -> 0.78 (bench/vision_tower.py); leovl-tiny shipped with 0.
     class_balance: float = 0.0
     # Every k-th frame looks at the near wall zone (synth/render.py camera_path); 0 = never, as
-    # leovl-tiny shipped. k = 2 shows surface objects larger (>= 4 cells in their best view: 12 -> 30 %
-    # of them) but this tower got no better at naming them and worse on inward views (bench/vision_tower.py).
+    # leovl-tiny shipped. k = 2 shows surface objects larger (~2.5x the pixels in their best view) but
+    # this tower got no better at naming them and worse on inward views (README, bench/vision_tower.py).
     outward_every: int = 0
 
 

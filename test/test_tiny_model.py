@@ -103,6 +103,26 @@ def test_vision_pretraining_lowers_the_probe_loss_and_centres_the_output_on_back
         pretrain_vision_tower(model.model.visual, VisionPretrainConfig(width=100), progress=False)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: this checks the path make "
+                                                           "tiny-model takes on a GPU machine")
+def test_vision_pretraining_on_the_gpu_lowers_the_loss_and_calibrates_in_place():
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from leovl_ros.model.tiny import tiny_qwen25vl_config
+
+    torch.manual_seed(0)
+    visual = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(hidden_size=32, heads=2, kv_heads=1,
+                                                                      vision_hidden=32)).model.visual.cuda()
+    cfg = VisionPretrainConfig(seeds=(0, 2), frames_per_room=4, width=112, height=84, steps=40,
+                               frames_per_step=4, lr=5e-3, class_balance=0.5)
+    frames = labelled_frames(cfg, progress=False)
+    out = pretrain_vision_tower(visual, cfg, progress=False, frames=frames)
+    assert out["loss_end"] < 0.8 * out["loss_start"]
+    assert next(visual.parameters()).is_cuda
+    again = calibrate_output(visual, frames)
+    assert again["background_norm"] < 1e-3 and again["scale"] == pytest.approx(1.0, abs=1e-3)
+
+
 def test_base_command_builds_the_tower_size_asked_for_and_records_it(tmp_path, capsys):
     from transformers import AutoConfig
 

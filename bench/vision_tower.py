@@ -82,10 +82,11 @@ def room_presence(visual: nn.Module, probe: nn.Linear, cache_dirs: list[Path], s
     from leovl_ros.synth.catalog import CATEGORY_NAMES
     from leovl_ros.synth.rooms import generate_room
     from leovl_ros.voxel_map import VoxelMap
+    from training.scenes import synthetic_view_recipe
     from training.tiny_model import SEEDS
 
     encoder_id = VisionEncoder(visual, max_pixels=150528).encoder_id  # the id ignores the pixel cap
-    frames_recipe = f"x{size[0]}x{size[1]}" + (f":outward{outward_every}" if outward_every else "") + "|"
+    frames_recipe = synthetic_view_recipe(*size, outward_every) + "|"
     elo = int(SEEDS["eval"].split(":")[0])
     rooms: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for path in sorted(p for d in cache_dirs for p in d.glob("synth_*.safetensors")):

@@ -124,6 +124,12 @@ class ScenesConfig:
             raise ValueError(f"scenes.source must be 'frames' or 'objects', got {self.source!r}")
 
 
+def synthetic_view_recipe(width: int, height: int, outward_every: int) -> str:
+    """The image-size and camera-path part of a synthetic map's cache recipe."""
+    # The path suffix only when set: maps cached before the option existed stay valid.
+    return f"x{width}x{height}" + (f":outward{outward_every}" if outward_every else "")
+
+
 class SceneStore:
     """Voxel maps by scene id: RAM (LRU) -> disk cache -> built from the scene's frames."""
 
@@ -145,9 +151,8 @@ class SceneStore:
             return object_map_recipe(self.model, c.object_floor), lambda: ()
         if m:
             seed = int(m.group(1))
-            recipe = f"synthetic:{c.synthetic_frames}x{c.synthetic_width}x{c.synthetic_height}"
-            if c.synthetic_outward_every:  # only then: maps cached before the option stay valid
-                recipe += f":outward{c.synthetic_outward_every}"
+            recipe = f"synthetic:{c.synthetic_frames}" + synthetic_view_recipe(c.synthetic_width, c.synthetic_height,
+                                                                               c.synthetic_outward_every)
             return recipe, lambda: synthetic_frames(seed, c.synthetic_frames, c.synthetic_width, c.synthetic_height,
                                                     c.synthetic_outward_every)
         if scene_id in self._bags:

@@ -23,6 +23,7 @@ Decisions (paper silent):
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,6 +35,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from leovl_ros.geometry import Intrinsics, depth_to_metres
 from leovl_ros.model.prompts import plan_instruction
 
+from .bag_files import recording_files
 from .metrics import clean_answer
 from .records import Anchor, ConversionReport, Record, RecordError, convert_items
 from .frames import RGBDFrame
@@ -121,13 +123,26 @@ class BagScan:
     tf: TfBuffer
     camera_info: list[tuple[float, Intrinsics]] = field(default_factory=list)
     interactions: list[dict[str, Any]] = field(default_factory=list)
+    span_s: tuple[float, float] = (0.0, -1.0)  # first and last message time (receive time) in the bag
+
+    def recorded_during(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The interaction-log entries stamped while this bag was recorded, plus corrections given
+        later of an answer given then (the scene it refers to is in this bag)."""
+        inside = [e for e in entries if self.span_s[0] <= _stamp_of(e) <= self.span_s[1]]
+        asked = {m.get("interaction_id") for m in self.interactions + inside}
+        late = [e for e in entries if e.get("kind") == "feedback" and e.get("interaction_id") in asked
+                and _stamp_of(e) > self.span_s[1]]
+        return inside + late
 
 
-def _open(path: str | os.PathLike, msg_file=None) -> AnyReader:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"bag {path} does not exist")
-    return AnyReader([path], default_typestore=bag_typestore(msg_file))
+@contextmanager
+def _open(path: str | os.PathLike, msg_file=None) -> Iterator[AnyReader]:
+    """An open reader of every storage file of the recording (see bag_files: segments, files of a
+    killed recorder)."""
+    with ExitStack() as stack:
+        files = recording_files(path, stack)
+        with AnyReader(files, default_typestore=bag_typestore(msg_file)) as reader:
+            yield reader
 
 
 def _msg_to_dict(msg: Any) -> Any:
@@ -146,6 +161,7 @@ def scan_bag(path: str | os.PathLike, topics: BagTopics | None = None, msg_file=
         out.tf.add("__pose__", "__camera__", 0.0, np.asarray(topics.camera_extrinsic, dtype=np.float64), static=True)
     wanted = {"/tf", "/tf_static", topics.camera_info, topics.interactions, topics.pose_topic}
     with _open(path, msg_file) as reader:
+        out.span_s = (reader.start_time * 1e-9, (reader.end_time - 1) * 1e-9)
         conns = [c for c in reader.connections if c.topic in wanted]
         for conn, _, raw in reader.messages(connections=conns):
             msg = reader.deserialize(raw, conn.msgtype)
@@ -306,11 +322,27 @@ def _stamp_of(m: dict) -> float:
         return 0.0
 
 
+def records_from_scan(scan: BagScan, scene_id: str, report: ConversionReport, trust_answers: bool = False,
+                      log_entries: list[dict[str, Any]] = ()) -> tuple[list[Record], list[Record]]:
+    """(SFT records, preference records) of a scanned bag plus ``log_entries`` (lines of the node's
+    interaction log, leovl_ros.assistant.interaction_log: the same fields as the messages) that were
+    stamped while the bag was recorded; an interaction both in the bag and in the log counts once."""
+    seen = {(m.get("interaction_id"), m.get("kind"), m.get("corrected_answer")) for m in scan.interactions}
+    merged = list(scan.interactions)
+    for e in scan.recorded_during(list(log_entries)):
+        key = (e.get("interaction_id"), e.get("kind"), e.get("corrected_answer"))
+        if key not in seen:
+            seen.add(key)
+            merged.append(e)
+    if not merged:
+        report.skip("bag has no interactions (topic empty, no interaction-log entry in its time span)", scene_id)
+    return interaction_records(merged, scene_id, report, trust_answers)
+
+
 def records_from_bag(path: str | os.PathLike, report: ConversionReport, topics: BagTopics | None = None,
-                     trust_answers: bool = False, msg_file=None) -> tuple[list[Record], list[Record]]:
-    """(SFT records, preference records) of one bag; its scene id is :func:`bag_scene_id`."""
-    topics = topics or BagTopics()
-    scan = scan_bag(path, topics, msg_file)
-    if not scan.interactions:
-        report.skip(f"bag has no messages on {topics.interactions}", str(path))
-    return interaction_records(scan.interactions, bag_scene_id(path), report, trust_answers)
+                     trust_answers: bool = False, msg_file=None,
+                     log_entries: list[dict[str, Any]] = ()) -> tuple[list[Record], list[Record]]:
+    """(SFT records, preference records) of one bag (see :func:`records_from_scan`); its scene id is
+    :func:`bag_scene_id`."""
+    scan = scan_bag(path, topics or BagTopics(), msg_file)
+    return records_from_scan(scan, bag_scene_id(path), report, trust_answers, log_entries)

@@ -7,6 +7,8 @@ scene feature cache.
     leovl-data convert leo-object-caption caps.json --centers centers.json --out objcap.jsonl
     leovl-data convert synthetic --seeds 0:100 --out synth.jsonl
     leovl-data from-bag robot_2024_05_01/ --out-sft sft.jsonl --out-pref pref.jsonl
+    leovl-data from-bag ~/.ros/leovl_bags/leovl_* --interaction-log ~/.ros/leovl_interactions.jsonl \
+        --out-sft sft.jsonl --out-pref pref.jsonl
     leovl-data sessions synth.jsonl --size 6 --out synth_sessions.jsonl
     leovl-data sessions synth.jsonl --size 8 --qtypes colour --out colour_sessions.jsonl
     leovl-data build-scenes --config configs/sft.yaml
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 
 from . import adapters
-from .bags import BagTopics, records_from_bag
+from .bags import BagTopics, bag_scene_id, records_from_scan, scan_bag
 from .records import ConversionReport, atomic_write_text, read_records, write_records
 
 
@@ -68,12 +70,28 @@ def _convert(args: argparse.Namespace, report: ConversionReport) -> list:
 
 
 def _from_bag(args: argparse.Namespace, report: ConversionReport) -> tuple[list, list]:
+    # Imported here: leovl_ros.assistant pulls in torch (~2 s), which the other commands do not need.
+    from leovl_ros.assistant.interaction_log import read_interaction_log
+
     topics = BagTopics(interactions=args.interactions_topic)
-    sft, prefs = [], []
+    entries = []
+    for log in args.interaction_log or []:
+        if not Path(log).is_file():
+            raise ValueError(f"interaction log {log} does not exist")
+        got, bad = read_interaction_log(log)
+        entries += got
+        for _ in range(bad):
+            report.skip("unreadable interaction-log line (torn by a crash or edited)", log)
+    sft, prefs, used = [], [], set()
     for bag in args.bags:
-        s, p = records_from_bag(bag, report, topics, trust_answers=args.trust_answers, msg_file=args.msg_file)
+        scan = scan_bag(bag, topics, args.msg_file)
+        used.update(id(e) for e in scan.recorded_during(entries))
+        s, p = records_from_scan(scan, bag_scene_id(bag), report, args.trust_answers, entries)
         sft += s
         prefs += p
+    for e in entries:  # no frames of its scene were recorded: nothing to train it with
+        if id(e) not in used:
+            report.skip("interaction-log entry stamped outside every bag's recording time", str(e["interaction_id"]))
     return sft, prefs
 
 
@@ -147,7 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--qa-per-type", type=int, help="synthetic: questions per room and question type (default 6)")
     c.add_argument("--report", help="also write the kept/skipped counts as JSON here")
     b = sub.add_parser("from-bag", help="SFT and preference records from recorded robot bags")
-    b.add_argument("bags", nargs="+", help="rosbag2 folders")
+    b.add_argument("bags", nargs="+", help="rosbag2 folders or .mcap files; folders of leovl_ros recorder segments "
+                                           "and recordings cut by a crash are read up to the cut")
+    b.add_argument("--interaction-log", action="append",
+                   help="the assistant's interaction log (JSONL, parameter interaction_log): its entries stamped "
+                        "while a bag was recorded join that bag's interactions; repeatable")
     b.add_argument("--out-sft", required=True, help="output JSONL of SFT records")
     b.add_argument("--out-pref", required=True, help="output JSONL of preference records (SceneDPO)")
     b.add_argument("--trust-answers", action="store_true",

@@ -1,4 +1,5 @@
-"""Posed RGB-D frame sources: ScanNet SensReader exports and synthetic rooms (bags: bags.py).
+"""Posed RGB-D frame sources: ScanNet SensReader exports and synthetic rooms (bags: bags.py;
+3RScan, MultiScan and ARKitScenes: scan_readers.py).
 
 ScanNet decisions (paper silent): colour and depth are used at their own resolutions (the
 feature grid covers the whole image either way; the small difference between ScanNet's
@@ -10,7 +11,8 @@ comparable across scenes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +31,32 @@ class RGBDFrame:
     stamp_s: float
 
 
+@dataclass
+class FrameReport:
+    """Frames read from a scan and frames skipped (per reason, with the first example):
+    a missing or unreadable file, a non-finite pose... is counted, never fatal."""
+
+    frames: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    first_seen: dict[str, str] = field(default_factory=dict)
+
+    def skip(self, reason: str, where: str) -> None:
+        self.skipped[reason] += 1
+        self.first_seen.setdefault(reason, where)
+
+    def merge(self, other: "FrameReport") -> None:
+        self.frames += other.frames
+        self.skipped.update(other.skipped)
+        for k, v in other.first_seen.items():
+            self.first_seen.setdefault(k, v)
+
+    def summary(self) -> str:
+        lines = [f"read {self.frames} frames; skipped {sum(self.skipped.values())}"]
+        lines += [f"  skipped {n} x {reason} (first: {self.first_seen[reason]})"
+                  for reason, n in self.skipped.most_common()]
+        return "\n".join(lines)
+
+
 def _axis_alignment(scene_dir: Path) -> np.ndarray:
     meta = scene_dir / f"{scene_dir.name}.txt"
     if meta.is_file():
@@ -40,10 +68,13 @@ def _axis_alignment(scene_dir: Path) -> np.ndarray:
     return np.eye(4)
 
 
-def scannet_frames(scene_dir: str | os.PathLike, stride: int = 10) -> Iterator[RGBDFrame]:
+def scannet_frames(scene_dir: str | os.PathLike, stride: int = 10,
+                   report: FrameReport | None = None) -> Iterator[RGBDFrame]:
     """Frames of a ScanNet SensReader export: color/*.jpg, depth/*.png (uint16 mm),
-    pose/*.txt (camera-to-world), intrinsic/intrinsic_depth.txt."""
+    pose/*.txt (camera-to-world), intrinsic/intrinsic_depth.txt. Gravity: the export's
+    ``axisAlignment`` (z up, floor at z = 0); without it the poses are used as they are."""
     scene_dir = Path(scene_dir)
+    report = report if report is not None else FrameReport()
     for sub in ("color", "depth", "pose", "intrinsic/intrinsic_depth.txt"):
         if not (scene_dir / sub).exists():
             raise ValueError(f"{scene_dir} is not a ScanNet export folder: {sub} is missing")
@@ -53,15 +84,27 @@ def scannet_frames(scene_dir: str | os.PathLike, stride: int = 10) -> Iterator[R
     intr = None
     for i in indices[:: max(1, stride)]:
         depth_path, pose_path = scene_dir / "depth" / f"{i}.png", scene_dir / "pose" / f"{i}.txt"
+        where = f"{scene_dir.name}/{i}"
         if not depth_path.is_file() or not pose_path.is_file():
+            report.skip("missing depth or pose file", where)
             continue
-        T = np.loadtxt(pose_path)
+        try:
+            T = np.loadtxt(pose_path)
+        except ValueError as exc:
+            report.skip(f"unreadable pose ({exc})", where)
+            continue
         if T.shape != (4, 4) or not np.isfinite(T).all():
-            continue  # ScanNet marks failed tracking with inf poses
-        depth = depth_to_metres(np.asarray(Image.open(depth_path)).astype(np.uint16))
+            report.skip("non-finite pose (lost tracking)", where)  # ScanNet marks failed tracking with inf
+            continue
+        try:
+            depth = depth_to_metres(np.asarray(Image.open(depth_path)).astype(np.uint16))
+            rgb = np.asarray(Image.open(scene_dir / "color" / f"{i}.jpg").convert("RGB"))
+        except (OSError, ValueError) as exc:
+            report.skip(f"unreadable image ({type(exc).__name__})", where)
+            continue
         if intr is None or (intr.width, intr.height) != (depth.shape[1], depth.shape[0]):
             intr = Intrinsics.from_K(K, depth.shape[1], depth.shape[0])
-        rgb = np.asarray(Image.open(scene_dir / "color" / f"{i}.jpg").convert("RGB"))
+        report.frames += 1
         yield RGBDFrame(rgb, depth, intr, align @ T, float(i))  # exports have no stamps: the index stands in
 
 

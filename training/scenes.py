@@ -1,9 +1,10 @@
-"""Scenes for training: frame sources (ScanNet exports, synthetic rooms, bags), fusion of
+"""Scenes for training: frame sources (scan datasets, synthetic rooms, bags), fusion of
 posed RGB-D frames into a voxel map with the model's vision encoder, and a store that
 serves maps by scene id from memory, the on-disk cache, or by building them.
 
-Scene ids: ScanNet folders by name (``scene0000_00``), synthetic rooms ``synth_<seed>``
-(6 digits, as ``Room.scene_id``), bags ``bag_<folder name>``.
+Scene ids: synthetic rooms ``synth_<seed>`` (6 digits, as ``Room.scene_id``), bags
+``bag_<folder name>``, and scans by their dataset id, resolved across ``scenes.sources``
+(ScanNet, 3RScan, MultiScan, ARKitScenes: scan_sources.py) in the listed order.
 
 Decisions (paper silent):
 - Offline fusion uses the same keyframe rule as the robot (moved >= 0.1 m or turned >= 10
@@ -28,8 +29,9 @@ from leovl_ros.voxel_map import VoxelMap
 
 from .bags import BagTopics, bag_frames, bag_scene_id
 from .cache import SceneCache
-from .frames import RGBDFrame, scannet_frames, synthetic_frames
+from .frames import FrameReport, RGBDFrame, synthetic_frames
 from .object_maps import object_map, object_map_recipe
+from .scan_sources import ScanSource
 
 log = logging.getLogger(__name__)
 SYNTH_ID = re.compile(r"^synth_(\d+)$")
@@ -104,8 +106,11 @@ class ScenesConfig:
     """Where scenes come from and where their maps are cached."""
 
     cache_dir: str = "cache/scenes"
-    scannet_root: str | None = None  # folder of ScanNet export folders, one per scene id
+    scannet_root: str | None = None  # folder of ScanNet export folders (= the first of sources, kind scannet)
     scannet_stride: int = 10  # every n-th ScanNet frame is considered
+    # scan datasets: [{kind: scannet|3rscan|multiscan|arkitscenes, root, stride?}]; a scene id
+    # resolves to the first source holding it (scan_sources.py)
+    sources: list[dict] = field(default_factory=list)
     synthetic_frames: int = 30
     synthetic_width: int = 320
     synthetic_height: int = 240
@@ -122,6 +127,11 @@ class ScenesConfig:
     def __post_init__(self) -> None:
         if self.source not in ("frames", "objects"):
             raise ValueError(f"scenes.source must be 'frames' or 'objects', got {self.source!r}")
+        self.scan_sources()  # validates
+
+    def scan_sources(self) -> list[ScanSource]:
+        first = [ScanSource("scannet", self.scannet_root, self.scannet_stride)] if self.scannet_root else []
+        return first + [ScanSource.from_obj(s, f"scenes.sources[{i}]") for i, s in enumerate(self.sources)]
 
 
 def synthetic_view_recipe(width: int, height: int, outward_every: int) -> str:
@@ -138,6 +148,9 @@ class SceneStore:
         self.config = config
         self.cache = SceneCache(config.cache_dir)
         self.built = 0
+        self.frame_report = FrameReport()  # frames read / skipped over every scene built
+        self._scene_report = FrameReport()  # the scene being built
+        self._sources = config.scan_sources()
         self._memory: OrderedDict[str, VoxelMap] = OrderedDict()
 
         self._bags = {bag_scene_id(p): Path(p) for p in config.bags}
@@ -158,12 +171,14 @@ class SceneStore:
         if scene_id in self._bags:
             path = self._bags[scene_id]
             return f"bag:{self.config.bag_topics!r}", lambda: bag_frames(path, self.config.bag_topics)
-        if c.scannet_root and (Path(c.scannet_root) / scene_id).is_dir():
-            return f"scannet:stride={c.scannet_stride}", lambda: scannet_frames(Path(c.scannet_root) / scene_id,
-                                                                                c.scannet_stride)
+        for source in self._sources:
+            path = source.locate(scene_id)
+            if path is not None:
+                return source.recipe(), lambda: source.frames(path, self._scene_report)
+        where = ", ".join(f"{s.kind} {s.root}" for s in self._sources) or "none configured"
         raise ValueError(
             f"no source for scene {scene_id!r}: not a synthetic room id (synth_<seed>), not one of the "
-            f"{len(self._bags)} configured bags, and not a folder of scannet_root={c.scannet_root!r}")
+            f"{len(self._bags)} configured bags, and in no scan source (scenes.sources / scannet_root: {where})")
 
     def recipe(self, scene_id: str) -> str:
         return self._source(scene_id)[0] + "|" + self.config.fusion.recipe()
@@ -182,7 +197,11 @@ class SceneStore:
             self.cache.store(vmap, scene_id, recipe)
         if vmap is None:
             vmap = self.model.new_voxel_map(storage_dtype=_DTYPES[self.config.fusion.storage_dtype])
+            self._scene_report = FrameReport()
             stats = fuse_frames(enc, vmap, frames(), self.config.fusion)
+            self.frame_report.merge(self._scene_report)
+            if self._scene_report.skipped:
+                log.warning("scene %s: %s", scene_id, self._scene_report.summary().replace("\n", ";"))
             if vmap.num_voxels == 0:
                 raise ValueError(f"scene {scene_id!r}: no voxels from {stats.frames} frames "
                                  f"({stats.keyframes} keyframes): check depth units, poses and topics")

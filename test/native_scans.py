@@ -1,0 +1,126 @@
+"""Test fixtures: synthetic-room frames written in 3RScan, MultiScan and ARKitScenes' native
+layouts (data-formats.md and the official loaders), each in a world frame of its own, so a
+reader must undo the dataset's depth encoding, pose convention, intrinsics file and up axis.
+
+``native`` is the 4x4 transform room map frame -> the dataset's world frame that the writer
+applies to every pose; readers are checked against it.
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from scipy.spatial.transform import Rotation
+
+from leovl_ros.synth.render import Frame
+
+OPTICAL_TO_ARKIT = np.diag([1.0, -1.0, -1.0, 1.0])
+Z_UP_TO_Y_UP = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
+
+
+def rigid(yaw_deg: float, t: Sequence[float]) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_euler("z", yaw_deg, degrees=True).as_matrix()
+    T[:3, 3] = t
+    return T
+
+
+def _upscaled(rgb: np.ndarray, factor: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return np.asarray(Image.fromarray(rgb).resize((w * factor, h * factor), Image.BILINEAR))
+
+
+def write_3rscan(frames: Sequence[Frame], scan_dir: Path, native: np.ndarray) -> Path:
+    """``<scan>/sequence/``: _info.txt, frame-XXXXXX.{color.jpg, depth.pgm, pose.txt}; colour at
+    twice the depth size (3RScan's colour and depth differ in size only)."""
+    seq = scan_dir / "sequence"
+    seq.mkdir(parents=True)
+    h, w = frames[0].depth_mm.shape
+    K4 = np.eye(4)
+    K4[:3, :3] = frames[0].K
+    Kc = K4.copy()
+    Kc[:2] *= 2
+    flat = lambda M: " ".join(f"{v:g}" for v in M.reshape(-1))  # noqa: E731
+    (seq / "_info.txt").write_text("\n".join([
+        "m_versionNumber = 4", "m_sensorName = StructureSensor", f"m_colorWidth = {2 * w}",
+        f"m_colorHeight = {2 * h}", f"m_depthWidth = {w}", f"m_depthHeight = {h}", "m_depthShift = 1000",
+        f"m_calibrationColorIntrinsic = {flat(Kc)}", f"m_calibrationColorExtrinsic = {flat(np.eye(4))}",
+        f"m_calibrationDepthIntrinsic = {flat(K4)}", f"m_calibrationDepthExtrinsic = {flat(np.eye(4))}",
+        f"m_frames.size = {len(frames)}"]) + "\n")
+    for i, f in enumerate(frames):
+        name = seq / f"frame-{i:06d}"
+        Image.fromarray(_upscaled(f.rgb, 2)).save(f"{name}.color.jpg", quality=95)
+        with open(f"{name}.depth.pgm", "wb") as out:  # binary PGM: 16-bit samples are big-endian
+            out.write(f"P5\n{w} {h}\n65535\n".encode() + f.depth_mm.astype(">u2").tobytes())
+        np.savetxt(f"{name}.pose.txt", native @ f.T_map_camera, fmt="%.9f")
+    return scan_dir
+
+
+def write_multiscan(frames: Sequence[Frame], scan_dir: Path, native: np.ndarray, fps: int = 10) -> Path:
+    """``<scan>/<scan>.{mp4, depth.zlib, jsonl, json}``: H.264 colour at twice the depth size,
+    raw-deflate float16 metres, column-major intrinsics (of the colour image) and ARKit-axes
+    camera-to-world transforms in a y-up world."""
+    import av
+
+    scan_dir.mkdir(parents=True)
+    name = scan_dir.name
+    h, w = frames[0].depth_mm.shape
+    Kc = frames[0].K.copy()
+    Kc[:2] *= 2
+    with av.open(str(scan_dir / f"{name}.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 2 * w, 2 * h, "yuv420p"
+        stream.options = {"crf": "12"}
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(_upscaled(f.rgb, 2), format="rgb24")))
+        container.mux(stream.encode())
+    depth = np.stack([f.depth_mm.astype(np.float32) / 1000 for f in frames]).astype("<f2")
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    (scan_dir / f"{name}.depth.zlib").write_bytes(compressor.compress(depth.tobytes()) + compressor.flush())
+    lines = []
+    for i, f in enumerate(frames):
+        T = native @ f.T_map_camera @ OPTICAL_TO_ARKIT
+        lines.append(json.dumps({"timestamp": 1000 + i * 100, "intrinsics": Kc.reshape(-1, order="F").tolist(),
+                                 "transform": T.reshape(-1, order="F").tolist(), "exposure_duration": 10}))
+    (scan_dir / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    meta = {"scene": {"type": "Bedroom / Hotel", "description": "synthetic"}, "depth_unit": "m",
+            "camera_orientation_quaternion_format": "wxyz", "number_of_files": 5, "streams": [
+                {"frequency": fps, "number_of_frames": len(frames), "id": "color_back_1", "file_extension": "mp4",
+                 "type": "color_camera", "resolution": [2 * h, 2 * w], "encoding": "h264"},
+                {"frequency": fps, "number_of_frames": len(frames), "id": "depth_back_1",
+                 "file_extension": "depth.zlib", "type": "lidar_sensor", "resolution": [h, w],
+                 "encoding": "float16_zlib"},
+                {"frequency": fps, "number_of_frames": len(frames), "id": "camera_info_color_back_1",
+                 "file_extension": "jsonl", "type": "camera_info", "encoding": "jsonl"}]}
+    (scan_dir / f"{name}.json").write_text(json.dumps(meta))
+    return scan_dir
+
+
+def write_arkitscenes(frames: Sequence[Frame], video_dir: Path, native: np.ndarray, t0: float = 6845.137,
+                      traj_offset: float = 0.001) -> Path:
+    """``<video_id>/``: lowres_wide/ + lowres_depth/ (<id>_<t>.png, uint16 mm),
+    lowres_wide_intrinsics/<id>_<t>.pincam and lowres_wide.traj (world -> camera as
+    angle-axis + translation), its timestamps ``traj_offset`` s off the frames' (as in the
+    real data, where they are matched within 5 ms)."""
+    vid = video_dir.name
+    for sub in ("lowres_wide", "lowres_depth", "lowres_wide_intrinsics"):
+        (video_dir / sub).mkdir(parents=True)
+    h, w = frames[0].depth_mm.shape
+    traj = []
+    for i, f in enumerate(frames):
+        t = t0 + 0.1 * i
+        stem = f"{vid}_{t:.3f}"
+        Image.fromarray(f.rgb).save(video_dir / "lowres_wide" / f"{stem}.png")
+        Image.fromarray(f.depth_mm).save(video_dir / "lowres_depth" / f"{stem}.png")
+        K = f.K
+        (video_dir / "lowres_wide_intrinsics" / f"{stem}.pincam").write_text(
+            f"{w} {h} {K[0, 0]} {K[1, 1]} {K[0, 2]} {K[1, 2]}\n")
+        extrinsics = np.linalg.inv(native @ f.T_map_camera)
+        rv = Rotation.from_matrix(extrinsics[:3, :3]).as_rotvec()
+        traj.append(" ".join(f"{v:.9f}" for v in [t + traj_offset, *rv, *extrinsics[:3, 3]]))
+    (video_dir / "lowres_wide.traj").write_text("\n".join(traj) + "\n")
+    return video_dir

@@ -1,0 +1,406 @@
+"""Frame readers of LEO-VL's other scan domains: 3RScan, MultiScan and ARKitScenes, in each
+dataset's native layout (data-formats.md; the official loaders named per reader).
+
+Every reader lists the scan's views (pose, intrinsics, lazy depth and colour), says where
+its up axis comes from, and :func:`scan_frames` turns the views into z-up, floor-centred
+:class:`~training.frames.RGBDFrame` s (scan_align.py). A view that cannot be used (missing
+file, truncated depth, non-finite pose, no pose for its timestamp...) is skipped and counted
+in a :class:`~training.frames.FrameReport`, never fatal to the scan.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image
+from scipy.spatial.transform import Rotation
+
+from leovl_ros.geometry import Intrinsics
+
+from .frames import FrameReport, RGBDFrame
+from .scan_align import Alignment, down_angle_deg, floor_centre_alignment, sample_points
+
+log = logging.getLogger(__name__)
+# ARKit / MultiScan camera axes (x right, y up, z backwards) -> optical (x right, y down, z forwards)
+ARKIT_TO_OPTICAL = np.diag([1.0, -1.0, -1.0, 1.0])
+# ARKit world (y up, gravity along -y) -> z up: (x, y, z) -> (x, -z, y)
+Y_UP_TO_Z_UP = np.array([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
+ARKITSCENES_MAX_DT = 0.005  # s: the official loader's pose matching tolerance
+
+
+class ViewError(ValueError):
+    """A view that cannot be used; the message is the skip reason."""
+
+
+@dataclass
+class View:
+    where: str
+    stamp_s: float
+    T_world_camera: np.ndarray  # (4, 4) optical camera -> the dataset's world frame
+    intrinsics: Intrinsics  # of the depth image
+    depth_m: Callable[[], np.ndarray]  # raises ViewError / OSError / ValueError when unreadable
+    rgb: Callable[[], np.ndarray]
+
+
+def _check_pose(T: np.ndarray) -> np.ndarray:
+    if T.shape != (4, 4) or not np.isfinite(T).all():
+        raise ViewError("non-finite pose (lost tracking)")
+    return T
+
+
+def _image(path: Path, what: str) -> np.ndarray:
+    if not path.is_file():
+        raise ViewError(f"missing {what} file")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB") if what == "colour" else im)
+    except OSError as exc:
+        raise ViewError(f"unreadable {what} file ({type(exc).__name__})") from exc
+
+
+def _checked_depth(depth_m: np.ndarray, intr: Intrinsics) -> np.ndarray:
+    if depth_m.shape != (intr.height, intr.width):
+        raise ViewError("depth image size differs from its intrinsics")
+    return depth_m
+
+
+# --- 3RScan (WaldJohannaU/3RScan: rio_lib sequence.cc, FAQ) ---------------------------
+
+class RScan:
+    """A 3RScan scan folder with ``sequence/`` (unzipped ``sequence.zip``): ``_info.txt``,
+    ``frame-XXXXXX.color.jpg``, ``frame-XXXXXX.depth.pgm`` (uint16, divided by
+    ``m_depthShift`` = 1000 -> metres), ``frame-XXXXXX.pose.txt`` (4x4 camera -> world, the RGB
+    sensor's pose, metres). Colour and depth are registered and differ in size only (FAQ), so
+    the depth intrinsics (``m_calibrationDepthIntrinsic``) serve both.
+
+    Gravity: 3RScan's world frame is the Tango device's gravity-aligned start-of-service frame,
+    z up (an up-axis check from the camera poses is logged).
+    """
+
+    kind = "3rscan"
+    gravity = "3RScan world frame is z-up (Tango, gravity-aligned)"
+
+    def __init__(self, scan_dir: str | os.PathLike) -> None:
+        scan_dir = Path(scan_dir)
+        self.seq = scan_dir / "sequence" if (scan_dir / "sequence").is_dir() else scan_dir
+        info_path = self.seq / "_info.txt"
+        if not info_path.is_file():
+            raise ValueError(f"{scan_dir} is not a 3RScan scan: no sequence/_info.txt (unzip sequence.zip)")
+        info = {}
+        for line in info_path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                info[key.strip()] = value.strip()
+        try:
+            K = np.asarray([float(v) for v in info["m_calibrationDepthIntrinsic"].split()]).reshape(4, 4)[:3, :3]
+            self.intr = Intrinsics.from_K(K, int(info["m_depthWidth"]), int(info["m_depthHeight"]))
+            self.depth_shift = float(info.get("m_depthShift", 1000))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{info_path}: unusable intrinsics ({exc})") from exc
+        pattern = re.compile(r"^frame-(\d+)\.")
+        self.indices = sorted({int(m.group(1)) for p in self.seq.iterdir() if (m := pattern.match(p.name))})
+        self.T_up = np.eye(4)
+
+    def views(self, stride: int, report: FrameReport, colour: bool = True) -> Iterator[View]:
+        for i in self.indices[:: max(1, stride)]:
+            name = f"frame-{i:06d}"
+            pose = self.seq / f"{name}.pose.txt"
+            if not pose.is_file():
+                report.skip("missing pose file", name)
+                continue
+            try:
+                T = _check_pose(np.loadtxt(pose))
+            except ValueError as exc:
+                report.skip(str(exc) if isinstance(exc, ViewError) else "unreadable pose file", name)
+                continue
+            yield View(name, float(i), T, self.intr,
+                       lambda n=name: _checked_depth(_image(self.seq / f"{n}.depth.pgm", "depth")
+                                                     .astype(np.float32) / self.depth_shift, self.intr),
+                       lambda n=name: _image(self.seq / f"{n}.color.jpg", "colour"))
+
+
+# --- MultiScan (smartscenes/multiscan: reconstruction/scripts/bridge.py, docs) -----------
+
+class _DeflateFrames:
+    """Fixed-size frames of a raw-deflate stream (MultiScan ``.depth.zlib``: all frames
+    concatenated, compressed with wbits -15), read forwards without inflating the whole file."""
+
+    def __init__(self, path: Path, frame_bytes: int) -> None:
+        self.file = path.open("rb")
+        self.inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+        self.frame_bytes = frame_bytes
+        self.buffer = bytearray()
+        self.pos = 0  # stream offset of the buffer's first byte
+
+    def get(self, index: int) -> bytes | None:
+        """Frame ``index`` (indices must not decrease), or None when the stream ends first."""
+        start = index * self.frame_bytes
+        end = start + self.frame_bytes
+        while self.pos + len(self.buffer) < end:
+            drop = min(max(0, start - self.pos), len(self.buffer))  # frames before `index` stream past
+            del self.buffer[:drop]
+            self.pos += drop
+            chunk = self.file.read(1 << 16)
+            try:
+                self.buffer += self.inflate.decompress(chunk) if chunk else self.inflate.flush()
+            except zlib.error:
+                return None  # corrupt stream: this and every later frame are lost
+            if not chunk and self.pos + len(self.buffer) < end:
+                return None
+        offset = start - self.pos
+        frame = bytes(self.buffer[offset:offset + self.frame_bytes])
+        del self.buffer[:offset + self.frame_bytes]
+        self.pos = end
+        return frame
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _VideoFrames:
+    """Frames of an mp4 by index (increasing), decoded forwards with PyAV (ffmpeg in the wheel)."""
+
+    def __init__(self, path: Path) -> None:
+        import av  # imported here: only MultiScan needs a video decoder
+
+        self.container = av.open(str(path))
+        self.frames = self.container.decode(video=0)
+        self.next_index = 0
+
+    def get(self, index: int) -> np.ndarray | None:
+        for frame in self.frames:
+            self.next_index += 1
+            if self.next_index - 1 == index:
+                return frame.to_ndarray(format="rgb24")
+        return None
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _column_major(values, n: int) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64)
+    if a.size != n * n:
+        raise ViewError(f"expected {n * n} numbers, got {a.size}")
+    return a.reshape(n, n, order="F")
+
+
+class MultiScan:
+    """A MultiScan scan folder ``<scan>/``: ``<scan>.mp4`` (H.264 colour), ``<scan>.depth.zlib``
+    (raw-deflate stream of float16 metres, or uint16 mm when ``depth_unit`` is ``mm``, at the
+    depth stream's resolution), ``<scan>.jsonl`` (per frame: column-major ``intrinsics`` of
+    the colour image, column-major ``transform`` camera -> world in ARKit camera axes) and
+    ``<scan>.json`` (stream resolutions ``[height, width]``). Depth intrinsics = colour
+    intrinsics scaled by the depth / colour size ratio, as the official ``bridge.py`` does.
+
+    Gravity: with ``<scan>.align.json``, its ``coordinate_transform`` (aligned mesh -> camera
+    world; MultiScan's aligned frame is z-up with the floor on the xy plane) is inverted;
+    without it, ARKit's world frame is y-up (gravity along -y) and is turned z-up.
+    """
+
+    kind = "multiscan"
+
+    def __init__(self, scan_dir: str | os.PathLike) -> None:
+        scan_dir = Path(scan_dir)
+        name = scan_dir.name
+        self.files = {ext: scan_dir / f"{name}.{ext}" for ext in ("mp4", "depth.zlib", "jsonl", "json", "align.json")}
+        missing = [e for e in ("mp4", "depth.zlib", "jsonl", "json") if not self.files[e].is_file()]
+        if missing:
+            raise ValueError(f"{scan_dir} is not a MultiScan scan: missing {', '.join(name + '.' + e for e in missing)}")
+        try:
+            meta = json.loads(self.files["json"].read_text())
+            streams = meta["streams"]
+            color = next(s for s in streams if s.get("file_extension") == "mp4")
+            depth = next(s for s in streams if s.get("file_extension") == "depth.zlib")
+            self.color_hw = [int(v) for v in color["resolution"]]
+            self.depth_hw = [int(v) for v in depth["resolution"]]
+            self.depth_dtype = {"m": np.dtype("<f2"), "mm": np.dtype("<u2")}[meta.get("depth_unit", "m")]
+            self.fallback_K = color.get("intrinsics")
+        except (ValueError, KeyError, StopIteration, TypeError) as exc:
+            raise ValueError(f"{self.files['json']}: unusable metadata ({type(exc).__name__}: {exc})") from exc
+        self.T_up, self.gravity, self.keep_height = Y_UP_TO_Z_UP, "ARKit world frame is y-up", False
+        if self.files["align.json"].is_file():
+            try:
+                to_raw = _column_major(json.loads(self.files["align.json"].read_text())["coordinate_transform"], 4)
+                self.T_up = np.linalg.inv(to_raw)
+                self.gravity, self.keep_height = "MultiScan align.json coordinate_transform (z-up, floor z = 0)", True
+            except (ValueError, KeyError, TypeError, np.linalg.LinAlgError) as exc:
+                log.warning("%s: unusable (%s); using ARKit's y-up world", self.files["align.json"], exc)
+
+    def views(self, stride: int, report: FrameReport, colour: bool = True) -> Iterator[View]:
+        (dh, dw), (ch, cw) = self.depth_hw, self.color_hw
+        scale = np.diag([dw / cw, dh / ch, 1.0])
+        depth = _DeflateFrames(self.files["depth.zlib"], dh * dw * self.depth_dtype.itemsize)
+        video = _VideoFrames(self.files["mp4"]) if colour else None
+        try:
+            with self.files["jsonl"].open() as lines:
+                for i, line in enumerate(lines):
+                    if i % max(1, stride):
+                        continue
+                    where = f"frame {i}"
+                    try:
+                        cam = json.loads(line)
+                        T = _check_pose(_column_major(cam["transform"], 4) @ ARKIT_TO_OPTICAL)
+                        intr = Intrinsics.from_K(scale @ _column_major(cam.get("intrinsics", self.fallback_K), 3), dw, dh)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        report.skip(str(exc) if isinstance(exc, ViewError) else "unreadable camera line", where)
+                        continue
+                    raw = depth.get(i)
+                    if raw is None:
+                        report.skip("depth stream ends before the frame (truncated .depth.zlib)", where)
+                        continue
+                    d = np.frombuffer(raw, self.depth_dtype).reshape(dh, dw).astype(np.float32)
+                    d = d * (0.001 if self.depth_dtype.kind == "u" else 1.0)
+                    rgb = video.get(i) if video is not None else np.zeros((1, 1, 3), np.uint8)
+                    if rgb is None:
+                        report.skip("video ends before the frame", where)
+                        continue
+                    yield View(where, float(cam.get("timestamp", i)), T, intr, lambda d=d: d, lambda rgb=rgb: rgb)
+        finally:
+            depth.close()
+            if video is not None:
+                video.close()
+
+
+# --- ARKitScenes (apple/ARKitScenes: threedod/benchmark_scripts/utils/tenFpsDataLoader.py) --
+
+class ARKitScenes:
+    """An ARKitScenes raw (3dod) video folder ``<video_id>/``: ``lowres_depth/<id>_<t>.png``
+    (uint16 mm), ``lowres_wide/<id>_<t>.png`` (colour), ``lowres_wide_intrinsics/<id>_<t>.pincam``
+    (``w h fx fy cx cy``) and ``lowres_wide.traj`` (per line: timestamp, angle-axis rotation,
+    translation of world -> camera; inverted to the camera pose as ``TrajStringToMatrix``
+    does). A frame takes the trajectory pose within 5 ms of its timestamp and the
+    ``.pincam`` of its timestamp or +-1 ms, as the official loader.
+
+    Gravity: the ARKitScenes world frame is z-up (gravity-aligned; the maintainers in
+    apple/ARKitScenes issues #78 and #81).
+    """
+
+    kind = "arkitscenes"
+    gravity = "ARKitScenes world frame is z-up (gravity-aligned)"
+
+    def __init__(self, scan_dir: str | os.PathLike) -> None:
+        self.dir = Path(scan_dir)
+        self.video_id = self.dir.name
+        traj = self.dir / "lowres_wide.traj"
+        if not (self.dir / "lowres_depth").is_dir() or not traj.is_file():
+            raise ValueError(f"{self.dir} is not an ARKitScenes video folder: lowres_depth/ or lowres_wide.traj missing")
+        self.bad_traj_lines, stamps, poses = 0, [], []
+        for line in traj.read_text().splitlines():
+            tokens = line.split()
+            try:
+                values = [float(t) for t in tokens]
+                if len(values) != 7 or not np.isfinite(values).all():
+                    raise ValueError
+            except ValueError:
+                self.bad_traj_lines += bool(line.strip())
+                continue
+            extrinsics = np.eye(4)
+            extrinsics[:3, :3] = Rotation.from_rotvec(values[1:4]).as_matrix()
+            extrinsics[:3, 3] = values[4:7]
+            stamps.append(values[0])
+            poses.append(np.linalg.inv(extrinsics))
+        order = np.argsort(stamps)
+        self.stamps, self.poses = np.asarray(stamps)[order], [poses[k] for k in order]
+        prefix = f"{self.video_id}_"
+        self.frame_ids = sorted((p.stem[len(prefix):] for p in (self.dir / "lowres_depth").glob(f"{prefix}*.png")),
+                                key=lambda s: float(s) if _is_float(s) else float("inf"))
+        self.T_up = np.eye(4)
+
+    def _pose(self, t: float) -> np.ndarray | None:
+        if not len(self.stamps):
+            return None
+        k = int(np.clip(np.searchsorted(self.stamps, t), 1, len(self.stamps) - 1)) if len(self.stamps) > 1 else 0
+        best = min((j for j in (k - 1, k) if 0 <= j < len(self.stamps)), key=lambda j: abs(self.stamps[j] - t))
+        return self.poses[best] if abs(self.stamps[best] - t) < ARKITSCENES_MAX_DT else None
+
+    def _intrinsics(self, frame_id: str) -> Intrinsics:
+        folder, t = self.dir / "lowres_wide_intrinsics", float(frame_id)
+        for name in (frame_id, f"{t - 0.001:.3f}", f"{t + 0.001:.3f}"):
+            path = folder / f"{self.video_id}_{name}.pincam"
+            if path.is_file():
+                try:
+                    w, h, fx, fy, cx, cy = np.loadtxt(path).reshape(-1)
+                    return Intrinsics(fx, fy, cx, cy, int(w), int(h))
+                except ValueError as exc:
+                    raise ViewError("unreadable .pincam intrinsics") from exc
+        raise ViewError("missing .pincam intrinsics")
+
+    def views(self, stride: int, report: FrameReport, colour: bool = True) -> Iterator[View]:
+        for _ in range(self.bad_traj_lines):
+            report.skip("unreadable trajectory line", "lowres_wide.traj")
+        for frame_id in self.frame_ids[:: max(1, stride)]:
+            where = f"{self.video_id}_{frame_id}"
+            if not _is_float(frame_id):
+                report.skip("frame name without a timestamp", where)
+                continue
+            T = self._pose(float(frame_id))
+            if T is None:
+                report.skip(f"no trajectory pose within {ARKITSCENES_MAX_DT * 1000:g} ms", where)
+                continue
+            try:
+                intr = self._intrinsics(frame_id)
+            except ViewError as exc:
+                report.skip(str(exc), where)
+                continue
+            yield View(where, float(frame_id), T, intr,
+                       lambda w=where, i=intr: _checked_depth(
+                           _image(self.dir / "lowres_depth" / f"{w}.png", "depth").astype(np.float32) * 0.001, i),
+                       lambda w=where: _image(self.dir / "lowres_wide" / f"{w}.png", "colour"))
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+# --- common: alignment and frames --------------------------------------------------------
+
+def scan_alignment(scan, stride: int) -> Alignment:
+    """The scan's z-up, floor-centred alignment from its depth points (scan_align.py)."""
+    points, poses = [], []
+    for view in scan.views(stride, FrameReport(), colour=False):
+        try:
+            depth = view.depth_m()
+        except (ViewError, OSError, ValueError):
+            continue  # counted when the frames are read
+        points.append(sample_points(depth, view.intrinsics, view.T_world_camera))
+        poses.append(view.T_world_camera)
+    gravity = getattr(scan, "gravity", "")
+    angle = down_angle_deg(scan.T_up, poses)
+    if angle is not None:
+        gravity += f"; cameras' mean down axis is {angle:.0f} deg from -z"
+        if angle > 45:
+            log.warning("%s scan: the cameras look %.0f deg away from upright in the z-up frame (%s)",
+                        scan.kind, angle, gravity)
+    all_points = np.concatenate(points) if points else np.zeros((0, 3))
+    return floor_centre_alignment(scan.T_up, gravity, all_points, getattr(scan, "keep_height", False))
+
+
+def scan_frames(scan, stride: int = 10, report: FrameReport | None = None,
+                alignment: Alignment | None = None) -> Iterator[RGBDFrame]:
+    """Aligned frames of a :class:`RScan`, :class:`MultiScan` or :class:`ARKitScenes` scan."""
+    report = report if report is not None else FrameReport()
+    alignment = alignment or scan_alignment(scan, stride)
+    for view in scan.views(stride, report):
+        try:
+            depth, rgb = view.depth_m(), view.rgb()
+        except (ViewError, OSError, ValueError) as exc:
+            report.skip(str(exc) if isinstance(exc, ViewError) else f"unreadable image ({type(exc).__name__})",
+                        view.where)
+            continue
+        report.frames += 1
+        yield RGBDFrame(rgb, depth, view.intrinsics, alignment.T @ view.T_world_camera, view.stamp_s)
+
+
+READERS = {"3rscan": RScan, "multiscan": MultiScan, "arkitscenes": ARKitScenes}

@@ -142,11 +142,12 @@ def main() -> None:
               f"{n_prefill / rows[0][2]:>13.3f}{sec / rows[0][3]:>12.3f}")
     print(f"\nprefill tokens: CFG uses 1/{len(frame_ids) / cfg_len:.1f} of the 32-frame prompt")
 
-    print("\ntrainable parameters (LoRA r=16 on q,k,v,o,gate,up,down + Fourier MLP + anchor):")
+    print("\ntrainable parameters (LoRA r=16 on q,k,v,o,gate,up,down + Fourier W and MLP (F = d) + anchor):")
     for name, qc, hidden in (("tiny test config", tiny_qwen25vl_config(), 64),
                              ("Qwen2.5-VL-7B config", qwen25vl_7b_config(), 3584)):
         c = count_trainable_parameters(qc, LeoVLConfig(base_model=name, hidden_size=hidden))
-        print(f"  {name:<22} LoRA {c['llm']:>12,}  Fourier MLP {c['fourier_mlp']:>11,}  anchor {c['anchor']:>6,}"
+        print(f"  {name:<22} LoRA {c['llm']:>12,}  Fourier MLP {c['fourier_mlp']:>11,}  W {c['fourier_w']:>5,}"
+              f"  anchor {c['anchor']:>6,}"
               f"  total {c['trainable']:>12,}  ({100 * c['trainable'] / c['base_total']:.2f}% of {c['base_total']:,})")
 
 

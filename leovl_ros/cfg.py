@@ -1,9 +1,10 @@
 """Condensed feature grid (CFG): a voxel map turned into at most ``max_tokens`` scene tokens.
 
 LEO-VL §3.1 / Appendix D: rotate each voxel feature with RoPE by its height, mean-pool the
-rotated features of each (x, y) column into one token, and give each token the fixed 2D
-Fourier input of its column centre (the learned MLP that turns it into an additive
-embedding lives in the model). Built on demand from the map, never stored.
+rotated features of each (x, y) column into one token, and keep each token's column centre
+``xy``: its 2D Fourier features are computed by the model, which owns W (learned or fixed,
+``LeoVLConfig.fourier_w``; ``fourier_input`` here is the formula). Built on demand from the
+map, never stored.
 
 Decisions where the paper is silent:
 - RoPE position = the integer voxel height index floor(z / voxel_size) in the map frame (z
@@ -11,9 +12,11 @@ Decisions where the paper is silent:
   (x_2i, x_2i+1) as in the paper's block-diagonal R_p, theta_i = 10000^(-2i/d).
 - Pooling is the plain mean over a column's voxels (each voxel weighs the same whatever its
   number of points), as the paper pools voxel features.
-- Fourier positions are column centres in metres, W ~ N(0, 1) of shape (F, 2) seeded by
-  ``fourier_seed``; the paper's "d" in the 1/sqrt(d) scale is the Fourier width (its W has
-  d/2 rows), so the input is [cos 2piWp || sin 2piWp] / sqrt(2F).
+- Fourier positions are column centres in metres; W (F rows, 2 columns) is drawn N(0, 1)
+  from ``fourier_seed`` (``fourier_matrix``); the paper's F = [cos 2piWp || sin 2piWp] has
+  2F entries (App. D.2: W has d/2 rows, so the feature has the model's width d) and its
+  1/sqrt(d) scale is 1/sqrt(2F). ``fourier_features`` = None means F = d/2, resolved by the
+  model, which knows d.
 - Token cap: the ``max_tokens`` columns with the most voxels (ties: lowest (x, y)), emitted
   in (x, y) raster order so token order does not depend on the order frames arrived.
 - Anchor: voxels whose centre lies within ``anchor_radius`` of ``anchor_center`` get the
@@ -34,7 +37,7 @@ import torch
 
 from .voxel_map import VoxelMap, voxel_keys
 
-__all__ = ["CondensedGrid", "GridConfig", "build_grid", "fourier_input", "rope_height"]
+__all__ = ["CondensedGrid", "GridConfig", "build_grid", "fourier_input", "fourier_matrix", "rope_height"]
 
 _POS_Z = ("rope", "none")
 _GRIDS = ("cfg", "voxel_full", "voxel_sample")
@@ -46,7 +49,7 @@ class GridConfig:
     max_tokens: int = 750
     pos_z: Literal["rope", "none"] = "rope"
     grid: Literal["cfg", "voxel_full", "voxel_sample"] = "cfg"
-    fourier_features: int = 128  # random frequencies F; the fixed input has 2F dims
+    fourier_features: int | None = None  # rows F of W (the feature has 2F dims); None = d/2 (App. D.2)
     fourier_seed: int = 0
     sample_seed: int = 0
 
@@ -57,15 +60,14 @@ class GridConfig:
             raise ValueError(f"pos_z must be one of {_POS_Z}, got {self.pos_z!r}")
         if self.grid not in _GRIDS:
             raise ValueError(f"grid must be one of {_GRIDS}, got {self.grid!r}")
-        if self.fourier_features <= 0:
+        if self.fourier_features is not None and self.fourier_features <= 0:
             raise ValueError(f"fourier_features must be positive, got {self.fourier_features}")
 
 
 @dataclass
 class CondensedGrid:
     features: torch.Tensor  # (T, d) float32: RoPE'd, pooled, anchor term included
-    xy: torch.Tensor  # (T, 2) float32 metres: column (or voxel) centres
-    fourier: torch.Tensor  # (T, 2F) float32 fixed Fourier input for the model's MLP
+    xy: torch.Tensor  # (T, 2) float32 metres: column (or voxel) centres (the Fourier positions)
     voxel_count: torch.Tensor  # (T,) int64 voxels pooled into each token
     num_voxels: int  # voxels in the map
     compression_rate: float  # tokens / voxels (0 for an empty map)
@@ -94,12 +96,21 @@ def rope_height(features: torch.Tensor, height_index: torch.Tensor, base: float 
     return torch.view_as_real(x * phase).view(n, d)
 
 
-def fourier_input(xy: torch.Tensor, num_features: int, seed: int) -> torch.Tensor:
-    """(T, 2) metres -> (T, 2F) [cos 2piWp || sin 2piWp] / sqrt(2F), W ~ N(0, 1) (F, 2) from ``seed``."""
-    W = torch.randn(num_features, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    cycles = xy.to(torch.float64) @ W.T  # (T, F); float64, then keep the fraction: |Wp| reaches 1e2 cycles
-    angle = (2.0 * math.pi * (cycles - cycles.round())).to(torch.float32)  # (T, F) in [-pi, pi]
-    return torch.cat([angle.cos(), angle.sin()], 1) / math.sqrt(2 * num_features)
+def fourier_matrix(num_features: int, seed: int) -> torch.Tensor:
+    """(F, 2) float64 W ~ N(0, 1), the same draw for the same ``seed`` on every machine."""
+    return torch.randn(num_features, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64,
+                       device="cpu")  # explicit: also under a meta-device context (parameter counting)
+
+
+def fourier_input(xy: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """(T, 2) metres -> (T, 2F) float32 [cos 2piWp || sin 2piWp] / sqrt(2F); differentiable in W.
+
+    The phase is computed in float64 on W's device and reduced to its fraction of a cycle
+    before the float32 cos/sin: |Wp| reaches 1e2 cycles in a large room.
+    """
+    cycles = xy.to(W.device, torch.float64) @ W.to(torch.float64).T  # (T, F)
+    angle = (2.0 * math.pi * (cycles - cycles.detach().round())).to(torch.float32)  # (T, F) in [-pi, pi]
+    return torch.cat([angle.cos(), angle.sin()], 1) / math.sqrt(2 * W.shape[0])
 
 
 def _anchor_mask(vmap: VoxelMap, rows: torch.Tensor, center: Sequence[float], radius: float | None) -> torch.Tensor:
@@ -189,14 +200,13 @@ def build_grid(
     Tensors come back on the CPU (where the map lives); the model moves them to its device.
     """
     d, V = vmap.feature_dim, vmap.num_voxels
-    F2 = 2 * config.fourier_features
     if anchor_center is not None and anchor_embedding is None:
         raise ValueError("anchor_center was given without anchor_embedding (the model's learned anchor)")
     if anchor_center is not None and tuple(anchor_embedding.shape) != (d,):
         raise ValueError(f"anchor_embedding must have shape ({d},), got {tuple(anchor_embedding.shape)}")
     if V == 0:
         return CondensedGrid(
-            torch.zeros(0, d), torch.zeros(0, 2), torch.zeros(0, F2), torch.zeros(0, dtype=torch.int64), 0, 0.0, 1.0
+            torch.zeros(0, d), torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64), 0, 0.0, 1.0
         )
     coords = vmap.coords  # (V, 3)
 
@@ -223,7 +233,6 @@ def build_grid(
     return CondensedGrid(
         features=feats,
         xy=xy,
-        fourier=fourier_input(xy, config.fourier_features, config.fourier_seed),
         voxel_count=voxel_count,
         num_voxels=V,
         compression_rate=voxel_count.numel() / V,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from leovl_ros.cfg import CondensedGrid, GridConfig, build_grid, fourier_input, rope_height
+from leovl_ros.cfg import CondensedGrid, GridConfig, build_grid, fourier_input, fourier_matrix, rope_height
 from leovl_ros.voxel_map import VoxelMap
 
 VS = 0.2
@@ -104,19 +104,26 @@ def test_token_order_does_not_depend_on_fusion_order():
     torch.testing.assert_close(g1.features, g2.features)
 
 
-def test_fourier_input_formula_and_seed():
+def test_fourier_input_formula_seed_and_gradient():
     xy = torch.tensor([[0.1, -2.0], [3.0, 0.5]])
-    f = fourier_input(xy, 16, seed=3)
-    W = torch.randn(16, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    W = fourier_matrix(16, seed=3)
+    assert W.shape == (16, 2) and torch.equal(W, torch.randn(16, 2, generator=torch.Generator().manual_seed(3),
+                                                              dtype=torch.float64))
+    f = fourier_input(xy, W)
     proj = 2 * math.pi * xy.double() @ W.T
     torch.testing.assert_close(f.double(), torch.cat([proj.cos(), proj.sin()], 1) / math.sqrt(32), atol=1e-6, rtol=0)
     torch.testing.assert_close(f.norm(dim=1), torch.full((2,), math.sqrt(0.5)))
-    assert not torch.equal(f, fourier_input(xy, 16, seed=4))
+    assert not torch.equal(f, fourier_input(xy, fourier_matrix(16, seed=4)))
+    # W can learn: d f / d W is the analytic 2 pi p (-sin | cos) / sqrt(2F), through the cycle reduction.
+    Wl = W.float().requires_grad_()
+    fourier_input(xy, Wl)[:, 0].sum().backward()  # cos of the first frequency
+    expected = -torch.sin(proj[:, 0]).float()[:, None] * 2 * math.pi * xy / math.sqrt(32)
+    torch.testing.assert_close(Wl.grad[0], expected.sum(0), atol=1e-5, rtol=1e-5)
+    assert not Wl.grad[1:].any()
     vmap = VoxelMap(4, VS)
     put(vmap, {(1, 2, 0): torch.ones(4)})
     g = build_grid(vmap, GridConfig(fourier_features=16, fourier_seed=3))
-    torch.testing.assert_close(g.fourier, fourier_input(g.xy, 16, 3))
-    assert g.fourier.shape == (1, 32)
+    torch.testing.assert_close(g.xy, torch.tensor([[0.3, 0.5]]))  # the column centre the model encodes
 
 
 def test_anchor_is_added_before_rope_and_pooling_and_is_differentiable():
@@ -171,7 +178,7 @@ def test_voxel_ablations():
 
 def test_empty_map_gives_no_tokens():
     g = build_grid(VoxelMap(6), GridConfig(fourier_features=4))
-    assert g.num_tokens == 0 and g.features.shape == (0, 6) and g.fourier.shape == (0, 8) and g.num_voxels == 0
+    assert g.num_tokens == 0 and g.features.shape == (0, 6) and g.xy.shape == (0, 2) and g.num_voxels == 0
 
 
 def test_grid_config_validation():

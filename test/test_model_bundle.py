@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
+from leovl_ros.cfg import GridConfig
 from leovl_ros.model.bundle import ADAPTER_WEIGHTS, CONFIG_FILE, HEADS_FILE
 from leovl_ros.model.config import LeoVLConfig
 from leovl_ros.model.leovl import LeoVL
@@ -72,6 +73,30 @@ def test_bundle_with_other_lora_rank_and_settings(tmp_path, tok):
     live.load_bundle(tmp_path / "r4")
     assert live.config.lora_r == 4 and live.config.anchor_radius == 0.3
     assert torch.equal(_logits(live, scene), _logits(model, scene))
+
+
+def test_bundles_from_before_learned_fourier_w_keep_their_width_and_fixed_w(tmp_path, tok):
+    """A bundle written before W could learn: its config has no ``fourier_w`` and a stored
+    width, its heads file no W. It loads as "fixed" at that width and gives the same logits."""
+    model = tiny_leovl(seed=0, tokenizer=tok, fourier_w="fixed", grid=GridConfig(fourier_features=8))
+    scene = random_scene(model, 200, seed=1)
+    _train(model, scene)
+    model.save_bundle(tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / CONFIG_FILE).read_text())
+    del cfg["fourier_w"]  # the file as the older code wrote it
+    (tmp_path / "old" / CONFIG_FILE).write_text(json.dumps(cfg))
+    live = tiny_leovl(seed=0, tokenizer=tok)  # a new model: learned W, F = d
+    assert live.config.fourier_w == "learned" and live.config.fourier_dim == 64
+    live.load_bundle(tmp_path / "old")
+    assert live.config.fourier_w == "fixed" and live.config.fourier_dim == 16
+    assert torch.equal(_logits(live, scene), _logits(model, scene))
+    # A learned W is saved with the heads and comes back exactly.
+    learned = tiny_leovl(seed=0, tokenizer=tok)
+    _train(learned, scene, steps=4)
+    learned.save_bundle(tmp_path / "new")
+    live.load_bundle(tmp_path / "new")
+    assert live.config.fourier_w == "learned" and torch.equal(live.heads.fourier_w, learned.heads.fourier_w)
+    assert torch.equal(_logits(live, scene), _logits(learned, scene))
 
 
 def test_from_pretrained_local_checkpoint_plus_bundle(tmp_path, tok):

@@ -130,17 +130,40 @@ def test_grounding_score(model):
 def test_trainable_parameter_counts(tok):
     tiny = tiny_leovl(seed=0, tokenizer=tok)
     lora = _lora_count(64, 256, 2, 4, 2)
-    fourier = (256 * 64 + 64) + (64 * 64 + 64)
-    assert tiny.num_trainable_parameters() == lora + fourier + 64
-    assert count_trainable_parameters(tiny_qwen25vl_config(), tiny.config)["trainable"] == lora + fourier + 64
+    fourier = (64 * 64 + 64) + (64 * 64 + 64)  # F = d: the Fourier feature has the model's width
+    w = 32 * 2  # W: d/2 x 2, learned
+    assert tiny.num_trainable_parameters() == lora + fourier + w + 64
+    assert count_trainable_parameters(tiny_qwen25vl_config(), tiny.config)["trainable"] == lora + fourier + w + 64
+    # The paper's "66M" learnable parameters of LEO-VL at 7B (§4): LoRA + position embedding + anchor.
     cfg7 = LeoVLConfig(base_model="Qwen/Qwen2.5-VL-7B-Instruct", hidden_size=3584)
     counts = count_trainable_parameters(qwen25vl_7b_config(), cfg7)
     assert counts["llm"] == _lora_count(3584, 18944, 28, 28, 4) == 40_370_176
-    assert counts["fourier_mlp"] == (256 * 3584 + 3584) + (3584 * 3584 + 3584)
-    assert counts["trainable"] == 54_143_488
+    assert counts["fourier_mlp"] == 2 * (3584 * 3584 + 3584) and counts["fourier_w"] == 1792 * 2
+    assert counts["trainable"] == 66_074_624 and round(counts["trainable"] / 1e6) == 66
     assert 8.2e9 < counts["base_total"] < 8.4e9
+    # The former width (2 x 128 Fourier features, fixed W) gave 54.1M.
+    old = LeoVLConfig.from_dict({**cfg7.to_dict(), "grid": {"fourier_features": 128}, "fourier_w": "fixed"})
+    assert count_trainable_parameters(qwen25vl_7b_config(), old)["trainable"] == 54_143_488
     no_xy = tiny_leovl(seed=0, tokenizer=tok, pos_xy="none")
     assert not hasattr(no_xy.heads, "fourier_mlp") and no_xy.num_trainable_parameters() == lora + 64
+
+
+def test_fourier_w_learns_or_stays_fixed(tok):
+    for mode in ("learned", "fixed"):
+        model = tiny_leovl(seed=4, tokenizer=tok, fourier_w=mode)
+        scene = random_scene(model, 300, seed=5)
+        W0 = model.heads.fourier_w.detach().clone()
+        opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2, weight_decay=0.0)
+        for _ in range(3):
+            lp, n = model.sequence_logprobs([scene], [Q], ["red"])
+            opt.zero_grad()
+            (-lp.sum()).backward()
+            opt.step()
+        moved = not torch.equal(model.heads.fourier_w.detach().to(W0.dtype), W0)
+        assert moved == (mode == "learned"), mode
+        assert ("fourier_w" in model.heads.state_dict()) == (mode == "learned")  # a fixed W is not saved
+    with pytest.raises(ValueError, match="fourier_w"):
+        LeoVLConfig(base_model="x", hidden_size=64, fourier_w="frozen")
 
 
 def test_full_mode_trains_llm_but_not_vision(tok):

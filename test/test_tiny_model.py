@@ -253,3 +253,33 @@ def test_the_bundled_model_reads_colours_from_the_room_it_mapped(mapped_rooms):
         answers = model.generate([x[col] for x in asked], queries, gen)
         em[cond] = exact_match_scores(answers, [r["answers"] for r, _, _ in asked])["overall"]["EM"]
     assert len(asked) >= 15 and em["own"] >= 40 and em["own"] >= em["other"] + 20, em
+
+
+def test_the_bundled_model_keeps_its_fourier_width_and_fixed_w_and_answers_as_before(mapped_rooms):
+    """leovl-tiny was trained before W could learn and before F = d: its stored config (no
+    ``fourier_w``, 32 frequencies) loads as a fixed W at that width, its scene tokens are the
+    formula it was trained with, and it gives the answers it gave before (pinned from the
+    code at that time: greedy answers to a held-out room's questions, and the tokens' sum)."""
+    import math
+
+    from leovl_ros.model.config import GenerationConfig
+    from leovl_ros.model.prompts import SceneQuery
+    from leovl_ros.synth.qa import qa_records
+
+    model, rooms = mapped_rooms
+    assert model.config.fourier_w == "fixed" and model.config.fourier_dim == 64
+    assert "fourier_w" not in model.heads.state_dict() and model.heads.fourier_w.dtype == torch.float64
+    room, scene = rooms[min(rooms)]
+    grid = model.scene_grid(scene)
+    W = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cycles = grid.xy.double() @ W.T
+    angle = (2 * math.pi * (cycles - cycles.round())).float()
+    with torch.no_grad():
+        expected = grid.features + model.heads.fourier_mlp(torch.cat([angle.cos(), angle.sin()], 1) / math.sqrt(64))
+        tokens = model.scene_tokens(scene)
+    assert torch.equal(tokens, expected)
+    assert float(tokens.double().sum()) == pytest.approx(104.01324400978046, abs=1e-3)
+    asked = qa_records(room, np.random.default_rng(0), per_type=2)
+    answers = model.generate([scene] * len(asked), [SceneQuery("qa", r["instruction"]) for r in asked],
+                             GenerationConfig(num_beams=1, max_new_tokens=6, repetition_penalty=1.0))
+    assert answers == ["cyan", "green", "2", "1", "no", "no", "bottle", "table", "right", "right", "box", "chair"]

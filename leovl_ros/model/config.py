@@ -46,6 +46,18 @@ class LeoVLConfig:
     - ``fourier_mlp_hidden``: width of the 2-layer GELU MLP on the Fourier features
       (None = LLM hidden size). Its output layer starts at zero, so an untrained model sees
       exactly the vision-tower features (like LoRA's B = 0).
+    - ``fourier_w``: "learned" (default) trains the Fourier projection W with the MLP;
+      "fixed" keeps its N(0, 1) draw. The paper says W "is initialized" from N(0, 1) and
+      cites learnable Fourier features (Li et al. 2021, its [44]), whose W trains, and lists
+      the "position embedding" among the learnable parameters; so W is learned. It adds
+      d/2 x 2 weights (3584 at 7B), so the 66M count of §4 cannot tell the two apart.
+      The width F = d of App. D.2 is ``grid.fourier_features`` = None (W has d/2 rows).
+
+    Bundles written before ``fourier_w`` existed stored ``grid.fourier_features`` (then 128
+    by default, the tiny model's 32) and had a fixed W; :meth:`from_json`, which reads a
+    bundle's stored config, gives a config without ``fourier_w`` the value "fixed", so such
+    a bundle keeps its width (stored) and its W (redrawn from ``grid.fourier_seed``) and
+    answers exactly as before.
     - ``anchor_radius``: radius (m) of the referred sphere when a query gives a centre only.
     - ``dialogue_format``: "inline" puts earlier turns into the one user turn of the
       Appendix B template as ``USER: .. ASSISTANT: ..`` (LEO style); "chat" writes them as
@@ -63,6 +75,7 @@ class LeoVLConfig:
     grid: GridConfig = field(default_factory=GridConfig)
     pos_xy: Literal["fourier", "none"] = "fourier"
     fourier_mlp_hidden: int | None = None
+    fourier_w: Literal["learned", "fixed"] = "learned"
     anchor_radius: float = 0.5
     lora_r: int = 16
     lora_alpha: int = 16
@@ -81,6 +94,10 @@ class LeoVLConfig:
             raise ValueError(f"pos_xy must be 'fourier' or 'none', got {self.pos_xy!r}")
         if self.train_mode not in ("adapter", "full"):
             raise ValueError(f"train_mode must be 'adapter' or 'full', got {self.train_mode!r}")
+        if self.fourier_w not in ("learned", "fixed"):
+            raise ValueError(f"fourier_w must be 'learned' or 'fixed', got {self.fourier_w!r}")
+        if self.pos_xy == "fourier" and self.grid.fourier_features is None and self.hidden_size % 2:
+            raise ValueError(f"F = d Fourier features need an even hidden_size, got {self.hidden_size}")
         if self.dialogue_format not in ("inline", "chat"):
             raise ValueError(f"dialogue_format must be 'inline' or 'chat', got {self.dialogue_format!r}")
         if self.hidden_size <= 0 or self.voxel_size <= 0 or self.anchor_radius <= 0:
@@ -89,8 +106,14 @@ class LeoVLConfig:
             raise ValueError(f"min_pixels {self.min_pixels} exceeds max_pixels {self.max_pixels}")
 
     @property
+    def fourier_frequencies(self) -> int:
+        """Rows of W: ``grid.fourier_features``, or d/2 (F = d, App. D.2) when unset."""
+        return self.grid.fourier_features or self.hidden_size // 2
+
+    @property
     def fourier_dim(self) -> int:
-        return 2 * self.grid.fourier_features
+        """Width of the Fourier feature [cos 2piWp || sin 2piWp] (the MLP's input)."""
+        return 2 * self.fourier_frequencies
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,10 +138,13 @@ class LeoVLConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "LeoVLConfig":
+        """A stored config (a bundle's ``leovl_config.json``). Keys added since the bundle
+        was written take the value its model was trained with: ``fourier_w`` "fixed"."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"leovl config is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise ValueError("leovl config JSON must be an object")
+        data.setdefault("fourier_w", "fixed")  # written before W was learned
         return cls.from_dict(data)

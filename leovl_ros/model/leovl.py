@@ -323,5 +323,6 @@ def count_trainable_parameters(qwen_config: Qwen2_5_VLConfig, leovl_config: LeoV
         llm = sum(p.numel() for p in {id(p): p for p in model.model.language_model.parameters()}.values())
         llm += 0 if qwen_config.tie_word_embeddings else model.lm_head.weight.numel()
     fourier = sum(p.numel() for n, p in heads.named_parameters() if n.startswith("fourier_mlp"))
-    return {"llm": llm, "fourier_mlp": fourier, "anchor": heads.anchor.numel(),
-            "trainable": llm + fourier + heads.anchor.numel(), "base_total": total}
+    w = sum(p.numel() for n, p in heads.named_parameters() if n == "fourier_w")  # 0 when W is fixed
+    return {"llm": llm, "fourier_mlp": fourier, "fourier_w": w, "anchor": heads.anchor.numel(),
+            "trainable": llm + fourier + w + heads.anchor.numel(), "base_total": total}

@@ -2,24 +2,31 @@
 
 f_Fourier(x, p) = x + MLP([cos 2piWp || sin 2piWp] / sqrt(2F))   (paper §3.1, App. D.2)
 
-The fixed Fourier input and the RoPE/pooling come from ``leovl_ros.cfg``; this module owns
-the learned parts ("heads"), kept in float32 whatever the LLM dtype (they are tiny and
-fp32 keeps their updates exact under bf16 LLMs).
+The RoPE/pooling come from ``leovl_ros.cfg``; this module owns the learned parts ("heads":
+W, the MLP, the anchor), kept in float32 whatever the LLM dtype (they are tiny and fp32
+keeps their updates exact under bf16 LLMs).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..cfg import CondensedGrid, build_grid
+from ..cfg import CondensedGrid, build_grid, fourier_input, fourier_matrix
 from ..voxel_map import VoxelMap
 from .config import LeoVLConfig
 from .prompts import SceneQuery
 
 
 class SceneHeads(nn.Module):
-    """Learned parts of the scene tokens: ``fourier_mlp`` (absent when pos_xy='none') and ``anchor``.
+    """Learned parts of the scene tokens: ``fourier_w`` and ``fourier_mlp`` (absent when
+    pos_xy='none') and ``anchor``.
 
+    ``fourier_w`` (F, 2) starts at the N(0, 1) draw of ``grid.fourier_seed`` (App. D.2); it
+    is a parameter with ``fourier_w: learned`` (see LeoVLConfig) and a buffer, not saved,
+    with "fixed" (so bundles of fixed-W models hold the same tensors as before W could
+    learn). The trainer decays it like every matrix (weight decay 0.05 x lr 3e-5 shrinks it
+    by ~1.5e-6 a step). The fixed buffer stays float64: it is exactly the W old bundles
+    were trained with.
     Init (paper silent): the MLP's output layer is zero, so training starts from the pure
     vision features; the anchor is N(0, 0.02^2), small against feature norms but not zero
     so the referred region is marked from the first step.
@@ -30,6 +37,11 @@ class SceneHeads(nn.Module):
         d = config.hidden_size
         self.pos_xy = config.pos_xy
         if config.pos_xy == "fourier":
+            W = fourier_matrix(config.fourier_frequencies, config.grid.fourier_seed)  # (F, 2) float64
+            if config.fourier_w == "learned":
+                self.fourier_w = nn.Parameter(W.to(torch.float32))
+            else:
+                self.register_buffer("fourier_w", W, persistent=False)
             hidden = config.fourier_mlp_hidden or d
             self.fourier_mlp = nn.Sequential(nn.Linear(config.fourier_dim, hidden), nn.GELU(), nn.Linear(hidden, d))
             nn.init.zeros_(self.fourier_mlp[2].weight)
@@ -41,7 +53,7 @@ class SceneHeads(nn.Module):
         device = self.anchor.device
         tokens = grid.features.to(device, torch.float32)  # (T, d)
         if self.pos_xy == "fourier" and grid.num_tokens:
-            tokens = tokens + self.fourier_mlp(grid.fourier.to(device, torch.float32))
+            tokens = tokens + self.fourier_mlp(fourier_input(grid.xy, self.fourier_w))
         return tokens
 
 

@@ -81,6 +81,15 @@ def _optimizer(model: LeoVL, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
 
 
+def plan(n_items: int, cfg: TrainConfig, num_processes: int) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, total steps, epochs the loop starts) for ``n_items`` samples."""
+    o = cfg.optim
+    batches_per_epoch = math.ceil(n_items / (o.batch_size * num_processes))
+    steps_per_epoch = math.ceil(batches_per_epoch / o.grad_accum)
+    total_steps = o.max_steps or o.epochs * steps_per_epoch
+    return steps_per_epoch, total_steps, max(o.epochs, math.ceil(total_steps / steps_per_epoch))
+
+
 def _order(n: int, seed: int, epoch: int) -> list[int]:
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
@@ -156,9 +165,7 @@ def train_loop(cfg: TrainConfig, accelerator: Accelerator, model: LeoVL, items: 
             model.set_trainable(cfg.trainable)
     set_seed(cfg.seed)
     optimizer = _optimizer(model, cfg)
-    batches_per_epoch = math.ceil(len(items) / (o.batch_size * accelerator.num_processes))
-    steps_per_epoch = math.ceil(batches_per_epoch / o.grad_accum)
-    total_steps = o.max_steps or o.epochs * steps_per_epoch
+    steps_per_epoch, total_steps, epochs = plan(len(items), cfg, accelerator.num_processes)
     scheduler = get_scheduler(SCHEDULES[o.schedule], optimizer, num_warmup_steps=o.warmup_steps,
                               num_training_steps=total_steps)
     state = {"kind": kind, "global_step": 0, "epoch": 0, "batches_done": 0, "history": []}
@@ -194,7 +201,9 @@ def train_loop(cfg: TrainConfig, accelerator: Accelerator, model: LeoVL, items: 
         evaluate()  # the starting point of the curves (Fig. 8)
     policy.train()
     done = state["global_step"] >= total_steps
-    while not done and state["epoch"] < max(o.epochs, math.ceil(total_steps / steps_per_epoch)):
+    while not done and state["epoch"] < epochs:
+        if hasattr(step_fn, "set_epoch"):  # e.g. SceneDPO redraws its negative scenes every epoch
+            step_fn.set_epoch(state["epoch"])
         ordered = [items[i] for i in _order(len(items), cfg.seed, state["epoch"])]
         loader = accelerator.prepare_data_loader(DataLoader(ordered, batch_size=o.batch_size, collate_fn=list))
         if state["batches_done"]:

@@ -1,5 +1,6 @@
-"""`pip install .` gives the ROS-free library: in a throwaway venv without rclpy, every
-module outside leovl_ros.ros imports, and the console scripts are installed."""
+"""`pip install .[training]` gives the ROS-free library: in a throwaway venv without rclpy,
+the extra resolves offline against the third-party packages alone, every module outside
+leovl_ros.ros imports, and the console scripts are installed."""
 from __future__ import annotations
 
 import os
@@ -53,8 +54,8 @@ def test_pip_install_imports_without_ros(tmp_path):
     (target / "deps.pth").write_text(str(farm) + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMENT_PREFIX_PATH", "LD_LIBRARY_PATH")}
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(py), "install", "--quiet", "--no-deps",
-         "--no-build-isolation", "--disable-pip-version-check", str(REPO)],
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "--quiet", "--no-index",
+         "--no-build-isolation", "--disable-pip-version-check", f"{REPO}[training]"],
         env=env, capture_output=True, text=True, timeout=240)
     assert install.returncode == 0, install.stderr[-2000:]
     run = subprocess.run([str(py), "-c", CHECK], env=env, cwd=tmp_path, capture_output=True, text=True,

@@ -39,7 +39,8 @@ DEPEND_TAGS = ("depend", "build_depend", "build_export_depend", "buildtool_depen
                "exec_depend", "test_depend", "doc_depend")
 # What each use runs, and the pyproject extras that use installs (base dependencies always).
 USES = {
-    "robot (the node)": (["leovl_ros.ros.assistant_node"], {"runtime"}),
+    "robot (the node, the recorder)": (["leovl_ros.ros.assistant_node", "leovl_ros.ros.recorder"], {"runtime"}),
+    "scene player (a synthetic camera)": (["leovl_ros.ros.scene_player"], {"synth"}),
     "launch file": (["launch/assistant.launch.py"], set()),
     "synthetic rooms": (["leovl_ros.synth.cli"], {"synth"}),
     "training": (["training.train_cli", "training.eval_cli", "training.data_cli", "training.tiny_model"],

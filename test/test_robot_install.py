@@ -35,7 +35,7 @@ STAND_INS = {
 }
 # Distributions a robot does not get (training, synthetic rooms, tests): hidden from the
 # stand-in system, so neither `pip install .[runtime]` (offline) nor the node can lean on them.
-NOT_ON_A_ROBOT = ("open3d-cpu", "pycocoevalcap", "pytest", "pytest-timeout", "rosbags", "av")
+NOT_ON_A_ROBOT = ("open3d-cpu", "pycocoevalcap", "pytest", "pytest-timeout", "av")
 ROS2_RUN = """#!/usr/bin/env bash
 # Stands in for ros2cli's `ros2 run PKG EXE [ARGS]` (ros2cli is not on PyPI): exec the executable.
 [ "$1" = run ] || { echo "only 'ros2 run' is emulated here" >&2; exit 2; }

@@ -19,9 +19,11 @@ Decisions where the paper is silent:
   model, which knows d.
 - Token cap: the ``max_tokens`` columns with the most voxels (ties: lowest (x, y)), emitted
   in (x, y) raster order so token order does not depend on the order frames arrived.
-- Anchor: voxels whose centre lies within ``anchor_radius`` of ``anchor_center`` get the
-  anchor embedding, and so does the voxel containing the centre, so a zero radius still
-  marks the referred point.
+- Anchor (§3.1: "voxels that fall within the referred region"): with ``anchor_size`` the
+  region is the object's axis-aligned box (centre + extents), otherwise the sphere of
+  ``anchor_radius`` around ``anchor_center``; voxels whose centre lies inside get the
+  anchor embedding, and so does the voxel containing the centre, so a zero radius or a box
+  thinner than a voxel still marks the referred point.
 - Ablations (§4.2): ``voxel_full`` emits every voxel (no cap), ``voxel_sample`` a uniform
   sample (``sample_seed``) of as many voxels as the CFG would have tokens; both keep RoPE
   per ``pos_z`` and the Fourier input, so only the condensation changes.
@@ -113,14 +115,22 @@ def fourier_input(xy: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return torch.cat([angle.cos(), angle.sin()], 1) / math.sqrt(2 * W.shape[0])
 
 
-def _anchor_mask(vmap: VoxelMap, rows: torch.Tensor, center: Sequence[float], radius: float | None) -> torch.Tensor:
-    """(S,) bool: selected voxels inside the referred sphere (plus the one holding its centre)."""
-    if radius is None or not (radius >= 0 and math.isfinite(radius)):
-        raise ValueError(f"anchor_center needs a finite anchor_radius >= 0 metres, got {radius}")
+def _anchor_mask(vmap: VoxelMap, rows: torch.Tensor, center: Sequence[float], radius: float | None,
+                 size: Sequence[float] | None = None) -> torch.Tensor:
+    """(S,) bool: selected voxels inside the referred box (``size``) or sphere (``radius``),
+    plus the one holding its centre."""
     c = torch.as_tensor(center, dtype=torch.float32).reshape(-1)
     if c.shape != (3,) or not bool(torch.isfinite(c).all()):
         raise ValueError(f"anchor_center must be 3 finite coordinates in metres, got {center}")
-    inside = (vmap.centers[rows] - c).norm(dim=1) <= radius
+    if size is not None:
+        half = torch.as_tensor(size, dtype=torch.float32).reshape(-1) / 2
+        if half.shape != (3,) or not bool(torch.isfinite(half).all()) or bool((half < 0).any()):
+            raise ValueError(f"anchor_size must be 3 finite extents >= 0 metres, got {size}")
+        inside = ((vmap.centers[rows] - c).abs() <= half).all(1)
+    elif radius is None or not (radius >= 0 and math.isfinite(radius)):
+        raise ValueError(f"anchor_center needs a finite anchor_radius >= 0 metres, got {radius}")
+    else:
+        inside = (vmap.centers[rows] - c).norm(dim=1) <= radius
     holder = (vmap.coords[rows] == torch.floor(c / vmap.voxel_size).to(torch.int64)).all(1)
     return inside | holder
 
@@ -192,6 +202,7 @@ def build_grid(
     anchor_center: Sequence[float] | torch.Tensor | None = None,
     anchor_radius: float | None = None,
     anchor_embedding: torch.Tensor | None = None,
+    anchor_size: Sequence[float] | None = None,
 ) -> CondensedGrid:
     """CFG (or a voxel-token ablation) of ``vmap``; differentiable w.r.t. ``anchor_embedding``.
 
@@ -226,7 +237,8 @@ def build_grid(
         token = torch.arange(rows.numel())
         xy = vmap.centers[rows, :2]  # (T, 2)
         voxel_count = torch.ones(rows.numel(), dtype=torch.int64)
-    anchor = None if anchor_center is None else _anchor_mask(vmap, rows, anchor_center, anchor_radius)  # (S,)
+    anchor = None if anchor_center is None else _anchor_mask(vmap, rows, anchor_center, anchor_radius,
+                                                             anchor_size)  # (S,)
     feats = _pool(vmap, rows, token, voxel_count, config.pos_z == "rope", anchor, anchor_embedding)  # (T, d)
 
     kept = int(voxel_count.sum())

@@ -124,3 +124,65 @@ def write_arkitscenes(frames: Sequence[Frame], video_dir: Path, native: np.ndarr
         traj.append(" ".join(f"{v:.9f}" for v in [t + traj_offset, *rv, *extrinsics[:3, 3]]))
     (video_dir / "lowres_wide.traj").write_text("\n".join(traj) + "\n")
     return video_dir
+
+
+def _box_corners(obj) -> np.ndarray:
+    """(8, 3) corners of a synthetic object's map-frame box."""
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
+    return obj.center + signs * obj.size / 2
+
+
+def write_scannet_instances(room, scene_dir: Path, axis_alignment: np.ndarray) -> dict[int, np.ndarray]:
+    """``<scene>_vh_clean_2.ply`` (binary little endian: x y z float, r g b alpha uchar, faces),
+    ``<scene>_vh_clean_2.0.010000.segs.json``, ``<scene>.aggregation.json`` and ``<scene>.txt``
+    (axisAlignment): each object's box corners as mesh vertices, two segments per object, in
+    the unaligned frame. Returns objectId -> its corners in the aligned (room) frame."""
+    scene_dir.mkdir(parents=True, exist_ok=True)
+    name = scene_dir.name
+    unalign = np.linalg.inv(axis_alignment)
+    corners = {obj.id: _box_corners(obj) for obj in room.objects}
+    points = np.concatenate(list(corners.values()))
+    points = points @ unalign[:3, :3].T + unalign[:3, 3]
+    seg_indices = [100 + 2 * obj_id + (k % 2) for obj_id in corners for k in range(8)]
+    vertex = np.zeros(len(points), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
+                                          ("blue", "u1"), ("alpha", "u1")])
+    vertex["x"], vertex["y"], vertex["z"] = points.T
+    faces = np.zeros(1, dtype=[("n", "u1"), ("v", "<i4", 3)])
+    faces[0] = (3, (0, 1, 2))
+    header = ("ply\nformat binary_little_endian 1.0\ncomment VCGLIB generated\n"
+              f"element vertex {len(points)}\nproperty float x\nproperty float y\nproperty float z\n"
+              "property uchar red\nproperty uchar green\nproperty uchar blue\nproperty uchar alpha\n"
+              "element face 1\nproperty list uchar int vertex_indices\nend_header\n")
+    (scene_dir / f"{name}_vh_clean_2.ply").write_bytes(header.encode() + vertex.tobytes() + faces.tobytes())
+    (scene_dir / f"{name}_vh_clean_2.0.010000.segs.json").write_text(json.dumps(
+        {"params": {"kThresh": "0.0001", "segMinVerts": "20"}, "sceneId": f"{name}_vh_clean_2",
+         "segIndices": seg_indices}))
+    groups = [{"id": obj.id, "objectId": obj.id, "segments": [100 + 2 * obj.id, 101 + 2 * obj.id],
+               "label": obj.category} for obj in room.objects]
+    groups.append({"id": 999, "objectId": 999, "segments": [7], "label": "ghost"})  # no vertices: skipped
+    (scene_dir / f"{name}.aggregation.json").write_text(json.dumps(
+        {"sceneId": f"scannet.{name}", "appId": "Aggregator.v2", "segGroups": groups,
+         "segmentsFile": f"scannet.{name}_vh_clean_2.0.010000.segs.json"}))
+    (scene_dir / f"{name}.txt").write_text(
+        "axisAlignment = " + " ".join(f"{v:.9f}" for v in axis_alignment.reshape(-1)) + "\n"
+        "colorHeight = 968\ncolorWidth = 1296\nsceneType = Bedroom / Hotel\n")
+    return corners
+
+
+def write_3rscan_instances(room, scan_dir: Path, native: np.ndarray) -> None:
+    """``semseg.v2.json`` + ``labels.instances.annotated.v2.ply`` (ascii, with the objectId vertex
+    property) beside ``sequence/``: each object's box corners in the scan's world frame."""
+    vertices, groups = [], []
+    for obj in room.objects:
+        oid = obj.id + 1  # 3RScan instance ids start at 1
+        for c in _box_corners(obj) @ native[:3, :3].T + native[:3, 3]:
+            vertices.append(f"{c[0]:.6f} {c[1]:.6f} {c[2]:.6f} 128 128 128 {oid} {oid} 5 3 4")
+        groups.append({"id": oid, "objectId": oid, "label": obj.category, "segments": [oid],
+                       "obb": {"centroid": [0, 0, 0], "axesLengths": [1, 1, 1], "normalizedAxes": [1, 0, 0, 0, 1, 0, 0, 0, 1]}})
+    header = ("ply\nformat ascii 1.0\n" f"element vertex {len(vertices)}\n"
+              "property float x\nproperty float y\nproperty float z\nproperty uchar red\nproperty uchar green\n"
+              "property uchar blue\nproperty ushort objectId\nproperty ushort globalId\nproperty uchar NYU40\n"
+              "property uchar Eigen13\nproperty uchar RIO27\nelement face 0\nproperty list uchar int vertex_indices\n"
+              "end_header\n")
+    (scan_dir / "labels.instances.annotated.v2.ply").write_text(header + "\n".join(vertices) + "\n")
+    (scan_dir / "semseg.v2.json").write_text(json.dumps({"scan_id": scan_dir.name, "segGroups": groups}))

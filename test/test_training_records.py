@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from training import adapters
+from training import adapters, caption_adapters
 from training.data_cli import main as data_main
 from training.records import ConversionReport, Record, RecordError, read_records, write_records
 
@@ -35,7 +36,7 @@ def test_record_round_trip_and_query():
     ({"scene_id": None}, "missing 'scene_id'"),
     ({"task": "grounding"}, "unknown task 'grounding'"),
     ({"response": "  "}, "'response' must be a non-empty string"),
-    ({"anchor": {"center": [1, 2]}}, "anchor center must be 3 numbers"),
+    ({"anchor": {"center": [1, 2]}}, "anchor center must be 3 finite numbers"),
     ({"history": [["only user"]]}, "'history' must be a list of [user, assistant] string pairs"),
     ({"colour": "red"}, "unknown keys ['colour']"),
 ])
@@ -77,29 +78,97 @@ def test_scanqa(tmp_path):
     assert report.skipped == {"no answers (test split without ground truth?)": 1, "missing key 'scene_id'": 1}
 
 
-def test_sqa3d_keeps_situation_and_question_type():
+def test_sqa3d_as_leo_reads_it():
     questions = {"questions": [
-        {"question_id": 1, "situation": "I am sitting on the bed.", "question": "What is in front of me?"},
+        {"question_id": 1, "situation": "I am sitting on the bed.", "question": "What's in front of me?",
+         "alternative_situation": ["My back is to the wall.", ""]},
         {"question_id": 2, "situation": "I face the window.", "question": "Can I reach the lamp?"},
         {"situation": "no id"},
     ]}
     annotations = {"annotations": [
-        {"question_id": 1, "scene_id": "scene0001_00", "answers": [{"answer": "desk", "answer_id": 1}]},
+        {"question_id": 1, "scene_id": "scene0001_00", "answers": [{"answer": "desk", "answer_id": 1}],
+         "position": {"x": 1.5, "y": -0.5, "z": 0}, "rotation": {"_x": 0, "_y": 0, "_z": 0.1, "_w": 0.995}},
         {"question_id": 2, "scene_id": "scene0001_00", "answers": [{"answer": "yes"}, {"answer": "yes"}]},
         {"question_id": 99, "scene_id": "scene0001_00", "answers": [{"answer": "no"}]},
     ]}
     report = ConversionReport()
     records = list(adapters.convert_sqa3d(questions, annotations, report))
-    assert _dicts(records) == [
-        {"scene_id": "scene0001_00", "task": "qa", "instruction": "What is in front of me?", "response": "desk",
-         "answers": ["desk"], "situation": "I am sitting on the bed.", "qtype": "what", "id": "1", "source": "sqa3d"},
-        {"scene_id": "scene0001_00", "task": "qa", "instruction": "Can I reach the lamp?", "response": "yes",
-         "answers": ["yes", "yes"], "situation": "I face the window.", "qtype": "can", "id": "2", "source": "sqa3d"},
+    assert _dicts(records) == [  # LEO: first -> second person, tokens re-joined, str.capitalize()
+        {"scene_id": "scene0001_00", "task": "qa", "instruction": "What ' s in front of you ?", "response": "desk",
+         "answers": ["desk"], "situation": "You are sitting on the bed .",
+         "alternative_situations": ["Your back is to the wall ."], "location": [1.5, -0.5, 0.0],
+         "orientation": [0.0, 0.0, 0.1, 0.995], "qtype": "what", "id": "1", "source": "sqa3d"},
+        {"scene_id": "scene0001_00", "task": "qa", "instruction": "Can you reach the lamp ?", "response": "yes",
+         "answers": ["yes", "yes"], "situation": "You face the window .", "qtype": "can", "id": "2",
+         "source": "sqa3d"},
     ]
     assert report.skipped == {"question without question_id": 1,
                               "annotation's question_id not in the questions file": 1}
-    assert adapters.sqa3d_question_type("Which way should I go?") == "which"
-    assert adapters.sqa3d_question_type("Where is it?") == "other"
+    assert [adapters.sqa3d_question_type(q) for q in ("What's that?", "Which way should I go?", "Is it on?",
+                                                       "Isn't it red?", "Where is it?")] == \
+        ["what", "which", "is", "is", "other"]
+    # Training draws among the situations (torch's generator); evaluation uses the first.
+    from training.sft import _training_query
+
+    torch.manual_seed(0)
+    drawn = {_training_query(records[0]).situation for _ in range(40)}
+    assert drawn == {"You are sitting on the bed .", "Your back is to the wall ."}
+    assert records[0].query().situation == "You are sitting on the bed ."
+
+
+def test_msqa_list_and_dict_forms_keep_the_situation():
+    item = {"scan_id": "1776ad80-4db7-2333-8b18-f02ef42f3569", "question": "How many <chair-3-IMG> are near me?",
+            "answers": ["two"], "situation": "I stand by the <table-2-IMG>.", "location": [0.5, -1.0, 0.0],
+            "orientation": [0.0, 1.0, 0.0], "type": "counting", "index": 7, "raw_thought": "chair-3"}
+    report = ConversionReport()
+    listed = list(adapters.convert_msqa([item, {**item, "answers": []}, {"question": "no scan"}], report))
+    as_dict = list(adapters.convert_msqa({item["scan_id"]: {"response": [
+        {"Q": item["question"], "A": item["answers"], "situation": item["situation"], "location": item["location"],
+         "orientation": item["orientation"], "type": "counting", "index": 7}]}}, ConversionReport()))
+    expected = {"scene_id": item["scan_id"], "task": "qa", "instruction": "How many chair are near me?",
+                "response": "two", "answers": ["two"], "situation": "I stand by the table.",
+                "location": [0.5, -1.0, 0.0], "orientation": [0.0, 0.0, 0.7071, 0.7071], "qtype": "counting",
+                "id": "7", "source": "msqa"}
+    for got in (listed, as_dict):
+        d = _dicts(got)[0]
+        d["orientation"] = [round(v, 4) for v in d["orientation"]]
+        assert len(got) == 1 and d == expected
+    assert report.skipped == {"no answers (test split without ground truth?)": 1, "missing key 'scan_id'": 1}
+    assert _dicts(adapters.convert_leo_qa({"s": {"response": [item | {"Q": "Q?", "A": ["a"]}]}},
+                                          ConversionReport()))[0]["situation"] == "I stand by the table."
+
+
+def test_object_captions_anchor_the_object_box():
+    boxes = caption_adapters.Boxes({"scene0000_00": {"3": {"center": [1.0, 2.0, 0.4], "size": [0.5, 0.6, 0.8],
+                                                           "label": "chair"}},
+                                    "scanD": {"5": [0.0, 1.0, 0.5]}}, radius=0.5)
+    box = {"center": [1.0, 2.0, 0.4], "size": [0.5, 0.6, 0.8]}
+    report = ConversionReport()
+    scanrefer = [{"scene_id": "scene0000_00", "object_id": "3", "object_name": "chair", "ann_id": "0",
+                  "description": "A brown chair by the desk."},
+                 {"scene_id": "scene0000_00", "object_id": "4", "object_name": "lamp", "ann_id": "0",
+                  "description": "A lamp."}]
+    nr3d = "assignmentid,scan_id,target_id,instance_type,utterance\nx,scene0000_00,3,chair,the chair near the desk\n"
+    caps = {"scanD": {"lamp-5": [{"response": "A tall lamp."}]}}
+    out = {
+        "scanrefer": list(caption_adapters.convert_scanrefer(scanrefer, boxes, report)),
+        "nr3d": list(caption_adapters.convert_referit3d(nr3d, boxes, ConversionReport())),
+        "scanscribe": list(caption_adapters.convert_scanscribe(
+            [{"scan_id": "scene0000_00", "object_id": 3, "sentence": "A chair."}], boxes, ConversionReport())),
+        "generic": list(caption_adapters.convert_object_captions(
+            [{"scan_id": "scene0000_00", "target_id": "3", "utterance": "Chair."}], boxes, ConversionReport())),
+        "leo": list(caption_adapters.convert_leo_object_caption(caps, boxes, ConversionReport())),
+    }
+    assert [len(v) for v in out.values()] == [1, 1, 1, 1, 1]
+    assert all(v[0].anchor.to_obj() == box and v[0].task == "object_caption" for k, v in out.items() if k != "leo")
+    assert out["leo"][0].anchor.to_obj() == {"center": [0.0, 1.0, 0.5], "radius": 0.5}
+    assert out["nr3d"][0].response == "the chair near the desk" and out["nr3d"][0].source == "nr3d"
+    assert report.skipped == {"unknown object id (not in the boxes file)": 1}
+    scenes = list(caption_adapters.convert_scene_captions(
+        [{"scene_id": "scene0000_00", "caption": "A bedroom."}, {"scene_id": "x"}], report := ConversionReport()))
+    assert [r.task for r in scenes] == ["scene_caption"] and sum(report.skipped.values()) == 1
+    q = out["scanrefer"][0].query()
+    assert (q.anchor_center, q.anchor_size) == ((1.0, 2.0, 0.4), (0.5, 0.6, 0.8))
 
 
 def test_leo_plan_qa_and_scene_caption():
@@ -136,18 +205,6 @@ def test_leo_dialogue_one_record_per_assistant_turn():
          "history": [["What color is the sofa?", "Red."]], "source": "leo_dialogue"},
     ]
     assert list(report.skipped) == ["dialogue turns must alternate user/assistant, got 'robot' then 'human'"]
-
-
-def test_leo_object_caption_needs_centres():
-    caps = {"scanD": {"chair-3": [{"response": "A wooden chair."}], "lamp-9": [{"response": "A lamp."}]}}
-    centers = {"scanD": {"3": [1.0, 2.0, 0.4]}}
-    report = ConversionReport()
-    records = list(adapters.convert_leo_object_caption(caps, centers, report, radius=0.5))
-    assert _dicts(records) == [{"scene_id": "scanD", "task": "object_caption",
-                                "instruction": "Describe the object at the marked location.",
-                                "response": "A wooden chair.", "anchor": {"center": [1.0, 2.0, 0.4], "radius": 0.5},
-                                "source": "leo_object_caption"}]
-    assert report.skipped == {"no centre for the object in the centres file": 1}
 
 
 def test_synthetic_rooms_give_all_five_tasks():

@@ -50,7 +50,7 @@ def roots(frames, tmp_path_factory):
 
 def _read(roots, kind: str, report: FrameReport | None = None):
     scan = READERS[kind](roots / kind / CASES[kind][1])
-    alignment = scan_alignment(scan, 1)
+    alignment = scan_alignment(scan)
     return alignment, list(scan_frames(scan, 1, report, alignment))
 
 

@@ -5,15 +5,24 @@ Each ``convert_*`` takes the loaded JSON and a :class:`ConversionReport` and yie
 
 Formats:
 - ScanQA: ``[{scene_id, question, answers[], object_ids[], question_id}]``.
-- SQA3D: questions ``{questions: [{question_id, situation, question}]}`` + annotations
-  ``{annotations: [{question_id, scene_id, answers: [{answer}]}]}``; the situation is kept
-  and the question type is LEO's (first word: what / is / how / can / which / other).
+- SQA3D: questions ``{questions: [{question_id, situation, alternative_situation[], question}]}``
+  + annotations ``{annotations: [{question_id, scene_id, answers: [{answer}], position, rotation}]}``,
+  as LEO (embodied-generalist ``LeoSQA3D``) reads them: question and situations rewritten from
+  first to second person (``convert_person_view``), all situations kept (one is drawn per
+  training sample), question type by prefix (``get_sqa_question_type``: what / is / how /
+  can / which / other, so "What's" is a "what" question).
+- MSQA (MSR3D ``data/datasets/msr3d.py``): ``[{scan_id, question, answers, situation,
+  location, orientation, type, index}]`` per domain file, or the older
+  ``{scan_id: {response: [{Q, A, situation, location, orientation, type}]}}``; situation,
+  location and orientation (a facing vector in the xy plane, stored as a yaw quaternion
+  with the agent looking along its +x) stay in the record; ``<label>-<id>-IMG`` object
+  placeholders become the label, as in MSR3D's text-only mode.
 - LEO dicts: plans ``{scan_id: {response: [{instruction, plan}]}}``, dialogues
   ``{scan_id: {response: [[{role, content}, ...], ...]}}`` (roles Human/Robot or
   user/assistant; one record per assistant turn, earlier turns as history), scene captions
-  ``{scan_id: [{query, response}]}``, 3RScan QA ``{scan_id: {response: [{Q, A[]}]}}`` and
-  object captions ``{scan_id: {"<label>-<id>": [{response}]}}`` (these need object centres
-  from a separate ``{scan_id: {"<id>": [x, y, z]}}`` file, as our scenes have no instances).
+  ``{scan_id: [{query, response}]}`` and 3RScan QA ``{scan_id: {response: [{Q, A[]}]}}`` (a
+  situated item, e.g. MSQA in this form, keeps its situation). Object captions:
+  caption_adapters.py.
 - Synthetic rooms: records of ``leovl_ros.synth.annotate.annotate_room``.
 
 Decision (paper silent): LEO draws instructions for captioning / planning from prompt
@@ -22,15 +31,18 @@ deterministic and the same prompt is used at training and at inference on the ro
 """
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Iterator
 
 from leovl_ros.model.prompts import plan_instruction
 
-from .records import Anchor, ConversionReport, Record, RecordError, convert_items
+from .records import ConversionReport, Record, RecordError, convert_items
 
 SCENE_CAPTION_INSTRUCTION = "Describe the scene."
-OBJECT_CAPTION_INSTRUCTION = "Describe the object at the marked location."
 SQA3D_QTYPES = ("what", "is", "how", "can", "which")
+_PERSON = {"i": "you", "me": "you", "my": "your", "mine": "yours", "am": "are"}
+_MSQA_IMG = re.compile(r"<([^<>-]+)-\d+-IMG>")
 USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"robot", "assistant", "gpt"}
 
@@ -67,10 +79,18 @@ def convert_scanqa(data: Any, report: ConversionReport, source: str = "scanqa") 
 
 
 def sqa3d_question_type(question: str) -> str:
-    """LEO's SQA3D question type: the question's first word, or 'other'."""
-    words = question.strip().lower().split()
-    first = words[0] if words else ""
-    return first if first in SQA3D_QTYPES else "other"
+    """LEO's SQA3D question type: the first of what / is / how / can / which that the
+    question starts with (a prefix, so "What's" is "what"), else 'other'."""
+    q = question.lstrip().lower()
+    return next((t for t in SQA3D_QTYPES if q.startswith(t)), "other")
+
+
+def person_view(sentence: str) -> str:
+    """LEO's first- to second-person rewrite: word-punctuation tokens (nltk's
+    ``wordpunct_tokenize`` pattern), I/me/my/mine/am -> you/you/your/yours/are, joined by
+    spaces, first letter upper-cased and the rest lower-cased (``str.capitalize``)."""
+    tokens = re.findall(r"\w+|[^\w\s]+", sentence)
+    return " ".join(_PERSON.get(t.lower(), t) for t in tokens).capitalize()
 
 
 def convert_sqa3d(questions: Any, annotations: Any, report: ConversionReport,
@@ -88,10 +108,15 @@ def convert_sqa3d(questions: Any, annotations: Any, report: ConversionReport,
         if q is None:
             raise RecordError("annotation's question_id not in the questions file")
         answers = _answers([a.get("answer") for a in ann["answers"] if isinstance(a, dict)])
-        situation = q.get("situation")
-        return [Record(scene_id=ann["scene_id"], task="qa", instruction=q["question"], response=answers[0],
-                       answers=answers, situation=situation if isinstance(situation, str) else None,
-                       qtype=sqa3d_question_type(q["question"]), id=str(ann["question_id"]), source=source)]
+        situations = [person_view(s) for s in [q.get("situation")] + list(q.get("alternative_situation") or [])
+                      if isinstance(s, str) and s.strip()]
+        pos, rot = ann.get("position"), ann.get("rotation")
+        return [Record(scene_id=ann["scene_id"], task="qa", instruction=person_view(_str(q["question"])),
+                       response=answers[0], answers=answers, situation=situations[0] if situations else None,
+                       alternative_situations=situations[1:] or None, qtype=sqa3d_question_type(q["question"]),
+                       id=str(ann["question_id"]), source=source,
+                       location=None if pos is None else (pos["x"], pos["y"], pos["z"]),
+                       orientation=None if rot is None else (rot["_x"], rot["_y"], rot["_z"], rot["_w"]))]
     anns = _list(_dict(annotations, "SQA3D annotations file").get("annotations"), "SQA3D 'annotations'")
     yield from convert_items(((f"annotations[{i}]", a) for i, a in enumerate(anns)),
                              lambda a: _validated(one(a)), report)
@@ -106,12 +131,53 @@ def convert_leo_plan(data: Any, report: ConversionReport, source: str = "leo_pla
 
 
 def convert_leo_qa(data: Any, report: ConversionReport, source: str = "leo_qa") -> Iterator[Record]:
+    """LEO 3RScan QA; items with a ``situation`` (MSQA's dict form) keep it, with location and orientation."""
     def one(pair) -> list[Record]:
         scan_id, item = pair
-        answers = _answers(item["A"])
-        return [Record(scene_id=scan_id, task="qa", instruction=item["Q"], response=answers[0], answers=answers,
-                       source=source)]
+        return [_situated_qa(scan_id, item["Q"], item["A"], item, source)]
     yield from convert_items(_per_scan(data, "LEO QA file", report), lambda p: _validated(one(p)), report)
+
+
+def _msqa_text(text: Any) -> str:
+    return _MSQA_IMG.sub(lambda m: m.group(1), _str(text))
+
+
+def _facing_quaternion(orientation: Any) -> tuple[float, float, float, float] | None:
+    """MSQA's facing vector in the xy plane -> yaw quaternion (x, y, z, w), the agent's +x
+    along it; four numbers are taken as a quaternion already."""
+    if orientation is None:
+        return None
+    values = [float(v) for v in orientation]
+    if len(values) == 4:
+        return tuple(values)
+    if len(values) != 3 or math.hypot(values[0], values[1]) < 1e-9:
+        raise RecordError(f"orientation must be a facing vector [x, y, z] or a quaternion, got {orientation!r}")
+    yaw = math.atan2(values[1], values[0])
+    return (0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2))
+
+
+def _situated_qa(scan_id: Any, question: Any, answers: Any, item: dict, source: str) -> Record:
+    answers = _answers(answers if isinstance(answers, list) else [answers])
+    situation = item.get("situation")
+    location = item.get("location")
+    return Record(scene_id=str(scan_id), task="qa", instruction=_msqa_text(question), response=answers[0],
+                  answers=answers, situation=_msqa_text(situation) if situation else None,
+                  location=None if location is None else tuple(float(v) for v in location),
+                  orientation=_facing_quaternion(item.get("orientation")),
+                  qtype=item.get("type") if isinstance(item.get("type"), str) else None,
+                  id=None if item.get("index") is None else str(item["index"]), source=source)
+
+
+def convert_msqa(data: Any, report: ConversionReport, source: str = "msqa") -> Iterator[Record]:
+    """MSQA, list form (``msqa_<domain>_<split>.json``) or the older per-scan dict form."""
+    if isinstance(data, dict):
+        yield from convert_leo_qa(data, report, source)
+        return
+
+    def one(item: dict) -> list[Record]:
+        return [_situated_qa(item["scan_id"], item["question"], item["answers"], item, source)]
+    items = ((f"item {i}", it) for i, it in enumerate(_list(data, "MSQA file")))
+    yield from convert_items(items, lambda it: _validated(one(it)), report)
 
 
 def convert_leo_dialogue(data: Any, report: ConversionReport, source: str = "leo_dialogue") -> Iterator[Record]:
@@ -139,33 +205,6 @@ def convert_leo_scene_caption(data: Any, report: ConversionReport, source: str =
         return [Record(scene_id=scan_id, task="scene_caption", instruction=instruction, response=item["response"],
                        source=source)]
     yield from convert_items(_per_scan(data, "LEO scene caption file", report), lambda p: _validated(one(p)), report)
-
-
-def convert_leo_object_caption(data: Any, centers: Any, report: ConversionReport, source: str = "leo_object_caption",
-                               instruction: str = OBJECT_CAPTION_INSTRUCTION,
-                               radius: float | None = None) -> Iterator[Record]:
-    """``centers``: ``{scan_id: {"<object id>": [x, y, z]}}`` in the scene's map frame."""
-    centers = _dict(centers, "object centres file")
-
-    def items():
-        for scan_id, objects in _dict(data, "LEO object caption file").items():
-            if not isinstance(objects, dict):
-                report.skip("scan entry is not an object of captions per object", str(scan_id))
-                continue
-            for key, captions in objects.items():
-                for i, item in enumerate(captions if isinstance(captions, list) else [captions]):
-                    yield f"{scan_id}/{key}[{i}]", (scan_id, key, item)
-
-    def one(triple) -> list[Record]:
-        scan_id, key, item = triple
-        obj_id = str(key).rsplit("-", 1)[-1]
-        center = centers.get(scan_id, {}).get(obj_id) if isinstance(centers.get(scan_id), dict) else None
-        if center is None:
-            raise RecordError("no centre for the object in the centres file")
-        anchor = Anchor.from_obj({"center": center, "radius": radius})
-        return [Record(scene_id=scan_id, task="object_caption", instruction=instruction, response=item["response"],
-                       anchor=anchor, source=source)]
-    yield from convert_items(items(), lambda t: _validated(one(t)), report)
 
 
 def convert_synthetic(seeds: list[int], report: ConversionReport, qa_per_type: int | None = None) -> Iterator[Record]:
@@ -204,5 +243,4 @@ def _validated(records: list[Record]) -> list[Record]:
     return [Record.from_dict(r.to_dict()) for r in records]
 
 
-FORMATS = ("scanqa", "sqa3d", "leo-plan", "leo-qa", "leo-dialogue", "leo-scene-caption", "leo-object-caption",
-           "synthetic")
+FORMATS = ("scanqa", "sqa3d", "msqa", "leo-plan", "leo-qa", "leo-dialogue", "leo-scene-caption", "synthetic")

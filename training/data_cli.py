@@ -4,7 +4,11 @@ scene feature cache.
     leovl-data convert scanqa ScanQA_v1.0_train.json --out scanqa_train.jsonl
     leovl-data convert sqa3d questions.json annotations.json --out sqa3d_train.jsonl
     leovl-data convert leo-plan 3rscan_plan_train.json --out plan.jsonl
-    leovl-data convert leo-object-caption caps.json --centers centers.json --out objcap.jsonl
+    leovl-data convert msqa msqa_rscan_train.json --out msqa_rscan.jsonl
+    leovl-data object-boxes --source scannet=/data/scannet/scans --source 3rscan=/data/3RScan --out boxes.json
+    leovl-data convert scanrefer ScanRefer_filtered_train.json --boxes boxes.json --out scan2cap.jsonl
+    leovl-data convert nr3d nr3d.csv --boxes boxes.json --out nr3d.jsonl
+    leovl-data convert leo-object-caption 3rscan_prompted.json --boxes boxes.json --out objcap.jsonl
     leovl-data convert synthetic --seeds 0:100 --out synth.jsonl
     leovl-data from-bag robot_2024_05_01/ --out-sft sft.jsonl --out-pref pref.jsonl
     leovl-data from-bag ~/.ros/leovl_bags/leovl_* --interaction-log ~/.ros/leovl_interactions.jsonl \
@@ -12,6 +16,7 @@ scene feature cache.
     leovl-data sessions synth.jsonl --size 6 --out synth_sessions.jsonl
     leovl-data sessions synth.jsonl --size 8 --qtypes colour --out colour_sessions.jsonl
     leovl-data build-scenes --config configs/sft.yaml
+    leovl-data build-scenes --config configs/sft.yaml --shard 3/16     # machine 3 of 16 (0-based)
 
 Every command prints what it kept and what it skipped, with reasons; a malformed record is
 skipped and counted, never fatal. Exit status 2 means the input itself was unusable.
@@ -23,7 +28,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import adapters
+from . import adapters, caption_adapters
 from .bags import BagTopics, bag_scene_id, records_from_scan, scan_bag
 from .records import ConversionReport, atomic_write_text, read_records, write_records
 
@@ -59,14 +64,42 @@ def _convert(args: argparse.Namespace, report: ConversionReport) -> list:
         return list(adapters.convert_synthetic(_seeds(args.seeds), report, args.qa_per_type))
     if fmt == "sqa3d":
         return list(adapters.convert_sqa3d(_load_json(inputs[0]), _load_json(inputs[1]), report))
-    if fmt == "leo-object-caption":
-        if not args.centers:
-            raise ValueError("format leo-object-caption needs --centers FILE ({scan_id: {object_id: [x, y, z]}})")
-        return list(adapters.convert_leo_object_caption(_load_json(inputs[0]), _load_json(args.centers), report))
+    if fmt in OBJECT_FORMATS:
+        boxes_file = args.boxes or args.centers
+        if not boxes_file:
+            raise ValueError(f"format {fmt} needs --boxes FILE (leovl-data object-boxes): object ids become regions")
+        boxes = caption_adapters.Boxes(_load_json(boxes_file))
+        if fmt in ("nr3d", "sr3d"):
+            path = Path(inputs[0])
+            if not path.is_file():
+                raise ValueError(f"input file {path} does not exist")
+            return list(caption_adapters.convert_referit3d(path.read_text(encoding="utf-8"), boxes, report, fmt))
+        return list(OBJECT_FORMATS[fmt](_load_json(inputs[0]), boxes, report))
     convert = {"scanqa": adapters.convert_scanqa, "leo-plan": adapters.convert_leo_plan,
                "leo-qa": adapters.convert_leo_qa, "leo-dialogue": adapters.convert_leo_dialogue,
-               "leo-scene-caption": adapters.convert_leo_scene_caption}[fmt]
+               "leo-scene-caption": adapters.convert_leo_scene_caption, "msqa": adapters.convert_msqa,
+               "scene-captions": caption_adapters.convert_scene_captions}[fmt]
     return list(convert(_load_json(inputs[0]), report))
+
+
+OBJECT_FORMATS = {"leo-object-caption": caption_adapters.convert_leo_object_caption,
+                  "scanrefer": caption_adapters.convert_scanrefer, "scanscribe": caption_adapters.convert_scanscribe,
+                  "object-captions": caption_adapters.convert_object_captions, "nr3d": None, "sr3d": None}
+FORMATS = adapters.FORMATS + tuple(OBJECT_FORMATS) + ("scene-captions",)
+
+
+def _shard(ids: list[str], shard: str | None) -> list[str]:
+    """``i/n``: every n-th of the sorted scene ids from the i-th (0-based), so n machines
+    given the same records build disjoint sets that cover every scene."""
+    if not shard:
+        return ids
+    try:
+        i, n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must be i/n (0 <= i < n), got {shard!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard must be i/n (0 <= i < n), got {shard!r}")
+    return sorted(ids)[i::n]
 
 
 def _from_bag(args: argparse.Namespace, report: ConversionReport) -> tuple[list, list]:
@@ -129,7 +162,7 @@ def _build_scenes(args: argparse.Namespace) -> None:
     from .scenes import SceneStore
 
     cfg = load_config(args.config)
-    records = read_records(cfg.data.train + cfg.data.eval)
+    ids = _shard(sorted({r.scene_id for r in read_records(cfg.data.train + cfg.data.eval)}), args.shard)
     if args.workers > 1:
         # Scenes are independent and rendering/fusion is single-threaded numpy: one process
         # per core scales almost linearly. Cache writes are atomic, so workers never clash.
@@ -138,7 +171,6 @@ def _build_scenes(args: argparse.Namespace) -> None:
 
         from tqdm import tqdm
 
-        ids = sorted({r.scene_id for r in records})
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.workers, ctx, initializer=_init_scene_worker,
                                  initargs=(args.config,)) as pool:
@@ -148,8 +180,10 @@ def _build_scenes(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     model = load_model(cfg.model, cfg.trainable, cfg.seed, device)
     store = SceneStore(model, cfg.scenes)
-    store.prefetch({r.scene_id for r in records})
+    store.prefetch(ids)
     print(f"scenes: {store.built} built, {store.cache.hits} already cached, in {cfg.scenes.cache_dir}")
+    if store.frame_report.skipped:
+        print(f"frames: {store.frame_report.summary()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,10 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="convert a dataset file to records")
-    c.add_argument("format", choices=adapters.FORMATS)
+    c.add_argument("format", choices=FORMATS)
     c.add_argument("inputs", nargs="*", help="input file(s): sqa3d takes questions + annotations")
     c.add_argument("--out", required=True, help="output JSONL")
-    c.add_argument("--centers", help="leo-object-caption: JSON {scan_id: {object_id: [x, y, z]}}")
+    c.add_argument("--boxes", help="object-caption formats: JSON {scan_id: {object_id: {center, size}}} "
+                                    "(leovl-data object-boxes)")
+    c.add_argument("--centers", help="like --boxes, for files of points {scan_id: {object_id: [x, y, z]}}")
     c.add_argument("--seeds", help="synthetic: room seeds, 'A:B' or 'a,b,c'")
     c.add_argument("--qa-per-type", type=int, help="synthetic: questions per room and question type (default 6)")
     c.add_argument("--report", help="also write the kept/skipped counts as JSON here")
@@ -187,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True)
     s.add_argument("--cpu", action="store_true", help="encode on the CPU even when a GPU is present")
     s.add_argument("--workers", type=int, default=1, help="CPU processes building scenes in parallel")
+    s.add_argument("--shard", help="i/n: build only this machine's share (0-based), e.g. one job per node")
+    o = sub.add_parser("object-boxes", help="object id -> box from the scans' instance annotations")
+    o.add_argument("--source", action="append", required=True, metavar="KIND=ROOT",
+                   help="scannet=<scans folder> or 3rscan=<3RScan folder> (repeatable)")
+    o.add_argument("--out", required=True, help="output JSON {scan_id: {object_id: {center, size, label}}}")
+    o.add_argument("--report", help="also write the kept/skipped counts as JSON here")
     return parser
 
 
@@ -214,6 +256,15 @@ def main(argv: list[str] | None = None) -> int:
             write_records(args.out_pref, prefs)
             print(f"wrote {len(sft)} SFT records to {args.out_sft} and {len(prefs)} preference pairs "
                   f"to {args.out_pref}")
+        elif args.command == "object-boxes":
+            from .object_boxes import object_boxes
+
+            sources = [tuple(s.split("=", 1)) for s in args.source]
+            if any(len(s) != 2 for s in sources):
+                raise ValueError("--source takes KIND=ROOT, e.g. scannet=/data/scannet/scans")
+            boxes = object_boxes(sources, report)
+            atomic_write_text(args.out, json.dumps(boxes, indent=None, sort_keys=True))
+            print(f"wrote boxes of {len(boxes)} scans to {args.out}")
         else:
             _build_scenes(args)
             return 0

@@ -1,10 +1,15 @@
 """The normalised training record (one JSON object per line) and its JSONL io.
 
 Fields (design.md "Training data"): ``scene_id, task, instruction, response, source`` and
-the optional ``situation, anchor, history, answers, qtype``. Two optional fields are ours:
-``id`` (the dataset's question id, so predictions can be joined back to records) and
+the optional ``situation, anchor, history, answers, qtype``. Optional fields of ours:
+``id`` (the dataset's question id, so predictions can be joined back to records),
 ``rejected`` (a preference record for SceneDPO: ``response`` is the chosen answer,
-``rejected`` the dispreferred one for the same scene and question).
+``rejected`` the dispreferred one for the same scene and question), and for situated QA
+``alternative_situations`` (other descriptions of the same situation: SQA3D's, one of
+``[situation] + alternative_situations`` is drawn per training sample, as LEO does),
+``location`` ([x, y, z] metres) and ``orientation`` (quaternion [x, y, z, w]) of the
+situated agent in the dataset's scene frame (kept for evaluation and future use; the prompt
+carries the situation text).
 
 A malformed record is never fatal: readers skip it and count the reason in a
 :class:`ConversionReport`, which every converter and CLI prints.
@@ -12,6 +17,7 @@ A malformed record is never fatal: readers skip it and count the reason in a
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections import Counter
@@ -21,7 +27,8 @@ from typing import Any, Iterable, Iterator
 
 from leovl_ros.model.prompts import TASKS, SceneQuery
 
-OPTIONAL_KEYS = ("situation", "anchor", "history", "answers", "qtype", "id", "rejected")
+OPTIONAL_KEYS = ("situation", "anchor", "history", "answers", "qtype", "id", "rejected", "alternative_situations",
+                 "location", "orientation")
 REQUIRED_KEYS = ("scene_id", "task", "instruction", "response", "source")
 
 
@@ -40,29 +47,46 @@ def _text(data: dict, key: str, required: bool = True) -> str | None:
     return value.strip()
 
 
+def _numbers(value: Any, n: int, what: str) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) != n or \
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        raise RecordError(f"{what} must be {n} finite numbers, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
 @dataclass
 class Anchor:
-    """Referred region for object captioning: a sphere in the scene's map frame (metres)."""
+    """Referred region for object captioning in the scene's map frame (metres): the object's
+    axis-aligned box (``center`` + ``size``, the paper's "referred region"), or a sphere
+    (``center`` + ``radius``; no radius = the model's default) where only a point is known."""
 
     center: tuple[float, float, float]
     radius: float | None = None
+    size: tuple[float, float, float] | None = None  # box extents along x, y, z
 
     @classmethod
     def from_obj(cls, obj: Any) -> "Anchor":
-        if not isinstance(obj, dict) or "center" not in obj:
-            raise RecordError("'anchor' must be an object with 'center' [x, y, z] and optional 'radius'")
-        c = obj["center"]
-        if not isinstance(c, (list, tuple)) or len(c) != 3 or not all(isinstance(v, (int, float)) for v in c):
-            raise RecordError(f"anchor center must be 3 numbers, got {c!r}")
-        r = obj.get("radius")
+        if not isinstance(obj, dict) or "center" not in obj or set(obj) - {"center", "radius", "size"}:
+            raise RecordError("'anchor' must be an object with 'center' [x, y, z] and 'size' [dx, dy, dz] "
+                              "(a box) or an optional 'radius' (a sphere)")
+        c = _numbers(obj["center"], 3, "anchor center")
+        r, size = obj.get("radius"), obj.get("size")
         if r is not None and (not isinstance(r, (int, float)) or r <= 0):
             raise RecordError(f"anchor radius must be a positive number, got {r!r}")
-        return cls((float(c[0]), float(c[1]), float(c[2])), None if r is None else float(r))
+        if size is not None:
+            if r is not None:
+                raise RecordError("anchor has both 'size' (a box) and 'radius' (a sphere)")
+            size = _numbers(size, 3, "anchor size")
+            if min(size) < 0:
+                raise RecordError(f"anchor size must be >= 0 per axis, got {size!r}")
+        return cls(c, None if r is None else float(r), size)
 
     def to_obj(self) -> dict:
         out: dict[str, Any] = {"center": list(self.center)}
         if self.radius is not None:
             out["radius"] = self.radius
+        if self.size is not None:
+            out["size"] = list(self.size)
         return out
 
 
@@ -82,6 +106,9 @@ class Record:
     qtype: str | None = None
     id: str | None = None
     rejected: str | None = None
+    alternative_situations: list[str] | None = None
+    location: tuple[float, float, float] | None = None
+    orientation: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -92,12 +119,15 @@ class Record:
         """All accepted answers (for EM / n-gram metrics): ``answers`` or just ``response``."""
         return list(self.answers) if self.answers else [self.response]
 
-    def query(self) -> SceneQuery:
+    def query(self, situation_index: int = 0) -> SceneQuery:
+        """The model query; ``situation_index`` picks from ``[situation] + alternative_situations``."""
+        situations = [self.situation] + list(self.alternative_situations or [])
         return SceneQuery(
-            task=self.task, instruction=self.instruction, situation=self.situation,
+            task=self.task, instruction=self.instruction, situation=situations[situation_index % len(situations)],
             history=[tuple(t) for t in self.history] if self.history else None,
             anchor_center=self.anchor.center if self.anchor else None,
             anchor_radius=self.anchor.radius if self.anchor else None,
+            anchor_size=self.anchor.size if self.anchor else None,
         )
 
     @classmethod
@@ -124,12 +154,23 @@ class Record:
                 raise RecordError("'answers' must be a list of strings")
             answers = [a.strip() for a in answers if a.strip()] or None
         anchor = data.get("anchor")
+        alternatives = data.get("alternative_situations")
+        if alternatives is not None:
+            if not isinstance(alternatives, list) or not all(isinstance(a, str) for a in alternatives):
+                raise RecordError("'alternative_situations' must be a list of strings")
+            alternatives = [a.strip() for a in alternatives if a.strip()] or None
+            if alternatives and not _text(data, "situation", False):
+                raise RecordError("'alternative_situations' without a 'situation'")
+        location, orientation = data.get("location"), data.get("orientation")
         return cls(
             scene_id=_text(data, "scene_id"), task=_text(data, "task"), instruction=_text(data, "instruction"),
             response=_text(data, "response"), source=_text(data, "source"),
             situation=_text(data, "situation", False), anchor=None if anchor is None else Anchor.from_obj(anchor),
             history=history, answers=answers, qtype=_text(data, "qtype", False),
             id=None if data.get("id") is None else str(data["id"]), rejected=_text(data, "rejected", False),
+            alternative_situations=alternatives,
+            location=None if location is None else _numbers(location, 3, "'location'"),
+            orientation=None if orientation is None else _numbers(orientation, 4, "'orientation' (quaternion x, y, z, w)"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,8 +181,8 @@ class Record:
                 continue
             if key == "anchor":
                 value = value.to_obj()
-            elif key == "history":
-                value = [list(t) for t in value]
+            elif key in ("history", "location", "orientation"):
+                value = [list(t) for t in value] if key == "history" else list(value)
             out[key] = value
         return out
 

@@ -33,6 +33,7 @@ ARKIT_TO_OPTICAL = np.diag([1.0, -1.0, -1.0, 1.0])
 # ARKit world (y up, gravity along -y) -> z up: (x, y, z) -> (x, -z, y)
 Y_UP_TO_Z_UP = np.array([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
 ARKITSCENES_MAX_DT = 0.005  # s: the official loader's pose matching tolerance
+ALIGN_FRAMES = 50  # frames (evenly spaced) whose depth places the floor: the alignment depends on the scan only
 
 
 class ViewError(ValueError):
@@ -106,6 +107,7 @@ class RScan:
             raise ValueError(f"{info_path}: unusable intrinsics ({exc})") from exc
         pattern = re.compile(r"^frame-(\d+)\.")
         self.indices = sorted({int(m.group(1)) for p in self.seq.iterdir() if (m := pattern.match(p.name))})
+        self.num_frames = len(self.indices)
         self.T_up = np.eye(4)
 
     def views(self, stride: int, report: FrameReport, colour: bool = True) -> Iterator[View]:
@@ -233,6 +235,8 @@ class MultiScan:
                 self.gravity, self.keep_height = "MultiScan align.json coordinate_transform (z-up, floor z = 0)", True
             except (ValueError, KeyError, TypeError, np.linalg.LinAlgError) as exc:
                 log.warning("%s: unusable (%s); using ARKit's y-up world", self.files["align.json"], exc)
+        with self.files["jsonl"].open() as lines:
+            self.num_frames = sum(1 for _ in lines)
 
     def views(self, stride: int, report: FrameReport, colour: bool = True) -> Iterator[View]:
         (dh, dw), (ch, cw) = self.depth_hw, self.color_hw
@@ -312,6 +316,7 @@ class ARKitScenes:
         prefix = f"{self.video_id}_"
         self.frame_ids = sorted((p.stem[len(prefix):] for p in (self.dir / "lowres_depth").glob(f"{prefix}*.png")),
                                 key=lambda s: float(s) if _is_float(s) else float("inf"))
+        self.num_frames = len(self.frame_ids)
         self.T_up = np.eye(4)
 
     def _pose(self, t: float) -> np.ndarray | None:
@@ -366,10 +371,12 @@ def _is_float(text: str) -> bool:
 
 # --- common: alignment and frames --------------------------------------------------------
 
-def scan_alignment(scan, stride: int) -> Alignment:
-    """The scan's z-up, floor-centred alignment from its depth points (scan_align.py)."""
+def scan_alignment(scan) -> Alignment:
+    """The scan's z-up, floor-centred alignment from the depth points of ``ALIGN_FRAMES``
+    evenly spaced frames (scan_align.py): a function of the scan alone, so frames read at
+    any stride and object boxes (object_boxes.py) share it."""
     points, poses = [], []
-    for view in scan.views(stride, FrameReport(), colour=False):
+    for view in scan.views(max(1, scan.num_frames // ALIGN_FRAMES), FrameReport(), colour=False):
         try:
             depth = view.depth_m()
         except (ViewError, OSError, ValueError):
@@ -391,7 +398,7 @@ def scan_frames(scan, stride: int = 10, report: FrameReport | None = None,
                 alignment: Alignment | None = None) -> Iterator[RGBDFrame]:
     """Aligned frames of a :class:`RScan`, :class:`MultiScan` or :class:`ARKitScenes` scan."""
     report = report if report is not None else FrameReport()
-    alignment = alignment or scan_alignment(scan, stride)
+    alignment = alignment or scan_alignment(scan)
     for view in scan.views(stride, report):
         try:
             depth, rgb = view.depth_m(), view.rgb()

@@ -50,9 +50,17 @@ class SFTStep:
         self.history_turns = history_turns
 
     def __call__(self, policy: Callable, batch: list[Record]) -> tuple[torch.Tensor, dict[str, float]]:
-        logp, tokens = policy([self.scenes.get(r.scene_id) for r in batch], [r.query() for r in batch],
+        logp, tokens = policy([self.scenes.get(r.scene_id) for r in batch], [_training_query(r) for r in batch],
                               [r.response for r in batch], self.history_turns)  # (B,), (B,)
         return -logp.sum() / tokens.sum(), {"tokens": float(tokens.sum())}
+
+
+def _training_query(record: Record):
+    """A situated record with alternative descriptions trains on one drawn at random (LEO's
+    SQA3D: ``random.choice([situation] + alternative_situation)``); evaluation uses the first.
+    The draw uses torch's generator, whose state checkpoints keep, so a resumed run draws the same."""
+    n = 1 + len(record.alternative_situations or [])
+    return record.query(int(torch.randint(n, ())) if n > 1 else 0)
 
 
 def make_eval_fn(model, scenes: SceneStore, records: Sequence[Record], cfg: TrainConfig) -> Callable[[], dict]:

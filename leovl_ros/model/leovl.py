@@ -202,7 +202,7 @@ class LeoVL:
         tokens = []  # [(T_i, d)]
         for scene, query in zip(scenes, queries):
             center = None if query.anchor_center is None else tuple(map(float, query.anchor_center))
-            key = (id(scene), center, query.anchor_radius)
+            key = (id(scene), center, query.anchor_radius, query.anchor_size)
             if key not in memo:
                 memo[key] = self.scene_tokens(scene, query)
             tokens.append(memo[key])

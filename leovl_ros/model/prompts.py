@@ -23,8 +23,9 @@ class SceneQuery:
     """One request about a scene.
 
     ``situation`` (QA) is put in front of the question, as the paper's Appendix B says.
-    ``history`` holds earlier (user, assistant) turns of a dialogue. ``anchor_center`` /
-    ``anchor_radius`` (metres, map frame) mark the referred region for object captioning.
+    ``history`` holds earlier (user, assistant) turns of a dialogue. ``anchor_center`` with
+    ``anchor_size`` (a box's extents) or ``anchor_radius`` (a sphere), metres in the map
+    frame, mark the referred region for object captioning.
     """
 
     task: Literal["qa", "object_caption", "scene_caption", "plan", "dialogue"]
@@ -33,6 +34,7 @@ class SceneQuery:
     history: list[tuple[str, str]] | None = None
     anchor_center: tuple[float, float, float] | None = None
     anchor_radius: float | None = None
+    anchor_size: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -43,6 +45,8 @@ class SceneQuery:
             raise ValueError(f"anchor_center must be (x, y, z) in metres, got {self.anchor_center!r}")
         if self.anchor_radius is not None and not self.anchor_radius > 0:
             raise ValueError(f"anchor_radius must be positive, got {self.anchor_radius}")
+        if self.anchor_size is not None and (len(self.anchor_size) != 3 or min(self.anchor_size) < 0):
+            raise ValueError(f"anchor_size must be 3 extents >= 0 metres, got {self.anchor_size!r}")
         for turn in self.history or []:
             if len(turn) != 2:
                 raise ValueError(f"history turns must be (user, assistant) pairs, got {turn!r}")

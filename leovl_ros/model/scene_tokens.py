@@ -81,9 +81,9 @@ def scene_grid(vmap: VoxelMap | None, query: SceneQuery | None, config: LeoVLCon
     """The CFG of ``vmap`` for ``query`` (anchor applied when the query gives a centre)."""
     if vmap is None or vmap.num_voxels == 0:
         return None
-    center = radius = None
+    center = radius = size = None
     if query is not None and query.anchor_center is not None:
-        center = query.anchor_center
+        center, size = query.anchor_center, query.anchor_size
         radius = query.anchor_radius if query.anchor_radius is not None else config.anchor_radius
     return build_grid(vmap, config.grid, anchor_center=center, anchor_radius=radius,
-                      anchor_embedding=heads.anchor if center is not None else None)
+                      anchor_embedding=heads.anchor if center is not None else None, anchor_size=size)

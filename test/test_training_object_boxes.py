@@ -1,0 +1,96 @@
+"""Object regions: ScanNet (segs + aggregation + mesh + axisAlignment) and 3RScan (semseg +
+instance mesh + the reader's alignment) object ids become boxes in our map frame, the
+caption CLI anchors records with them, and the CFG marks exactly the voxels inside a box.
+
+The check that a box is the object's region: the depth pixels of that object (the synthetic
+instance image, noise-free depth), read through the dataset's frame reader, lie inside its
+box within 2 mm (millimetre depth quantisation).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from leovl_ros.cfg import GridConfig, build_grid
+from leovl_ros.geometry import backproject
+from leovl_ros.synth.render import render_frames
+from leovl_ros.synth.rooms import generate_room
+from leovl_ros.voxel_map import VoxelMap
+from native_scans import rigid, write_3rscan, write_3rscan_instances, write_scannet_instances
+from training.data_cli import main as data_main
+from training.object_boxes import object_boxes
+from training.records import ConversionReport, read_records
+from training.scan_readers import RScan, scan_frames
+
+
+def _excess(points: np.ndarray, box: dict) -> np.ndarray:
+    return (np.abs(points - np.asarray(box["center"])) - np.asarray(box["size"]) / 2).max(1)
+
+
+def test_scannet_and_3rscan_objects_become_boxes_around_their_voxels(tmp_path):
+    room = generate_room(0)
+    frames = render_frames(room, 6, 112, 84, depth_noise_m=0.0)  # exact depth: the box check can be tight
+    write_scannet_instances(room, tmp_path / "scannet" / "scene0000_00", rigid(20, [3.0, -2.0, 0.0]))
+    scan = tmp_path / "3rscan" / "0988ea72-eb32-2e61-8344-ef2d4e3b2f1a"
+    write_3rscan(frames, scan, rigid(30, [0.7, -0.4, -1.3]))
+    write_3rscan_instances(room, scan, rigid(30, [0.7, -0.4, -1.3]))
+    (tmp_path / "3rscan" / "no-annotations").mkdir()
+    report = ConversionReport()
+    boxes = object_boxes([("scannet", str(tmp_path / "scannet")), ("3rscan", str(tmp_path / "3rscan"))], report)
+    assert report.skipped == {"object without mesh vertices": 1, "3rscan scan without usable instances (ValueError: "
+                              "missing 3RScan instance annotation (semseg.v2.json or "
+                              "labels.instances.annotated.v2.ply))": 1}
+    scannet = boxes["scene0000_00"]
+    for obj in room.objects:  # axisAlignment undone: the room's own boxes
+        assert np.allclose(scannet[str(obj.id)]["center"], obj.center, atol=1e-3)
+        assert np.allclose(scannet[str(obj.id)]["size"], obj.size, atol=1e-3)
+        assert scannet[str(obj.id)]["label"] == obj.category
+    rscan = boxes[scan.name]
+    seen = 0
+    for f, g in zip(frames, scan_frames(RScan(scan), 1)):
+        pts = backproject(g.depth_m, g.intrinsics, g.T_map_camera)
+        for obj in room.objects:
+            mine = pts[(f.instance == obj.id) & np.isfinite(pts).all(-1)]
+            if len(mine):
+                excess = _excess(mine, rscan[str(obj.id + 1)])  # metres outside the box per point
+                assert excess.max() <= 0.002, obj
+                seen += 1
+    assert seen >= 5
+
+
+def test_caption_cli_anchors_records_with_boxes(tmp_path, capsys):
+    boxes = {"scene0000_00": {"3": {"center": [1.0, 2.0, 0.4], "size": [0.5, 0.6, 0.8], "label": "chair"}}}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    (tmp_path / "scanrefer.json").write_text(json.dumps([
+        {"scene_id": "scene0000_00", "object_id": "3", "object_name": "chair", "ann_id": "1", "description": "A chair."},
+        {"scene_id": "scene0000_00", "object_id": "8", "object_name": "bed", "ann_id": "0", "description": "A bed."}]))
+    out = tmp_path / "cap.jsonl"
+    assert data_main(["convert", "scanrefer", str(tmp_path / "scanrefer.json"), "--boxes", str(tmp_path / "boxes.json"),
+                      "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "skipped 1 x unknown object id (not in the boxes file)" in text
+    [record] = read_records(out)
+    assert record.anchor.to_obj() == {"center": [1.0, 2.0, 0.4], "size": [0.5, 0.6, 0.8]}
+    assert data_main(["convert", "scanrefer", str(tmp_path / "scanrefer.json"), "--out", str(out)]) == 2
+    assert "needs --boxes" in capsys.readouterr().err
+
+
+def test_cfg_marks_the_voxels_inside_the_box():
+    d, vs = 4, 0.2
+    vmap = VoxelMap(d, vs)
+    coords = np.array([(0, 0, 0), (0, 0, 1), (1, 0, 0), (5, 0, 0)])
+    feats = torch.randn(len(coords), d)
+    vmap.fuse((coords + 0.5) * vs, feats.numpy())
+    e = torch.randn(d)
+    cfg = GridConfig(pos_z="none")
+    g = build_grid(vmap, cfg, anchor_center=(0.2, 0.1, 0.2), anchor_size=(0.4, 0.2, 0.4), anchor_embedding=e)
+    torch.testing.assert_close(g.features[0], (feats[0] + feats[1]) / 2 + e)  # column (0, 0): both voxels inside
+    torch.testing.assert_close(g.features[1], feats[2] + e)  # column (1, 0): inside
+    torch.testing.assert_close(g.features[2], feats[3])  # far column untouched
+    thin = build_grid(vmap, cfg, anchor_center=(0.1, 0.1, 0.1), anchor_size=(0.0, 0.0, 0.0), anchor_embedding=e)
+    torch.testing.assert_close(thin.features[0], (feats[0] + e + feats[1]) / 2)  # the voxel holding the centre
+    with pytest.raises(ValueError, match="anchor_size"):
+        build_grid(vmap, cfg, anchor_center=(0.1, 0.1, 0.1), anchor_size=(-1.0, 0.0, 0.0), anchor_embedding=e)

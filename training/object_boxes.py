@@ -1,0 +1,158 @@
+"""Object regions (anchors) from the scans' own instance annotations, in our map frame.
+
+The paper injects the anchor into "voxels that fall within the referred region" (§3.1), so
+an object id must become a region: here its axis-aligned box (centre + size) over the
+object's mesh vertices, after the same alignment the frame reader applies (so the box sits
+on the voxels the object's frames produced):
+
+- ScanNet: ``<scene>_vh_clean_2.0.010000.segs.json`` (``segIndices``, one segment per mesh
+  vertex) + ``<scene>.aggregation.json`` (``segGroups: [{objectId, label, segments}]``) +
+  the vertices of ``<scene>_vh_clean_2.ply``, then ``axisAlignment`` from ``<scene>.txt``
+  (as frames.scannet_frames). Object ids are ``objectId`` (ScanRefer's ``object_id``).
+- 3RScan: ``semseg.v2.json`` (``segGroups: [{id, objectId, label}]``) + the ``objectId`` vertex
+  property of ``labels.instances.annotated.v2.ply``, then the scan's floor-centre alignment
+  (scan_readers.scan_alignment). Object ids are ``objectId`` (LEO's ``<label>-<id>``,
+  scanscribe's ``object_id``).
+
+``leovl-data object-boxes --source KIND=ROOT ... --out boxes.json`` writes
+``{scan_id: {"<object id>": {center, size, label}}}`` for the caption converters. An object
+without vertices, or a scan without its annotation files, is skipped and counted.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+import numpy as np
+
+from .frames import _axis_alignment
+from .records import ConversionReport
+from .scan_readers import RScan, scan_alignment
+
+_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
+
+
+def _ply_header(f: BinaryIO) -> tuple[str, int, list[tuple[str, str]]]:
+    if f.readline().strip() != b"ply":
+        raise ValueError("not a PLY file")
+    fmt, count, props, element = "", 0, [], None
+    while True:
+        line = f.readline()
+        if not line:
+            raise ValueError("PLY header has no end_header")
+        words = line.decode("ascii", "replace").split()
+        if not words or words[0] in ("comment", "obj_info"):
+            continue
+        if words[0] == "end_header":
+            break
+        if words[0] == "format":
+            fmt = words[1]
+        elif words[0] == "element":
+            element = words[1]
+            if element == "vertex":
+                count = int(words[2])
+            elif count == 0:
+                raise ValueError("PLY: the vertex element must come first")
+        elif words[0] == "property" and element == "vertex":
+            if words[1] == "list":
+                raise ValueError("PLY: list properties on vertices are not supported")
+            props.append((words[2], _PLY_TYPES[words[1]]))
+    return fmt, count, props
+
+
+def read_ply_vertices(path: str | os.PathLike) -> np.ndarray:
+    """The vertex element of a PLY (ascii or binary little/big endian) as a structured array."""
+    with open(path, "rb") as f:
+        fmt, count, props = _ply_header(f)
+        if fmt == "ascii":
+            rows = np.loadtxt(f, max_rows=count, ndmin=2)
+            out = np.empty(count, dtype=[(n, t) for n, t in props])
+            for k, (name, _) in enumerate(props):
+                out[name] = rows[:, k]
+            return out
+        order = {"binary_little_endian": "<", "binary_big_endian": ">"}.get(fmt)
+        if order is None:
+            raise ValueError(f"PLY: unknown format {fmt!r}")
+        dtype = np.dtype([(n, order + t) for n, t in props])
+        data = f.read(dtype.itemsize * count)
+        if len(data) < dtype.itemsize * count:
+            raise ValueError("PLY: file ends inside the vertex data (truncated)")
+        return np.frombuffer(data, dtype=dtype, count=count)
+
+
+def _box(points: np.ndarray, label: str) -> dict:
+    lo, hi = points.min(0), points.max(0)
+    return {"center": ((lo + hi) / 2).round(4).tolist(), "size": (hi - lo).round(4).tolist(), "label": label}
+
+
+def _transform(T: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ T[:3, :3].T + T[:3, 3]
+
+
+def _xyz(vertices: np.ndarray) -> np.ndarray:
+    return np.stack([vertices["x"], vertices["y"], vertices["z"]], 1).astype(np.float64)
+
+
+def scannet_boxes(scene_dir: Path, report: ConversionReport) -> dict[str, dict]:
+    name = scene_dir.name
+    agg = next((p for p in (scene_dir / f"{name}.aggregation.json", scene_dir / f"{name}_vh_clean.aggregation.json")
+                if p.is_file()), None)
+    segs, mesh = scene_dir / f"{name}_vh_clean_2.0.010000.segs.json", scene_dir / f"{name}_vh_clean_2.ply"
+    if agg is None or not segs.is_file() or not mesh.is_file():
+        raise ValueError("missing ScanNet instance annotation (aggregation.json, segs.json or _vh_clean_2.ply)")
+    points = _transform(_axis_alignment(scene_dir), _xyz(read_ply_vertices(mesh)))
+    seg_of_vertex = np.asarray(json.loads(segs.read_text())["segIndices"])
+    if len(seg_of_vertex) != len(points):
+        raise ValueError("segs.json and the mesh have different vertex counts")
+    boxes = {}
+    for group in json.loads(agg.read_text())["segGroups"]:
+        mask = np.isin(seg_of_vertex, group.get("segments", []))
+        obj_id = group.get("objectId", group.get("id"))
+        if not mask.any():
+            report.skip("object without mesh vertices", f"{name}/{obj_id}")
+            continue
+        boxes[str(obj_id)] = _box(points[mask], str(group.get("label", "")))
+    return boxes
+
+
+def rscan_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dict]:
+    semseg, mesh = scan_dir / "semseg.v2.json", scan_dir / "labels.instances.annotated.v2.ply"
+    if not semseg.is_file() or not mesh.is_file():
+        raise ValueError("missing 3RScan instance annotation (semseg.v2.json or labels.instances.annotated.v2.ply)")
+    vertices = read_ply_vertices(mesh)
+    if "objectId" not in (vertices.dtype.names or ()):
+        raise ValueError("labels.instances.annotated.v2.ply has no objectId vertex property")
+    points = _transform(scan_alignment(RScan(scan_dir)).T, _xyz(vertices))
+    boxes = {}
+    for group in json.loads(semseg.read_text())["segGroups"]:
+        obj_id = group.get("objectId", group.get("id"))
+        mask = vertices["objectId"] == int(obj_id)
+        if not mask.any():
+            report.skip("object without mesh vertices", f"{scan_dir.name}/{obj_id}")
+            continue
+        boxes[str(obj_id)] = _box(points[mask], str(group.get("label", "")))
+    return boxes
+
+
+BOX_READERS = {"scannet": scannet_boxes, "3rscan": rscan_boxes}
+
+
+def object_boxes(sources: Iterable[tuple[str, str]], report: ConversionReport) -> dict[str, dict[str, dict]]:
+    """Boxes of every scan folder under each (kind, root); a scan that fails is skipped and counted."""
+    out: dict[str, dict[str, dict]] = {}
+    for kind, root in sources:
+        if kind not in BOX_READERS:
+            raise ValueError(f"object boxes come from {' or '.join(BOX_READERS)} annotations, not {kind!r}")
+        for scan_dir in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+            try:
+                boxes = BOX_READERS[kind](scan_dir, report)
+            except (ValueError, KeyError, OSError) as exc:
+                report.skip(f"{kind} scan without usable instances ({type(exc).__name__}: {exc})", scan_dir.name)
+                continue
+            out[scan_dir.name] = boxes
+            report.kept["objects"] += len(boxes)
+    return out

@@ -16,7 +16,7 @@ from the data, because none of these datasets stores it:
 Decision (paper silent): no yaw alignment of walls to axes (SceneVerse's own alignment
 matrices are not published with the scans), so boxes and situations given in SceneVerse's
 frame for these scans can be off by a yaw and a small shift; anchors converted from the
-scans' own annotations (anchors.py) use this same alignment and are exact.
+scans' own annotations (object_boxes.py) use this same alignment and are exact.
 """
 from __future__ import annotations
 

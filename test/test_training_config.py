@@ -31,6 +31,8 @@ def test_defaults_are_the_papers_and_numbers_parse(tmp_path):
     assert (o.weight_decay, o.betas, o.warmup_steps, o.schedule, o.max_grad_norm, o.batch_size, o.grad_accum) == \
            (0.05, [0.9, 0.999], 400, "cosine", 5.0, 2, 5)
     assert (d.w_a, d.w_s, d.beta_a, d.beta_s, d.reference) == (0.5, 0.5, 0.2, 0.03, "none")
+    assert d.nll == "sequence" and d.rephrase.enabled and d.rephrase.endpoint is None  # §3.3 / §4.4
+    assert o.loss_norm == "token" and cfg.eval.gpt_score.endpoint is None  # our choice; GPT-Score off
     assert cfg.trainable == "adapter" and cfg.scenes.fusion.keyframe_translation_m == 0.1
     over = load_config(_yaml(tmp_path, {"output_dir": "o", "model": {"base": "b"}}),
                        parse_overrides(["optim.max_steps=7", "dpo.reference=initial", "scenes.bags=[a, b]"]))
@@ -42,6 +44,9 @@ def test_defaults_are_the_papers_and_numbers_parse(tmp_path):
     ({"output_dir": "o", "model": {"bundle": "x"}}, "missing required key 'model.base'"),
     ({"model": {"base": "b"}}, "missing required key 'output_dir'"),
     ({"output_dir": "o", "model": {"base": "b"}, "optim": {"schedule": "step"}}, "optim.schedule must be"),
+    ({"output_dir": "o", "model": {"base": "b"}, "optim": {"loss_norm": "batch"}}, "optim.loss_norm must be"),
+    ({"output_dir": "o", "model": {"base": "b"}, "dpo": {"rephrase": {"endpont": "x"}}},
+     "unknown config key(s) dpo.rephrase.endpont"),
     ({"output_dir": "o", "model": {"base": "b"}, "optim": {"batch_size": "two"}}, "optim.batch_size must be"),
     ({"output_dir": "o", "model": {"base": "b"}, "trainable": "lora"}, "trainable must be 'adapter' or 'full'"),
     ({"output_dir": "o", "model": {"base": "b"}, "scenes": {"fusion": {"depth_max": "far"}}},

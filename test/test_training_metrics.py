@@ -8,7 +8,7 @@ import pytest
 
 from training.eval_cli import main as eval_main
 from training.evaluate import format_table, read_predictions, score_predictions
-from training.metrics import answer_match, clean_answer, exact_match_scores
+from training.metrics import answer_match, answer_match_leo, clean_answer, exact_match_scores
 from training.records import Record
 
 
@@ -26,25 +26,32 @@ def test_clean_answer(raw, clean):
     assert clean_answer(raw) == clean
 
 
-@pytest.mark.parametrize("pred, refs, expected", [
-    ("brown", ["brown", "dark brown"], (1, 1)),
-    ("dark brown", ["brown"], (0, 1)),  # reference inside the prediction
-    ("brown", ["dark brown"], (0, 1)),  # prediction inside the reference
-    ("coffee table", ["coffeetable"], (0, 1)),  # spaces are ignored for EM-R
-    ("chair", ["table"], (0, 0)),
-    ("", ["table"], (0, 0)),  # an empty answer never matches (LEO would give EM-R credit)
+# (prediction, references, (EM, EM-R) among the references, (EM, EM-R) as LEO's evaluator walks them)
+@pytest.mark.parametrize("pred, refs, among, leo", [
+    ("brown", ["brown", "dark brown"], (1, 1), (1, 1)),
+    ("brown", ["dark brown", "brown"], (1, 1), (0, 1)),  # LEO stops at the partial match "dark brown"
+    ("dark brown", ["brown"], (0, 1), (0, 1)),  # reference inside the prediction
+    ("brown", ["dark brown"], (0, 1), (0, 1)),  # prediction inside the reference
+    ("coffee table", ["coffeetable"], (0, 1), (0, 1)),  # spaces are ignored for EM-R
+    ("table", ["chair", "table"], (1, 1), (1, 1)),  # a non-matching reference first changes nothing
+    ("chair", ["table"], (0, 0), (0, 0)),
+    ("", ["table"], (0, 0), (0, 0)),  # an empty answer never matches (LEO would give EM-R credit)
 ])
-def test_answer_match(pred, refs, expected):
-    assert answer_match(pred, refs) == expected
+def test_answer_match_among_references_and_as_leo(pred, refs, among, leo):
+    assert answer_match(pred, refs) == among
+    assert answer_match_leo(pred, refs) == leo
 
 
 def test_exact_match_scores_per_type_with_cleaning():
     preds = ["Two.", "the red one", "Yes", "left"]
     refs = [["2"], ["red"], ["no"], ["rigth"]]
     scores = exact_match_scores(preds, refs, ["count", "colour", "existence", None])
-    assert scores["overall"] == {"EM": 25.0, "EM-R": 50.0, "count": 4}
-    assert scores["count"] == {"EM": 100.0, "EM-R": 100.0, "count": 1}
-    assert scores["colour"] == {"EM": 0.0, "EM-R": 100.0, "count": 1}  # "red one" contains "red"
+    assert scores["overall"] == {"EM": 25.0, "EM-LEO": 25.0, "EM-R": 50.0, "count": 4}
+    assert scores["count"] == {"EM": 100.0, "EM-LEO": 100.0, "EM-R": 100.0, "count": 1}
+    assert scores["colour"] == {"EM": 0.0, "EM-LEO": 0.0, "EM-R": 100.0, "count": 1}  # "red one" contains "red"
+    # Cleaning first, then the rules: "The brown." is "brown"; LEO meets "dark brown" first.
+    both = exact_match_scores(["The brown.", "Brown"], [["Dark brown", "brown"], ["brown", "dark brown"]])
+    assert both["overall"] == {"EM": 100.0, "EM-LEO": 50.0, "EM-R": 100.0, "count": 2}
     assert scores["existence"]["EM-R"] == 0.0 and set(scores) == {"overall", "count", "colour", "existence"}
     with pytest.raises(ValueError, match="2 predictions but 1"):
         exact_match_scores(["a", "b"], [["a"]])
@@ -90,3 +97,70 @@ def test_predictions_join_and_table(tmp_path):
     report = score_predictions(records, ["a", "b"], ngram=False)
     assert report["tasks"]["qa"]["EM"] == 50.0
     assert format_table(report).splitlines()[1].split()[:4] == ["qa", "2", "50.00", "50.00"]
+
+
+def _qa(source: str, answer: str, refs: list[str], i: int) -> Record:
+    return Record(scene_id="s", task="qa", instruction=f"What is {i}?", response=refs[0], answers=refs, source=source,
+                  id=f"{source}{i}")
+
+
+def test_in_domain_score_benchmark_scores_and_overall_average():
+    """LEO-VL §4.4 / Table 3: in-domain = mean(EM, EM-R); a benchmark's score is the mean of
+    its Table-2 metrics; overall = the mean over the benchmarks that have all of theirs."""
+    records = [_qa("sqa3d", "", ["brown", "x"], 0), _qa("sqa3d", "", ["dark brown", "brown"], 1),
+               _qa("sqa3d", "", ["chair"], 2), _qa("sqa3d", "", ["red"], 3),
+               _qa("synthetic", "", ["two"], 4), _qa("synthetic", "", ["yes"], 5), _qa("msqa", "", ["sofa"], 6)]
+    preds = ["brown", "brown", "the chair by the wall", "blue", "2", "no", "sofa"]
+    report = score_predictions(records, preds, ngram=False)
+    sqa = report["benchmarks"]["sqa3d"]
+    assert (sqa["EM"], sqa["EM-LEO"], sqa["EM-R"]) == (50.0, 25.0, 75.0)
+    assert sqa["in_domain"] == 62.5 and sqa["in_domain_leo"] == 50.0 and sqa["score"] == 62.5
+    assert report["benchmarks"]["synthetic"]["score"] == 50.0  # (EM 50 + EM-R 50) / 2
+    assert report["benchmarks"]["msqa"]["score"] is None  # MSQA counts by GPT-Score: no judge, left out
+    assert report["overall"] == (62.5 + 50.0) / 2 and report["overall_missing"] == ["msqa"]
+    assert report["tasks"]["qa"]["count"] == 7
+    table = format_table(report)
+    assert "EM-LEO" in table and "in-dom" in table and "56.25  (without msqa" in table
+
+
+def test_gpt_score_through_a_local_openai_compatible_endpoint(tmp_path, capsys):
+    """MSR3D's judging protocol against a real HTTP server on 127.0.0.1: the user message
+    "Question/Answer/Ground Truth", score = first integer 1..5, GPT-Score = (s - 1) * 25."""
+    from chat_server import chat_server
+
+    from training.chat_endpoint import ChatClient
+    from training.gpt_score import DEFAULT_SYSTEM_PROMPT, GPTScorer, parse_score
+
+    def judge(messages: list[dict]) -> str:
+        q, a, gt = (line.split(": ", 1)[1] for line in messages[-1]["content"].splitlines())
+        return "5" if a.lower() == gt.lower() else ("Score: 3 - partly" if gt in a else "1")
+
+    records = [_qa("msqa", "", ["sofa"], 0), _qa("msqa", "", ["red chair"], 1), _qa("msqa", "", ["two"], 2)]
+    preds = ["Sofa", "a red chair by the desk", "three"]
+    with chat_server(judge) as server:
+        scorer = GPTScorer(ChatClient(server.url, "judge-model", api_key_env=""))
+        report = score_predictions(records, preds, ngram=False, judge=scorer)
+        sent = list(server.requests)  # before the CLI run below asks again
+        rec_file = tmp_path / "records.jsonl"
+        rec_file.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+        pred_file = tmp_path / "preds.jsonl"
+        pred_file.write_text("".join(json.dumps({"id": r.id, "prediction": p}) + "\n" for r, p in zip(records, preds)))
+        out = tmp_path / "report.json"
+        assert eval_main(["--predictions", str(pred_file), "--records", str(rec_file), "--no-ngram",
+                          "--gpt-endpoint", server.url, "--out", str(out)]) == 0
+    msqa = report["benchmarks"]["msqa"]
+    assert msqa["GPT-Score"] == pytest.approx((100 + 50 + 0) / 3) and msqa["GPT-Score-failed"] == 0
+    assert msqa["score"] == msqa["GPT-Score"] and report["overall"] == msqa["GPT-Score"]
+    assert len(sent) == 3 and sent[0]["model"] == "judge-model" and sent[0]["auth"] is None
+    assert sent[0]["messages"] == [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {
+        "role": "user", "content": "Question: What is 0?\nAnswer: Sofa\nGround Truth: sofa"}]
+    assert json.loads(out.read_text())["benchmarks"]["msqa"]["GPT-Score"] == msqa["GPT-Score"]
+    assert parse_score("4/5") == 75.0 and parse_score("no idea") is None and parse_score("9") is None
+    # Off by default: no endpoint, no GPT-Score and no request.
+    assert "GPT-Score" not in score_predictions(records, preds, ngram=False)["benchmarks"]["msqa"]
+    # A judge that never gives a usable score is an error (exit 2, one line), not a silent 0.
+    capsys.readouterr()
+    with chat_server(lambda messages: "I cannot judge this.") as server:
+        assert eval_main(["--predictions", str(pred_file), "--records", str(rec_file), "--no-ngram",
+                          "--gpt-endpoint", server.url]) == 2
+    assert "scored none of 3" in capsys.readouterr().err

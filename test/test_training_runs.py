@@ -110,6 +110,16 @@ def test_sft_lowers_loss_and_writes_a_bundle_the_node_loads(workdir):
     assert scenes.built == 0 and scenes.cache.hits >= 2  # scenes came from the cache of the run
 
 
+def test_sft_loss_per_token_over_the_batch_or_per_sample_mean():
+    from training.sft import sft_loss
+
+    logp, tokens = torch.tensor([-2.0, -12.0]), torch.tensor([1.0, 4.0])  # a 1-token answer and a 4-token one
+    assert sft_loss(logp, tokens).item() == pytest.approx(14.0 / 5)  # every token weighs the same
+    assert sft_loss(logp, tokens, "sample").item() == pytest.approx((2.0 + 3.0) / 2)  # every answer (LEO)
+    with pytest.raises(ValueError, match="loss_norm"):
+        sft_loss(logp, tokens, "batch")
+
+
 def test_resume_continues_exactly(workdir):
     straight = _config(workdir, "straight", save_every=2, **{"optim.max_steps": 4})
     assert train_main(["sft", "--config", str(straight)]) == 0
@@ -145,8 +155,10 @@ def test_dpo_with_reference_and_mined_negatives(workdir, capsys):
         "every": 2, "generation": {"num_beams": 1, "max_new_tokens": 3}},
         dpo={"generate_negatives": True, "reference": "initial"}, **{"optim.max_steps": 2})
     assert train_main(["dpo", "--config", str(cfg)]) == 0
-    mined = capsys.readouterr().out
-    assert "wrong answers of 8 generated" in mined and "negatives: 0 " not in mined
+    assert "SceneDPO pairs:" in capsys.readouterr().out
+    pairs = json.loads((workdir / "dpo_ref" / "dpo_pairs.json").read_text())
+    assert pairs["generated"] == 8 and pairs["total"] == sum(pairs["pairs"].values()) > 0
+    assert pairs["pairs"]["wrong"] == pairs["mining"]["wrong"] > 0  # a random model's answers are wrong
     evals = [h for h in map(json.loads, (workdir / "dpo_ref" / "metrics.jsonl").read_text().splitlines())
              if "eval/scene_acc" in h]
     # At step 0 the policy is the reference: every reference-relative margin is exactly 0.

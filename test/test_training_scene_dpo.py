@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.records import Record
-from training.scene_dpo import preference_items, scene_dpo_loss
+from training.scene_dpo import NegativeScenes, preference_items, scene_dpo_loss
 
 
 def _softplus(x: float) -> float:  # -log sigmoid(-x)
@@ -23,14 +23,15 @@ def test_loss_equals_hand_computed_value():
     # margins: answer (2, -2), scene (1, 1); -log sigmoid(x) = log(1 + exp(-x))
     la = (_softplus(-0.2 * 2) + _softplus(0.2 * 2)) / 2
     ls = _softplus(-0.03 * 1)
-    nll = 7.0 / 6.0  # -(sum log p) / (answer tokens)
+    nll = (2.0 + 5.0) / 2  # L_NLL = E[-log pi(a_w | s_w, q)], log pi summed over the answer's tokens (paper)
     assert out.answer_loss.item() == pytest.approx(la, rel=1e-6)
     assert out.scene_loss.item() == pytest.approx(ls, rel=1e-6)
     assert out.nll_loss.item() == pytest.approx(nll, rel=1e-6)
     assert out.loss.item() == pytest.approx(0.5 * la + 0.5 * ls + nll, rel=1e-6)
     assert (out.answer_accuracy, out.scene_accuracy) == (0.5, 1.0)
-    seq = scene_dpo_loss(chosen, rejected, negative, tokens, nll="sequence")
-    assert seq.nll_loss.item() == pytest.approx(3.5)
+    per_token = scene_dpo_loss(chosen, rejected, negative, tokens, nll="token")
+    assert per_token.nll_loss.item() == pytest.approx(7.0 / 6.0)  # -(sum log p) / (answer tokens)
+    assert per_token.answer_loss.item() == pytest.approx(la, rel=1e-6)  # only L_NLL changes
 
 
 def test_reference_log_probs_are_subtracted():
@@ -53,7 +54,7 @@ def test_log2_at_zero_margin_and_symmetric(beta):
     out = scene_dpo_loss(lp, lp.clone(), lp.clone(), tokens, beta_a=beta, beta_s=beta)
     assert out.answer_loss.item() == pytest.approx(math.log(2))
     assert out.scene_loss.item() == pytest.approx(math.log(2))
-    assert out.loss.item() == pytest.approx(math.log(2) + 1.0)  # w_a + w_s = 1, NLL = 11 / 11
+    assert out.loss.item() == pytest.approx(math.log(2) + 11.0 / 3)  # w_a + w_s = 1, NLL = mean(3, 1, 7)
     m = torch.tensor([0.7, -1.3, 2.0])
     up = scene_dpo_loss(lp, lp - m, lp - m, tokens, beta_a=beta, beta_s=beta)
     down = scene_dpo_loss(lp, lp + m, lp + m, tokens, beta_a=beta, beta_s=beta)
@@ -85,15 +86,20 @@ def _pref(scene: str, i: int) -> Record:
     return Record(scene_id=scene, task="qa", instruction=f"q{i}?", response="yes", rejected="no", source="t")
 
 
-def test_preference_items_draw_other_scenes_deterministically():
+def test_negative_scenes_are_other_scenes_redrawn_every_epoch():
     records = [_pref(s, i) for i, s in enumerate(["a", "a", "b", "c", "b", "a"])]
-    items = preference_items(records, seed=3)
-    assert all(it.negative_scene != it.record.scene_id for it in items)
-    assert [it.negative_scene for it in items] == [it.negative_scene for it in preference_items(records, seed=3)]
-    draws = {tuple(it.negative_scene for it in preference_items(records, seed=s)) for s in range(8)}
-    assert len(draws) > 1  # the seed matters
+    items = preference_items(records)
+    negatives = NegativeScenes(["a", "b", "c", "d"], seed=3)
+    draws = [[negatives(it, epoch) for it in items] for epoch in range(6)]
+    assert all(n != it.record.scene_id for row in draws for n, it in zip(row, items))
+    assert draws == [[NegativeScenes(["d", "c", "b", "a", "a"], 3)(it, e) for it in items] for e in range(6)]
+    assert len({tuple(row) for row in draws}) > 1  # not fixed per pair: each epoch draws anew
+    assert len({row[0] for row in draws}) > 1  # one pair meets several negative scenes over the epochs
+    assert draws[0] != [NegativeScenes(["a", "b", "c", "d"], seed=4)(it, 0) for it in items]  # the seed matters
     with pytest.raises(ValueError, match="at least two scenes"):
-        preference_items([_pref("a", 0), _pref("a", 1)], seed=0)
+        NegativeScenes(["a", "a"], seed=0)
     with pytest.raises(ValueError, match="no 'rejected' answer"):
         preference_items([_pref("a", 0), Record(scene_id="b", task="qa", instruction="q?", response="x",
-                                                source="t")], seed=0)
+                                                source="t")])
+    assert [it.kind for it in preference_items(records[:2], ["wrong", "rephrased_rules"])] == ["wrong",
+                                                                                              "rephrased_rules"]

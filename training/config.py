@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .gpt_score import DEFAULT_SYSTEM_PROMPT as JUDGE_SYSTEM_PROMPT
+from .rephrase import DEFAULT_PROMPT as REPHRASE_PROMPT
 from .scenes import ScenesConfig
 
 
@@ -63,8 +65,35 @@ class OptimSection:
     batch_size: int = _help("samples per device per micro-batch", 2)
     grad_accum: int = _help("micro-batches per optimizer step", 5)
     epochs: int = _help("passes over the training records", 5)
+    loss_norm: str = _help("SFT loss: token (the summed answer-token NLL of the micro-batch / its answer tokens) | "
+                           "sample (each sample's per-token mean, averaged over samples, as LEO)", "token")
     max_steps: int | None = _help("stop after this many optimizer steps (overrides epochs)", None)
     mixed_precision: str = _help("auto (bf16 where supported) | no | bf16 | fp16", "auto")
+
+
+@dataclass
+class RephraseSection:
+    enabled: bool = _help("turn the model's correct answers into hard negatives by rephrasing them into plausible "
+                          "wrong ones (paper §4.4; with generate_negatives)", True)
+    rules: bool = _help("built-in rules for short answers: numbers +-1-2, yes<->no, opposite directions, colours and "
+                        "object names swapped for others in the same scene's annotations", True)
+    max_rule_words: int = _help("answers of at most this many words are rephrased by the rules", 4)
+    endpoint: str | None = _help("OpenAI-compatible chat endpoint (base URL, e.g. http://host:8000/v1) for answers "
+                                 "the rules cannot rephrase; null = off (the paper used GPT-4o)", None)
+    model: str = _help("model name sent to the endpoint", "gpt-4o")
+    api_key_env: str = _help("environment variable holding the endpoint's API key (sent when set)", "OPENAI_API_KEY")
+    timeout_s: float = _help("seconds per endpoint request", 60.0)
+    prompt: str = _help("endpoint prompt; {question}, {answer}, {situation} are filled in", REPHRASE_PROMPT)
+
+
+@dataclass
+class GPTScoreSection:
+    endpoint: str | None = _help("OpenAI-compatible chat endpoint for GPT-Score (MSR3D's judge); null = off", None)
+    model: str = _help("judge model name (MSR3D: gpt-4o-2024-08-06)", "gpt-4o-2024-08-06")
+    api_key_env: str = _help("environment variable holding the endpoint's API key (sent when set)", "OPENAI_API_KEY")
+    timeout_s: float = _help("seconds per endpoint request", 60.0)
+    tasks: list[str] = _help("tasks whose records (with accepted answers) are judged", factory=lambda: ["qa"])
+    system_prompt: str = _help("the judge's system message (MSR3D's own is not published)", JUDGE_SYSTEM_PROMPT)
 
 
 @dataclass
@@ -74,7 +103,8 @@ class DPOSection:
     beta_a: float = _help("beta of L_a", 0.2)
     beta_s: float = _help("beta of L_s", 0.03)
     w_nll: float = _help("weight of L_NLL on the chosen answer (paper: 1)", 1.0)
-    nll: str = _help("token: NLL per answer token (as in SFT) | sequence: summed log-likelihood", "token")
+    nll: str = _help("sequence: -log pi(a_w | s_w, q) summed over the answer's tokens (paper) | token: per answer "
+                     "token (the SFT scale)", "sequence")
     reference: str = _help("none (paper) | initial (the starting policy) | base (the base with the adapter "
                            "disabled); reference log-probs are computed once before training", "none")
     negatives_file: str | None = _help("JSONL preference records: (scene, question, response=chosen, rejected)",
@@ -83,6 +113,7 @@ class DPOSection:
                                      "rejected answer; keep those that are wrong (EM-R = 0)", False)
     generate_tasks: list[str] = _help("tasks whose answers are generated as negatives (EM-R is meaningful for "
                                       "short answers)", factory=lambda: ["qa"])
+    rephrase: RephraseSection = _help("hard negatives from correct answers (paper §4.4)", factory=RephraseSection)
 
 
 @dataclass
@@ -91,6 +122,8 @@ class EvalSection:
     generate: int = _help("eval records to answer by generation for EM / EM-R at each evaluation", 0)
     generation: dict = _help("GenerationConfig overrides for evaluation (num_beams, max_new_tokens, ...)",
                              factory=dict)
+    gpt_score: GPTScoreSection = _help("GPT-Score by an LLM judge (leovl-eval; off by default)",
+                                       factory=GPTScoreSection)
 
 
 @dataclass
@@ -124,6 +157,10 @@ class TrainConfig:
                 and not self.model.bundle:
             raise ValueError("data.history_turns needs model.leovl.dialogue_format: chat (inline history is "
                              "user text, not answers)")
+        if o.loss_norm not in ("token", "sample"):
+            raise ValueError(f"optim.loss_norm must be token | sample, got {o.loss_norm!r}")
+        if d.rephrase.max_rule_words < 1:
+            raise ValueError(f"dpo.rephrase.max_rule_words must be >= 1, got {d.rephrase.max_rule_words}")
         if d.reference not in ("none", "initial", "base") or d.nll not in ("token", "sequence"):
             raise ValueError(f"dpo.reference must be none | initial | base and dpo.nll token | sequence, "
                              f"got {d.reference!r}, {d.nll!r}")

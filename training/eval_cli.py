@@ -1,7 +1,9 @@
-"""``leovl-eval``: EM / EM-R (per question type) and BLEU-4 / METEOR / ROUGE-L / CIDEr.
+"""``leovl-eval``: EM / EM-LEO / EM-R (per question type), BLEU-4 / METEOR / ROUGE-L / CIDEr,
+optional GPT-Score, per-benchmark scores and their overall average (training/evaluate.py).
 
     leovl-eval --config configs/sft.yaml --bundle runs/sft/bundle --out report.json
     leovl-eval --predictions preds.jsonl --records sqa3d_test.jsonl --out report.json
+    leovl-eval --predictions preds.jsonl --records msqa_test.jsonl --gpt-endpoint http://host:8000/v1
 
 With ``--config`` the model answers the records (``--records``, default ``data.eval`` of
 the config) with the config's generation settings (``eval.generation``) and the answers are
@@ -34,7 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", choices=("clean", "ptb"), default="clean",
                    help="n-gram tokenisation: LEO's clean_answer (default) or the COCO PTB tokenizer")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--gpt-endpoint", help="OpenAI-compatible chat endpoint for GPT-Score (default with --config: "
+                                          "eval.gpt_score.endpoint; off when neither is set)")
+    p.add_argument("--gpt-model", help="judge model name (default: eval.gpt_score.model)")
     return p
+
+
+def _judge(args: argparse.Namespace):
+    """The GPT-Score judge and the tasks it judges, or (None, ()) when no endpoint is set."""
+    from .chat_endpoint import ChatClient
+    from .config import GPTScoreSection, load_config
+    from .gpt_score import GPTScorer
+    from .train_cli import parse_overrides
+
+    g = load_config(args.config, parse_overrides(args.set)).eval.gpt_score if args.config else GPTScoreSection()
+    endpoint = args.gpt_endpoint or g.endpoint
+    if not endpoint:
+        return None, ()
+    client = ChatClient(endpoint, args.gpt_model or g.model, g.api_key_env, g.timeout_s)
+    return GPTScorer(client, g.system_prompt), tuple(g.tasks)
 
 
 def _generate(args: argparse.Namespace, records: list) -> list[str]:
@@ -77,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         if not records:
             raise ValueError(f"no valid records in {paths}")
         preds = _generate(args, records) if args.config else read_predictions(args.predictions, records)
-        report = score_predictions(records, preds, ngram=not args.no_ngram, tokenizer=args.tokenizer)
+        judge, judged_tasks = _judge(args)
+        report = score_predictions(records, preds, ngram=not args.no_ngram, tokenizer=args.tokenizer, judge=judge,
+                                   judged_tasks=judged_tasks)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"leovl-eval: error: {exc}", file=sys.stderr)
         return 2

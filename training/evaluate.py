@@ -1,8 +1,19 @@
-"""Evaluation (paper §4): answers by generation, EM / EM-R per question type, BLEU-4,
-METEOR, ROUGE-L and CIDEr per task, as a JSON report and a readable table.
+"""Evaluation (paper §4): answers by generation, EM / EM-LEO / EM-R per question type,
+BLEU-4, METEOR, ROUGE-L and CIDEr per task, optional GPT-Score, per-benchmark scores and
+their overall average, as a JSON report and a readable table.
 
 EM / EM-R are reported for records that carry accepted ``answers`` (QA); the n-gram
-metrics for every task (LEO reports CIDEr / BLEU-4 for ScanQA too).
+metrics for every task (LEO reports CIDEr / BLEU-4 for ScanQA too). ``EM`` counts a
+prediction among the references, ``EM-LEO`` is LEO's order-dependent rule (metrics.py).
+
+Benchmarks are the records' ``source``s. As LEO-VL (Tables 3 and 5: "metrics averaged per
+benchmark", then "averaged across all benchmarks"), a benchmark's score is the mean of its
+Table-2 metrics: ScanQA CIDEr and BLEU-4, SQA3D EM and EM-R, MSQA GPT-Score
+(:data:`BENCHMARK_METRICS`); other sources (ours) use EM and EM-R when their records carry
+accepted answers, else CIDEr and BLEU-4. ``in_domain`` = mean of EM and EM-R (§4.4, SQA3D's
+in-domain score; ``in_domain_leo`` with EM-LEO). ``overall`` averages the benchmarks whose
+metrics were all computed; the others are listed under ``overall_missing`` (MSQA without a
+GPT-Score endpoint, n-gram benchmarks with ``--no-ngram``).
 """
 from __future__ import annotations
 
@@ -17,8 +28,12 @@ from tqdm.auto import tqdm
 
 from leovl_ros.model.config import GenerationConfig
 
+from .gpt_score import GPTScorer, summarise
 from .metrics import NgramScorer, exact_match_scores
 from .records import Record
+
+BENCHMARK_METRICS: dict[str, tuple[str, ...]] = {"scanqa": ("CIDEr", "BLEU-4"), "sqa3d": ("EM", "EM-R"),
+                                                 "msqa": ("GPT-Score",)}
 
 
 def _batches(seq: Sequence, n: int):
@@ -48,47 +63,96 @@ def answer_nll(model, scenes, records: Sequence[Record], batch_size: int = 4) ->
     return total / max(tokens, 1)
 
 
+def _exact_match(records: Sequence[Record], predictions: Sequence[str], idx: list[int]) -> dict[str, Any]:
+    em = exact_match_scores([predictions[i] for i in idx], [records[i].references for i in idx],
+                            [records[i].qtype for i in idx])
+    entry: dict[str, Any] = {k: em["overall"][k] for k in ("EM", "EM-LEO", "EM-R")}
+    entry["in_domain"] = (entry["EM"] + entry["EM-R"]) / 2
+    entry["in_domain_leo"] = (entry["EM-LEO"] + entry["EM-R"]) / 2
+    qtypes = {k: v for k, v in em.items() if k != "overall"}
+    if qtypes:
+        entry["qtypes"] = qtypes
+    return entry
+
+
+def _metrics(records: Sequence[Record], predictions: Sequence[str], idx: list[int], scorer: NgramScorer | None,
+             judged: dict[int, float | None]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"count": len(idx)}
+    with_answers = [i for i in idx if records[i].answers]
+    if with_answers:
+        entry.update(_exact_match(records, predictions, with_answers))
+    if scorer is not None:
+        entry.update(scorer.score({str(i): predictions[i] for i in idx}, {str(i): records[i].references for i in idx}))
+    if any(i in judged for i in idx):
+        entry.update(summarise([judged[i] for i in idx if i in judged]))
+    return entry
+
+
+def benchmark_score(source: str, entry: dict[str, Any]) -> float | None:
+    """Mean of the benchmark's headline metrics (see the module docstring); None if one is missing."""
+    names = BENCHMARK_METRICS.get(source.lower()) or (("EM", "EM-R") if "EM" in entry else ("CIDEr", "BLEU-4"))
+    if not all(n in entry for n in names):
+        return None
+    return sum(entry[n] for n in names) / len(names)
+
+
 def score_predictions(records: Sequence[Record], predictions: Sequence[str], ngram: bool = True,
-                      tokenizer: Literal["clean", "ptb"] = "clean") -> dict[str, Any]:
-    """``{"count": N, "tasks": {task: {"count", "EM", "EM-R", "qtypes": {...}, "BLEU-4", ...}}}``."""
+                      tokenizer: Literal["clean", "ptb"] = "clean", judge: GPTScorer | None = None,
+                      judged_tasks: Sequence[str] = ("qa",)) -> dict[str, Any]:
+    """``{"count", "tasks": {task: {...}}, "benchmarks": {source: {..., "score"}}, "overall",
+    "overall_missing"}``; each entry holds count, EM, EM-LEO, EM-R, in_domain(_leo), qtypes,
+    the n-gram metrics and, with a ``judge``, GPT-Score (records of ``judged_tasks``)."""
     if len(records) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions for {len(records)} records")
     by_task: dict[str, list[int]] = defaultdict(list)
+    by_source: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         by_task[r.task].append(i)
-    tasks: dict[str, Any] = {}
+        by_source[r.source].append(i)
     scorer = NgramScorer(tokenizer) if ngram else None
-    for task, idx in sorted(by_task.items()):
-        entry: dict[str, Any] = {"count": len(idx)}
-        with_answers = [i for i in idx if records[i].answers]
-        if with_answers:
-            em = exact_match_scores([predictions[i] for i in with_answers],
-                                    [records[i].references for i in with_answers],
-                                    [records[i].qtype for i in with_answers])
-            entry.update({k: em["overall"][k] for k in ("EM", "EM-R")})
-            qtypes = {k: v for k, v in em.items() if k != "overall"}
-            if qtypes:
-                entry["qtypes"] = qtypes
-        if scorer is not None:
-            entry.update(scorer.score({str(i): predictions[i] for i in idx},
-                                      {str(i): records[i].references for i in idx}))
-        tasks[task] = entry
-    return {"count": len(records), "tasks": tasks}
+    judged: dict[int, float | None] = {}
+    if judge is not None:  # each answer is judged once, then averaged per task and per benchmark
+        ids = [i for i, r in enumerate(records) if r.task in judged_tasks]
+        judged = dict(zip(ids, judge.score_each([records[i].instruction for i in ids], [predictions[i] for i in ids],
+                                                [records[i].references[0] for i in ids])))
+    tasks = {task: _metrics(records, predictions, idx, scorer, judged) for task, idx in sorted(by_task.items())}
+    benchmarks = {}
+    for source, idx in sorted(by_source.items()):
+        entry = _metrics(records, predictions, idx, scorer, judged)
+        entry["score"] = benchmark_score(source, entry)
+        benchmarks[source] = entry
+    scored = [b["score"] for b in benchmarks.values() if b["score"] is not None]
+    return {"count": len(records), "tasks": tasks, "benchmarks": benchmarks,
+            "overall": sum(scored) / len(scored) if scored else None,
+            "overall_missing": sorted(s for s, b in benchmarks.items() if b["score"] is None)}
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """A fixed-width table: one row per task (and per question type), metrics in columns."""
-    cols = ["count", "EM", "EM-R", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
+    """Fixed-width tables: one row per task (and question type) with its metrics; then one
+    row per benchmark with its score, and the overall average."""
+    cols = ["count", "EM", "EM-LEO", "EM-R", "in_domain", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "GPT-Score"]
+    heads = {"in_domain": "in-dom", "GPT-Score": "GPT"}
     rows = []
     for task, entry in report["tasks"].items():
         rows.append((task, entry))
         rows += [(f"  {task}/{q}", v) for q, v in entry.get("qtypes", {}).items()]
-    width = max([len(name) for name, _ in rows] + [4])
-    lines = [f"{'task':<{width}}  " + "  ".join(f"{c:>7}" for c in cols)]
-    for name, entry in rows:
-        cells = [f"{entry[c]:>7}" if c == "count" else (f"{entry[c]:>7.2f}" if c in entry else f"{'-':>7}")
-                 for c in cols]
-        lines.append(f"{name:<{width}}  " + "  ".join(cells))
+    bench = list(report.get("benchmarks", {}).items())
+    width = max([len(name) for name, _ in rows + bench] + [9])
+
+    def line(name: str, entry: dict, columns: list[str]) -> str:
+        cells = [f"{entry[c]:>7}" if c == "count" else (f"{entry[c]:>7.2f}" if entry.get(c) is not None else f"{'-':>7}")
+                 for c in columns]
+        return f"{name:<{width}}  " + "  ".join(cells)
+
+    lines = [f"{'task':<{width}}  " + "  ".join(f"{heads.get(c, c)[:7]:>7}" for c in cols)]
+    lines += [line(name, entry, cols) for name, entry in rows]
+    if bench:
+        lines += ["", f"{'benchmark':<{width}}  " + "  ".join(f"{heads.get(c, c)[:7]:>7}" for c in cols + ["score"])]
+        lines += [line(name, entry, cols + ["score"]) for name, entry in bench]
+        overall = report.get("overall")
+        missing = report.get("overall_missing") or []
+        lines.append(f"{'overall':<{width}}  " + (f"{overall:.2f}" if overall is not None else "-")
+                     + (f"  (without {', '.join(missing)}: metrics not computed)" if missing else ""))
     return "\n".join(lines)
 
 

@@ -1,17 +1,26 @@
 """Answer metrics: EM / EM-R with LEO's answer cleaning, and n-gram caption metrics.
 
-``clean_answer`` and ``answer_match`` reproduce LEO's evaluation (embodied-generalist,
-data/data_utils.py ``clean_answer`` and evaluator ``answer_match``) so EM / EM-R are
-comparable with the numbers in the LEO and LEO-VL papers:
+``clean_answer`` reproduces LEO's ``clean_answer`` (embodied-generalist, data/data_utils.py):
 lower-case; keep ``[a-z0-9,'\\s\\-:]``; fix LEO's list of common typos; spell out the numbers
-0-20 (and 23, "none" -> "zero"); drop "a", "an", "the" before a word. EM: the cleaned
-prediction equals a cleaned reference; EM-R ("refined"): additionally one of the two,
-with spaces removed, is a substring of the other.
+0-20 (and 23, "none" -> "zero"); drop "a", "an", "the" before a word.
+
+Two exact-match rules, both reported and labelled:
+- ``EM`` (:func:`answer_match`): the cleaned prediction is one of the cleaned references
+  (order does not matter), as MSR3D's ``answer_match_strict`` and the usual EM.
+- ``EM-LEO`` (:func:`answer_match_leo`): LEO's evaluator (embodied-generalist,
+  evaluator/scanqa_eval.py ``ScanQAEvaluator.answer_match``, also used for SQA3D) walks the
+  references in order and returns at the first one that equals the prediction (EM 1) or
+  where one of the two, spaces removed, contains the other (EM 0). So with references
+  ["dark brown", "brown"] the prediction "brown" gets EM 0 from LEO and 1 here: LEO's EM
+  depends on the order of the references.
+- ``EM-R`` ("refined", the same under both rules): some reference equals the prediction or
+  one contains the other, spaces removed.
 
 Two deliberate differences from LEO's code: its "ç"/"’" replacements run after the
 character filter has already deleted those characters, so they are no-ops and are left out
 here; and an empty (cleaned) prediction never matches, where LEO's substring test counts
-"" as contained in every reference and so gives EM-R credit to an empty answer.
+"" as contained in every reference and so gives EM-R credit to an empty answer (its EM is
+0 either way, so EM-LEO is exact).
 
 BLEU-4, METEOR, ROUGE-L and CIDEr come from pycocoevalcap (METEOR runs Java). By default
 the texts are cleaned with ``clean_answer`` first and split on spaces, as LEO scores
@@ -52,37 +61,50 @@ def clean_answer(text: str) -> str:
     return text
 
 
+def _contains(pred: str, ref: str) -> bool:
+    """One of the two, spaces removed, contains the other (LEO's refined match)."""
+    p, r = "".join(pred.split()), "".join(ref.split())
+    return bool(p) and (p in r or r in p)
+
+
 def answer_match(pred: str, refs: Sequence[str]) -> tuple[int, int]:
-    """(EM, EM-R) of a cleaned prediction against cleaned references, each 0 or 1."""
-    if pred in refs:
+    """(EM, EM-R) of a cleaned prediction against cleaned references, each 0 or 1:
+    EM when the prediction is among the references, whatever their order."""
+    if pred and pred in refs:
         return 1, 1
-    squeezed = "".join(pred.split())
-    if not squeezed:
-        return 0, 0
+    return 0, int(any(_contains(pred, r) for r in refs))
+
+
+def answer_match_leo(pred: str, refs: Sequence[str]) -> tuple[int, int]:
+    """(EM, EM-R) as LEO's evaluator computes them: the references in order, the first
+    exact (1, 1) or partial (0, 1) match decides (see the module docstring)."""
     for ref in refs:
-        r = "".join(ref.split())
-        if r and (squeezed in r or r in squeezed):
+        if pred and pred == ref:
+            return 1, 1
+        if _contains(pred, ref):
             return 0, 1
     return 0, 0
 
 
 def exact_match_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
                        qtypes: Sequence[str | None] | None = None) -> dict[str, dict[str, float]]:
-    """EM and EM-R in percent, overall and per question type (where given).
+    """EM, EM-LEO and EM-R in percent, overall and per question type (where given).
 
-    Returns ``{"overall": {"EM", "EM-R", "count"}, "<qtype>": {...}, ...}``.
+    Returns ``{"overall": {"EM", "EM-LEO", "EM-R", "count"}, "<qtype>": {...}, ...}``.
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
     qtypes = qtypes if qtypes is not None else [None] * len(predictions)
-    sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for pred, refs, qtype in zip(predictions, references, qtypes):
-        em, emr = answer_match(clean_answer(pred), [clean_answer(r) for r in refs])
+        pred, refs = clean_answer(pred), [clean_answer(r) for r in refs]
+        em, emr = answer_match(pred, refs)
+        em_leo = answer_match_leo(pred, refs)[0]
         for key in ("overall", qtype) if qtype else ("overall",):
             s = sums[key]
-            s[0], s[1], s[2] = s[0] + em, s[1] + emr, s[2] + 1
-    return {k: {"EM": 100.0 * em / n, "EM-R": 100.0 * emr / n, "count": n}
-            for k, (em, emr, n) in sorted(sums.items(), key=lambda kv: (kv[0] != "overall", kv[0]))}
+            s[0], s[1], s[2], s[3] = s[0] + em, s[1] + em_leo, s[2] + emr, s[3] + 1
+    return {k: {"EM": 100.0 * em / n, "EM-LEO": 100.0 * leo / n, "EM-R": 100.0 * emr / n, "count": n}
+            for k, (em, leo, emr, n) in sorted(sums.items(), key=lambda kv: (kv[0] != "overall", kv[0]))}
 
 
 def _require_java() -> None:

@@ -1,8 +1,16 @@
 """Instruction tuning (paper §3.2, App. B): prefix-LM loss on response tokens only, the
-five tasks mixed in one shuffled stream.
+five tasks mixed in one shuffled stream. Prompt and scene tokens carry no loss.
 
-loss = - sum over the batch's response tokens of log p(token | scene, prompt, earlier
-response tokens) / number of response tokens (prompt and scene tokens carry no loss).
+Two normalisations (``optim.loss_norm``; the paper is silent):
+- ``token`` (default): - sum over the micro-batch's response tokens of log p(token | scene,
+  prompt, earlier response tokens) / number of those tokens. It is what Qwen2.5-VL's own
+  causal-LM loss (and so the usual Qwen2.5-VL fine-tuning code LEO-VL starts from)
+  computes: every response token weighs the same, so the long responses of captions,
+  plans and dialogue - which the paper credits for much of its gain (§4.3) - count by
+  their length. It is also what the shipped leovl-tiny was trained with.
+- ``sample``: each sample's per-token mean NLL, averaged over the samples, as LEO computes
+  its loss (embodied-generalist: summed token loss / the sample's token count, then the
+  batch mean): a one-word QA answer weighs as much as a 100-word caption.
 """
 from __future__ import annotations
 
@@ -21,7 +29,7 @@ from .metrics import exact_match_scores
 from .modeling import load_model
 from .records import ConversionReport, Record, read_records
 from .scenes import SceneStore
-from .trainer import TrainResult, make_accelerator, train_loop
+from .trainer import TrainResult, make_accelerator, prefetch_scenes, train_loop
 
 
 def task_mix(records: Sequence[Record], task_repeat: dict[str, float], seed: int) -> list[Record]:
@@ -41,18 +49,29 @@ def task_mix(records: Sequence[Record], task_repeat: dict[str, float], seed: int
     return out
 
 
+def sft_loss(logp: torch.Tensor, tokens: torch.Tensor, norm: str = "token") -> torch.Tensor:
+    """SFT loss from (B,) summed response log-probs and (B,) response token counts, per
+    ``norm`` (see the module docstring)."""
+    if norm == "token":
+        return -logp.sum() / tokens.sum()
+    if norm == "sample":
+        return -(logp / tokens).mean()
+    raise ValueError(f"loss_norm must be 'token' or 'sample', got {norm!r}")
+
+
 class SFTStep:
     """One micro-batch: response-token NLL (see module docstring); with ``history_turns``
     the earlier assistant turns of chat-format sessions are targets too."""
 
-    def __init__(self, scenes: SceneStore, history_turns: bool = False) -> None:
+    def __init__(self, scenes: SceneStore, history_turns: bool = False, loss_norm: str = "token") -> None:
         self.scenes = scenes
         self.history_turns = history_turns
+        self.loss_norm = loss_norm
 
     def __call__(self, policy: Callable, batch: list[Record]) -> tuple[torch.Tensor, dict[str, float]]:
         logp, tokens = policy([self.scenes.get(r.scene_id) for r in batch], [_training_query(r) for r in batch],
                               [r.response for r in batch], self.history_turns)  # (B,), (B,)
-        return -logp.sum() / tokens.sum(), {"tokens": float(tokens.sum())}
+        return sft_loss(logp, tokens, self.loss_norm), {"tokens": float(tokens.sum())}
 
 
 def _training_query(record: Record):
@@ -74,7 +93,8 @@ def make_eval_fn(model, scenes: SceneStore, records: Sequence[Record], cfg: Trai
         if qa:
             preds = generate_predictions(model, scenes, qa, generation, cfg.optim.batch_size)
             em = exact_match_scores(preds, [r.references for r in qa])["overall"]
-            out.update({"EM": em["EM"], "EM-R": em["EM-R"]})
+            out.update({"EM": em["EM"], "EM-LEO": em["EM-LEO"], "EM-R": em["EM-R"],
+                        "in_domain": (em["EM"] + em["EM-R"]) / 2})
         return out
     return run
 
@@ -94,7 +114,7 @@ def run_sft(cfg: TrainConfig) -> TrainResult:
     train = task_mix(load_split(cfg.data.train, "data.train"), cfg.data.task_repeat, cfg.seed)
     evals = load_split(cfg.data.eval, "data.eval", cfg.data.max_eval_records)
     scenes = SceneStore(model, cfg.scenes)
-    with accelerator.main_process_first():  # the main process builds the cache, the others read it
-        scenes.prefetch({r.scene_id for r in train + evals}, progress=cfg.progress and accelerator.is_main_process)
+    prefetch_scenes(accelerator, scenes, {r.scene_id for r in train + evals}, cfg.progress)
     eval_fn = make_eval_fn(model, scenes, evals, cfg) if evals else None
-    return train_loop(cfg, accelerator, model, train, SFTStep(scenes, cfg.data.history_turns), eval_fn, kind="sft")
+    step = SFTStep(scenes, cfg.data.history_turns, cfg.optim.loss_norm)
+    return train_loop(cfg, accelerator, model, train, step, eval_fn, kind="sft")

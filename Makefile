@@ -15,7 +15,7 @@ STAMPS := build/.stamps
 LOCK := requirements/lock.txt
 LOCK_SHA := $(shell sha256sum $(LOCK) | cut -c1-16)
 VENV_STAMP := $(VENV)/.installed-$(LOCK_SHA)
-BUILD_INPUTS := package.xml CMakeLists.txt $(wildcard msg/*.msg srv/*.srv scripts/* launch/* config/* rviz/* leovl_ros/models/*/*) \
+BUILD_INPUTS := package.xml CMakeLists.txt $(wildcard msg/*.msg srv/*.srv action/*.action scripts/* launch/* config/* rviz/* leovl_ros/models/*/*) \
   $(shell find leovl_ros training -name "*.py" -not -path "*/__pycache__/*" 2>/dev/null)
 RUN := tools/ros_env.sh $(VENV)
 

@@ -6,15 +6,19 @@
     ros2 launch leovl_ros assistant.launch.py record:=true bag_dir:=~/bags rviz:=true
 
 Then: ros2 service call /ask_scene leovl_ros/srv/AskScene "{question: 'where is the mug?'}"
-(with a namespace: /robot1/ask_scene). ``record:=true`` also runs ``ros2 bag record`` of
-exactly what fine-tuning needs: colour, depth, camera_info, /tf, /tf_static, interactions.
+(with a namespace: /robot1/ask_scene). ``record:=true`` also records exactly what
+fine-tuning needs (colour, depth, camera_info, /tf, /tf_static, pose, interactions, plan,
+scene_status) with ``ros2 bag record`` where it is installed, else with the package's own
+recorder (crash-safe mcap segments, leovl_ros/ros/recorder.py).
 """
+import importlib.util
 import os
+import shutil
 import time
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -23,8 +27,12 @@ PACKAGE = "leovl_ros"
 REFERENCED_FILES = (
     "share/leovl_ros/config/assistant.yaml",
     "share/leovl_ros/config/assistant.rviz",
+    "share/leovl_ros/config/fastdds_large_images.xml",
     "lib/leovl_ros/assistant",
+    "lib/leovl_ros/recorder",
 )
+# Fast DDS 2.x (Jazzy) reads the first, Fast DDS 3.x the second (see leovl_ros/ros/dds.py).
+PROFILE_VARIABLES = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
 # The node's default input names; the *_topic arguments remap them.
 CAMERA_TOPICS = {"rgb_topic": "rgb/image", "depth_topic": "depth/image", "camera_info_topic": "rgb/camera_info"}
 
@@ -46,17 +54,26 @@ def _launch_setup(context):
         if arg(name):
             overrides[name] = arg(name)
     remappings = [(default, arg(name)) for name, default in CAMERA_TOPICS.items() if arg(name) != default]
-    actions = [Node(
+    # Camera-size images between processes need the large-image Fast DDS profile in every
+    # process this launch starts (a user's own profile, already exported, is kept).
+    profile = os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE") or arg("dds_profile")
+    actions = [SetEnvironmentVariable(variable, profile) for variable in PROFILE_VARIABLES]
+    actions += [Node(
         package=PACKAGE, executable="assistant", name="leovl_assistant", namespace=namespace, output="screen",
         parameters=[arg("params_file"), overrides], remappings=remappings,
         ros_arguments=["--log-level", arg("log_level")],
     )]
     if arg("record").lower() == "true":
         topics = [_absolute(arg(name), namespace) for name in CAMERA_TOPICS]
-        topics += ["/tf", "/tf_static", _absolute("interactions", namespace)]
+        topics += ["/tf", "/tf_static"] + [_absolute(t, namespace) for t in ("pose", "interactions", "plan",
+                                                                             "scene_status")]
         out = os.path.join(os.path.expanduser(arg("bag_dir")), time.strftime("leovl_%Y%m%d-%H%M%S"))
-        actions.append(ExecuteProcess(cmd=["ros2", "bag", "record", "-s", "mcap", "-o", out, *topics],
-                                      output="screen"))
+        if shutil.which("ros2") and importlib.util.find_spec("ros2bag"):
+            actions.append(ExecuteProcess(cmd=["ros2", "bag", "record", "-s", "mcap", "-o", out, *topics],
+                                          output="screen"))
+        else:  # ROS from PyPI has no rosbag2
+            actions.append(Node(package=PACKAGE, executable="recorder", name="leovl_recorder", output="screen",
+                                parameters=[{"output": out, "topics": topics}]))
     if arg("rviz").lower() == "true":
         actions.append(Node(package="rviz2", executable="rviz2", namespace=namespace, output="screen",
                             arguments=["-d", arg("rviz_config")],
@@ -85,13 +102,18 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("camera_info_topic", default_value=CAMERA_TOPICS["camera_info_topic"],
                               description="CameraInfo of the colour camera (remaps rgb/camera_info)"),
         DeclareLaunchArgument("record", default_value="false",
-                              description="also record colour, depth, camera_info, tf, tf_static and interactions "
-                                          "with ros2 bag (mcap) for fine-tuning"),
+                              description="also record colour, depth, camera_info, tf, tf_static, pose, "
+                                          "interactions, plan and scene_status (mcap) for fine-tuning, with ros2 bag "
+                                          "where installed, else with the package's crash-safe recorder"),
         DeclareLaunchArgument("bag_dir", default_value="~/.ros/leovl_bags",
                               description="directory for recorded bags (one leovl_<time> bag per launch)"),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz with the scene grid and camera"),
         DeclareLaunchArgument("rviz_config", default_value=os.path.join(share, "config", "assistant.rviz"),
                               description="RViz configuration file"),
         DeclareLaunchArgument("log_level", default_value="info", description="logging level of the assistant"),
+        DeclareLaunchArgument("dds_profile", default_value=os.path.join(share, "config", "fastdds_large_images.xml"),
+                              description="Fast DDS profile for camera-size images, set for every process this "
+                                          "launch starts (ignored when FASTRTPS_DEFAULT_PROFILES_FILE is set); the "
+                                          "camera driver needs it too"),
     ]
     return LaunchDescription(args + [OpaqueFunction(function=_launch_setup)])

@@ -21,9 +21,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-__all__ = ["VoxelMap", "voxel_keys"]
+__all__ = ["TEMP_SUFFIX", "VoxelMap", "remove_stale_temps", "voxel_keys"]
 
 _FORMAT = "leovl_ros.voxel_map"
+# Temp files of a save are ".<name>.<pid>.<random>.leovl-tmp": the writer's pid tells a
+# killed save's leftovers (removed at start-up) from a save in progress.
+TEMP_SUFFIX = ".leovl-tmp"
 _VERSION = "1"
 # Voxel coordinates are packed into one int64 key with 21 bits per axis (signed by an
 # offset): +-2^20 voxels = +-209 km at 0.2 m, far beyond any robot map.
@@ -49,6 +52,27 @@ def _unpack(keys: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`voxel_keys`: (N,) keys -> (N, 3) int64 voxel coords."""
     mask = (1 << _BITS) - 1
     return torch.stack([(keys >> (2 * _BITS)) & mask, (keys >> _BITS) & mask, keys & mask], 1) - _OFFSET
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temp files that killed saves left in ``directory``; returns what was removed."""
+    removed = []
+    for tmp in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        parts = tmp.name[: -len(TEMP_SUFFIX)].rsplit(".", 2)  # ['.<name>', '<pid>', '<random>']
+        if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])) and tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 class VoxelMap:
@@ -136,6 +160,11 @@ class VoxelMap:
     @property
     def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         return self._bounds
+
+    @property
+    def max_extent_m(self) -> float:
+        """Points farther than this from the origin along any axis cannot be keyed (see _BITS)."""
+        return (_OFFSET - 1) * self._voxel_size
 
     @property
     def coords(self) -> torch.Tensor:
@@ -308,7 +337,7 @@ class VoxelMap:
             "acc": self._acc[: self._n].contiguous(),
         }
         header = {_FORMAT: json.dumps(self._header(), sort_keys=True)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=header)
@@ -356,6 +385,8 @@ class VoxelMap:
             )
         if n > vmap.max_voxels:
             raise ValueError(f"{path}: {n} voxels exceed its max_voxels={vmap.max_voxels}")
+        if not bool(torch.isfinite(acc).all()) or bool((counts <= 0).any()):
+            raise ValueError(f"{path}: voxel map has non-finite features or empty voxels (corrupted)")
         vmap._acc, vmap._counts, vmap._coords, vmap._n = acc.clone(), counts.clone(), coords.clone(), n
         keys = voxel_keys(coords)
         vmap._sorted_keys, vmap._sorted_rows = torch.sort(keys)

@@ -8,9 +8,13 @@ from typing import Callable
 
 import pytest
 
-# Keep every DDS participant of the test run on this machine.
+from leovl_ros.ros.dds import use_large_image_profile
+
+# Keep every DDS participant of the test run on this machine, and let camera-size images
+# through (the shipped Fast DDS profile, as on a robot): set before any participant exists.
 os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+use_large_image_profile()
 
 _domain_counter = itertools.count()
 

@@ -231,6 +231,7 @@ def test_concurrent_requests_are_answered_or_refused_as_busy(model, frames):
 
 def test_save_reset_load_restores_the_same_grid(mapped, tmp_path):
     before = build_grid(mapped.snapshot(), mapped.model.config.grid)
+    mapped.config.scene_dir = str(tmp_path)
     path, n = mapped.save(str(tmp_path / "room.safetensors"))
     assert path.is_file() and n == before.num_voxels
     (tmp_path / "junk.safetensors").write_bytes(b"not a map")
@@ -238,7 +239,6 @@ def test_save_reset_load_restores_the_same_grid(mapped, tmp_path):
     assert mapped.reset() == n and mapped.stats().num_voxels == 0
     for bad, match in (("junk.safetensors", "not a readable"), ("foreign.safetensors", "8-dim features"),
                        ("missing.safetensors", "does not exist"), ("", "path is required")):
-        mapped.config.scene_dir = str(tmp_path)
         with pytest.raises(RequestRefused, match=match):
             mapped.load(bad)
     assert mapped.stats().num_voxels == 0  # failed loads leave the scene as it was
@@ -278,3 +278,64 @@ def test_split_plan_steps():
     assert split_plan_steps("Plan: Step 1: walk\nStep 2: stop") == ["walk", "stop"]
     assert split_plan_steps("Walk to the sofa. Sit down; relax") == ["Walk to the sofa.", "Sit down", "relax"]
     assert split_plan_steps("  ") == [] and split_plan_steps("put 2 cups on 1 table") == ["put 2 cups on 1 table"]
+
+
+def test_a_dead_mapping_worker_is_reported_and_restarted(model, frames):
+    """A worker killed by a BaseException (a bug, not a bad frame) must not leave mapping
+    silently dead: the next stats() restarts it, counts it and logs it."""
+    logged = []
+    session = SceneSession(model, AssistantConfig(), "tiny", lambda level, text: logged.append((level, text)))
+    encode = model.encoder.encode
+
+    def crash(rgb):
+        raise SystemExit("encoder thread killed")
+
+    try:
+        model.encoder.encode = crash
+        session.offer(_rgbd(frames[0]))
+        session._worker.join(10.0)
+        assert not session._worker.is_alive()
+        model.encoder.encode = encode
+        assert session.stats().worker_restarts == 1 and session._worker.is_alive()
+        assert any(level == "error" and "mapping worker died" in text for level, text in logged)
+        session.offer(_rgbd(frames[1]))
+        assert session.wait_idle(30.0) and session.stats().keyframes_fused == 1
+    finally:
+        model.encoder.encode = encode
+        session.close()
+
+
+def test_a_logger_that_raises_never_stops_mapping(model, frames):
+    def broken_log(level, text):
+        raise ValueError("Logger severity cannot be changed between calls.")
+
+    session = SceneSession(model, AssistantConfig(), "tiny", broken_log, log_period_s=0.0)
+    try:
+        bad = _rgbd(frames[0], depth=np.zeros_like(frames[0].depth_mm))  # warned about, with a raising logger
+        session.offer(bad)
+        assert session.wait_idle(30.0)
+        session.offer(_rgbd(frames[1]))
+        assert session.wait_idle(30.0)
+        s = session.stats()
+        assert s.drops.get("no valid depth") == 1 and s.keyframes_fused == 1 and s.worker_restarts == 0
+    finally:
+        session.close()
+
+
+def test_saves_stay_inside_the_writable_dirs_and_killed_saves_are_cleaned(mapped, tmp_path):
+    from leovl_ros.voxel_map import TEMP_SUFFIX
+    mapped.config.scene_dir, mapped.config.scene_write_dirs = str(tmp_path / "scenes"), (str(tmp_path / "extra"),)
+    for path in ("../outside.safetensors", str(tmp_path / "outside.safetensors"), "/etc/passwd"):
+        with pytest.raises(RequestRefused, match="refusing to write"):
+            mapped.save(path)
+    assert mapped.save(str(tmp_path / "extra" / "a.safetensors"))[0].is_file()
+    (tmp_path / "scenes").mkdir(exist_ok=True)
+    (tmp_path / "scenes" / "plain.txt").write_text("keep me")
+    with pytest.raises(RequestRefused, match="overwrite=true"):
+        mapped.save("plain.txt")
+    assert (tmp_path / "scenes" / "plain.txt").read_text() == "keep me"
+    folder, _ = mapped.save("sub/")
+    assert folder.parent == tmp_path / "scenes" / "sub" and folder.name.startswith("scene_")
+    stale = tmp_path / "extra" / f".a.safetensors.999999999.abc{TEMP_SUFFIX}"
+    stale.write_bytes(b"x")
+    assert mapped.remove_stale_temps() == [stale] and not stale.exists()

@@ -8,11 +8,6 @@ the test process talks to them as an operator would, through services and topics
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,86 +20,16 @@ pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run through `make test`)")
 pytest.importorskip("leovl_ros.msg", reason="interfaces not built (run through `make test`)")
 from nav_msgs.msg import Odometry  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from leovl_ros.msg import Interaction, Plan, SceneStatus  # noqa: E402
 from leovl_ros.ros.conversions import matrix_to_pose, numpy_to_image, seconds_to_stamp  # noqa: E402
 from leovl_ros.srv import AskScene, Feedback, LoadAdapter, LoadScene, PlanTask, SaveScene  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SERVICES = {"ask_scene": AskScene, "plan_task": PlanTask, "reset_scene": Trigger, "save_scene": SaveScene,
-            "load_scene": LoadScene, "scene_feedback": Feedback, "load_adapter": LoadAdapter}
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+from node_harness import Operator, REPO, start as _start, stop as _stop  # noqa: E402
+
 PLAYER_FRAMES = 30
-
-
-def _env(domain_id: int) -> dict[str, str]:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    return env
-
-
-def _start(module: str, args: list[str], domain_id: int, log: Path) -> subprocess.Popen:
-    with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *args], cwd=REPO, env=_env(domain_id),
-                                stdout=out, stderr=subprocess.STDOUT)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class Operator:
-    """The test's side: service clients and topic recorders on the node's domain."""
-
-    def __init__(self, context, node_proc: subprocess.Popen, log: Path) -> None:
-        self.context, self.proc, self.log = context, node_proc, log
-        self.node = rclpy.create_node("operator", context=context)
-        self.status: list[SceneStatus] = []
-        self.interactions: list[Interaction] = []
-        self.plans: list[Plan] = []
-        self.grids: list[PointCloud2] = []
-        self.node.create_subscription(SceneStatus, "scene_status", self.status.append, 10)
-        self.node.create_subscription(Interaction, "interactions", self.interactions.append,
-                                      QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-        self.node.create_subscription(Plan, "plan", self.plans.append, LATCHED)
-        self.node.create_subscription(PointCloud2, "scene_grid", self.grids.append, LATCHED)
-        self.clients = {name: self.node.create_client(t, name) for name, t in SERVICES.items()}
-        self.executor = MultiThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        threading.Thread(target=self.executor.spin, daemon=True).start()
-
-    def log_tail(self, n: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def call_async(self, name: str, request):
-        return self.clients[name].call_async(request)
-
-    def call(self, name: str, request, timeout: float = 120.0):
-        future = self.call_async(name, request)
-        wait_for(lambda: future.done() or not self.alive(), timeout, f"{name} to answer\n{self.log_tail()}")
-        assert self.alive(), f"the node died during {name}:\n{self.log_tail()}"
-        return future.result()
-
-    def wait_status(self, condition, timeout: float, what: str) -> SceneStatus:
-        start = len(self.status)
-        wait_for(lambda: any(condition(s) for s in self.status[start:]) or not self.alive(), timeout,
-                 f"scene_status with {what}\n{self.log_tail()}")
-        assert self.alive(), self.log_tail()
-        return next(s for s in self.status[start:] if condition(s))
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +43,7 @@ def operator(tmp_path_factory):
         "--params-file", str(REPO / "config" / "assistant.yaml"),
         "-p", "model:=tiny-random", "-p", "num_beams:=1", "-p", "max_new_tokens:=8",
         "-p", f"scene_dir:={tmp / 'scenes'}", "-p", "status_rate:=5.0", "-p", "request_timeout:=60.0",
+        "-p", f"interaction_log:={tmp / 'interactions.jsonl'}",
     ], domain_id, node_log)
     op = Operator(context, node, node_log)
     player = None
@@ -222,7 +148,7 @@ def test_save_reset_load_restores_the_same_grid(operator):
     loaded = operator.call("load_scene", LoadScene.Request(path=saved.path))
     assert loaded.success and loaded.num_voxels == saved.num_voxels
     operator.wait_status(lambda s: s.num_voxels == saved.num_voxels, 20.0, "the loaded scene")
-    again = operator.call("save_scene", SaveScene.Request(path=str(operator.tmp / "after.safetensors")))
+    again = operator.call("save_scene", SaveScene.Request(path=str(operator.tmp / "scenes" / "after.safetensors")))
     a, b = (build_grid(VoxelMap.load(p), GridConfig()) for p in (saved.path, again.path))
     assert a.num_tokens == b.num_tokens > 0
     np.testing.assert_array_equal(a.features.numpy(), b.features.numpy())
@@ -330,7 +256,8 @@ def test_the_shipped_params_file_runs_the_bundled_model(tmp_path):
     rclpy.init(context=context, domain_id=domain_id)
     log = tmp_path / "node.log"
     node = _start("leovl_ros.ros.assistant_node", ["--params-file", str(REPO / "config" / "assistant.yaml"),
-                                                   "-p", f"scene_dir:={tmp_path}"], domain_id, log)
+                                                   "-p", f"scene_dir:={tmp_path}",
+                                                   "-p", f"interaction_log:={tmp_path / 'log.jsonl'}"], domain_id, log)
     op = Operator(context, node, log)
     try:
         wait_for(lambda: op.clients["ask_scene"].service_is_ready() or not op.alive(), 90.0, f"ask_scene\n{op.log_tail()}")

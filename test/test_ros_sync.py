@@ -99,3 +99,26 @@ def test_pose_buffer_waits_for_a_pose_newer_than_the_image():
     adder.start()
     np.testing.assert_allclose(buf.lookup(2.0, timeout_s=10.0), _pose(2.0))
     adder.join()
+
+
+def test_pairer_counts_images_that_never_find_a_partner():
+    pairer = ApproximateTimePairer(slop_s=0.02, queue_size=3)
+    for i in range(5):  # depth always 0.5 s late: nothing pairs, the oldest fall out
+        assert pairer.add_first(float(i), f"rgb{i}") is None
+        assert pairer.add_second(i + 0.5, f"depth{i}") is None
+    assert pairer.discarded == 4 and pairer.nearest_miss_s == pytest.approx(0.5)
+    assert pairer.add_first(4.5, "rgb-late") == ("rgb-late", "depth4", 4.5)
+    assert pairer.discarded == 4 + 3 + 2  # the match overtook 3 waiting colour and 2 depth images
+
+
+def test_camera_info_cache_gives_each_image_the_info_with_its_stamp():
+    from leovl_ros.ros.sync import CameraInfoCache
+    cache = CameraInfoCache(first_wait_s=5.0, match_wait_s=5.0)
+    threading.Timer(0.05, cache.add, (1.0, "info@1")).start()
+    assert cache.get(1.0) == "info@1"  # the first image waited for its info
+    cache.add(2.0, "info@2")
+    threading.Timer(0.05, cache.add, (3.0, "info@3")).start()
+    assert cache.get(3.0) == "info@3"  # stamped like the images: waits for its own, not the latest
+    latched = CameraInfoCache(first_wait_s=0.0, match_wait_s=5.0)
+    latched.add(0.0, "once")
+    assert latched.get(7.0) == "once"  # a driver that publishes one info: the latest, no wait

@@ -45,7 +45,7 @@ def grid_cloud(vmap: VoxelMap, config: GridConfig) -> tuple[np.ndarray, np.ndarr
     z = z_sum / torch.zeros(T).index_add_(0, pos[hit], torch.ones(int(hit.sum())))
     x = grid.features - grid.features.mean(0)  # (T, d)
     summary = torch.zeros(T)
-    if T > 1:
+    if T > 1 and bool(torch.isfinite(x).all()):  # a display must not fail on a corrupted map
         v = torch.linalg.svd(x, full_matrices=False).Vh[0]  # (d,)
         v = v * torch.sign(v[v.abs().argmax()])  # fix the SVD's sign ambiguity
         p = x @ v

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from ..geometry import Intrinsics
 from ..model.config import GenerationConfig
 
-__all__ = ["ASK_TASKS", "AssistantConfig", "Interaction", "RGBDFrame", "Reply", "RequestRefused", "SceneStats",
+__all__ = ["ASK_TASKS", "AssistantConfig", "Interaction", "RGBDFrame", "Reply", "RequestControl", "RequestRefused",
+           "SceneStats",
            "split_plan_steps"]
 
 ASK_TASKS = ("qa", "dialogue", "object_caption", "scene_caption")
@@ -35,6 +38,8 @@ class AssistantConfig:
     max_pending_requests: int = 4
     request_timeout: float = 60.0  # s waiting for the model
     scene_dir: str = "~/.ros/leovl_scenes"
+    scene_write_dirs: tuple[str, ...] = ()  # more directories save_scene may write to
+    interaction_log: str = ""  # JSONL file every interaction is appended to ("" = none)
     generation: GenerationConfig | None = None  # None = the model's
 
     def __post_init__(self) -> None:
@@ -96,10 +101,25 @@ class SceneStats:
     newest_frame_stamp_s: float | None
     model: str
     drops: dict[str, int]  # frames_dropped by reason
+    pending_requests: int = 0  # being answered or waiting for the model
+    worker_restarts: int = 0  # mapping worker deaths (restarted)
 
 
 class RequestRefused(Exception):
     """A request that cannot be served; the message tells the user what to do."""
+
+
+@dataclass
+class RequestControl:
+    """Progress and cancel of one long request (a ROS action goal).
+
+    ``progress(state, queue_position, partial_answer)`` is called while the request waits
+    ("queued") and after each generated token ("answering"); setting ``cancel`` stops the
+    wait or the generation at the next step.
+    """
+
+    progress: Callable[[str, int, str], None] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 _NUMBERED = re.compile(r"(?:^|(?<=\s))(?:step\s*)?\d{1,2}\s*[.):]\s+", re.IGNORECASE)

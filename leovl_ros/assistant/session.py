@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 import time
 import uuid
@@ -33,10 +34,11 @@ import torch
 from ..geometry import KeyframeSelector, cell_points, depth_to_metres
 from ..model.prompts import SceneQuery, plan_instruction
 from ..model.scene_tokens import check_map
-from ..voxel_map import VoxelMap
+from ..voxel_map import VoxelMap, remove_stale_temps
 from .grid_view import grid_cloud, grid_stats
-from .records import (ASK_TASKS, AssistantConfig, Interaction, RGBDFrame, Reply, RequestRefused, SceneStats,
-                      split_plan_steps)
+from .interaction_log import InteractionLog
+from .records import (ASK_TASKS, AssistantConfig, Interaction, RGBDFrame, Reply, RequestControl, RequestRefused,
+                      SceneStats, split_plan_steps)
 
 __all__ = ["SceneSession"]
 
@@ -75,13 +77,15 @@ class SceneSession:
         self._reset_state()
         self._sessions: OrderedDict[str, deque] = OrderedDict()
         self._interactions: OrderedDict[str, Interaction] = OrderedDict()
-        self._book_lock = threading.Lock()  # sessions + interactions
+        self._book_lock = threading.Lock()  # sessions + interactions + request queue
+        self._interaction_log = InteractionLog(config.interaction_log) if config.interaction_log else None
+        self._queue: dict[object, None] = {}  # requests answered or waiting, oldest first
         self._mailbox: tuple[RGBDFrame, int] | None = None
         self._busy = False  # the worker is encoding/fusing a keyframe
         self._wake = threading.Condition()
         self._closed = False
-        self._worker = threading.Thread(target=self._map_worker, name="leovl-mapping", daemon=True)
-        self._worker.start()
+        self.worker_restarts, self._worker_error = 0, ""
+        self._start_worker()
 
     # ------------------------------------------------------------------ mapping
     def _reset_state(self) -> None:
@@ -102,8 +106,8 @@ class SceneSession:
         with self._map_lock:
             self._received += 1
             self._drop(reason)
-        if detail and self._throttle(reason):
-            self._log("warn", f"dropping frames ({reason}): {detail}")
+        if detail:
+            self.warn_once(reason, "warn", f"dropping frames ({reason}): {detail}")
 
     def offer(self, frame: RGBDFrame) -> bool:
         """Queue ``frame`` for fusion if it is a keyframe; True if queued. Never blocks on the encoder."""
@@ -119,8 +123,8 @@ class SceneSession:
                 if not accepted:
                     self._drop("not a keyframe")
             epoch = self._epoch
-        if error and self._throttle("invalid pose"):
-            self._log("warn", f"dropping frames (invalid pose): {error}")
+        if error:
+            self.warn_once("invalid pose", "warn", f"dropping frames (invalid pose): {error}")
         if not accepted:
             return False
         with self._wake:
@@ -132,25 +136,52 @@ class SceneSession:
         return True
 
     def _map_worker(self) -> None:
-        while True:
-            with self._wake:
-                self._wake.wait_for(lambda: self._mailbox is not None or self._closed)
-                if self._closed:
-                    return
-                (frame, epoch), self._mailbox = self._mailbox, None
-                self._busy = True
-            try:
-                reason = self._fuse(frame, epoch)
-            except Exception as exc:  # a bad frame or encoder error must not stop mapping
-                reason = "error"
-                if self._throttle("fuse error"):
-                    self._log("error", f"could not fuse a keyframe: {type(exc).__name__}: {exc}")
-            if reason:
-                with self._map_lock:
-                    self._drop(reason)
+        try:
+            while True:
+                with self._wake:
+                    self._wake.wait_for(lambda: self._mailbox is not None or self._closed)
+                    if self._closed:
+                        return
+                    (frame, epoch), self._mailbox = self._mailbox, None
+                    self._busy = True
+                try:
+                    reason = self._fuse(frame, epoch)
+                except Exception as exc:  # a bad frame or encoder error must not stop mapping
+                    reason = "fuse error"
+                    self.warn_once("fuse error", "error", f"could not fuse a keyframe: {type(exc).__name__}: {exc}")
+                if reason:
+                    with self._map_lock:
+                        self._drop(reason)
+                with self._wake:
+                    self._busy = False
+                    self._wake.notify_all()
+        except BaseException as exc:  # reported by stats() and restarted there, never silently dead
+            self._worker_error = f"{type(exc).__name__}: {exc}"
             with self._wake:
                 self._busy = False
                 self._wake.notify_all()
+            raise
+
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._map_worker, name="leovl-mapping", daemon=True)
+        self._worker.start()
+
+    def _check_worker(self) -> None:
+        """Restart a mapping worker that died (a bug, not a bad frame); counted and logged."""
+        if self._closed or self._worker.is_alive():
+            return
+        self.worker_restarts += 1
+        self.warn_once("worker died", "error", f"the mapping worker died ({self._worker_error}); restarted "
+                                                f"({self.worker_restarts} restarts so far)")
+        self._start_worker()
+
+    def warn_once(self, key: str, level: str, text: str) -> None:
+        """Log ``text`` at most once per throttle period per ``key``; logging can never raise here."""
+        if self._throttle(key):
+            try:
+                self._log(level, text)
+            except Exception:  # a broken logger must not take mapping or a request down with it
+                pass
 
     def _fuse(self, frame: RGBDFrame, epoch: int) -> str:
         """Encode + back-project + fuse one keyframe; returns a drop reason or ''."""
@@ -159,12 +190,23 @@ class SceneSession:
         with np.errstate(invalid="ignore"):
             valid = np.count_nonzero((depth_m >= cfg.depth_min) & (depth_m <= cfg.depth_max))
         if valid == 0:
-            if self._throttle("no valid depth"):
-                self._log("warn", f"dropping frames: no depth in [{cfg.depth_min}, {cfg.depth_max}] m "
-                                  "(all zero/NaN/out of range; check the depth topic and its encoding)")
+            self.warn_once("no valid depth", "warn", f"dropping frames: no depth in [{cfg.depth_min}, "
+                            f"{cfg.depth_max}] m (all zero/NaN/out of range; check the depth topic and its encoding)")
             return "no valid depth"
+        reach = float(np.abs(frame.T_map_camera[:3, 3]).max()) + cfg.depth_max
+        if reach >= self._map.max_extent_m:
+            self.warn_once("pose out of range", "warn", f"dropping frames (pose out of range): the camera is "
+                            f"{reach - cfg.depth_max:.0f} m from the map origin, beyond the map's "
+                            f"+-{self._map.max_extent_m:.0f} m; give poses in a local map frame, not UTM/ECEF")
+            return "pose out of range"
         with self._encoder_lock:
             encoded = self.model.encoder.encode(np.ascontiguousarray(frame.rgb))
+        gh, gw = encoded.grid_hw
+        if gh > depth_m.shape[0] or gw > depth_m.shape[1]:
+            self.warn_once("depth too small", "warn", f"dropping frames (depth too small): the "
+                            f"{depth_m.shape[1]}x{depth_m.shape[0]} depth image is coarser than the {gw}x{gh} "
+                            "feature grid of the colour image; publish depth at (about) the colour resolution")
+            return "depth too small"
         points, cells = cell_points(depth_m, frame.intrinsics, frame.T_map_camera, encoded.grid_hw,
                                     cfg.depth_min, cfg.depth_max, cfg.min_valid_fraction)
         if cells.size == 0:
@@ -189,6 +231,8 @@ class SceneSession:
             self._closed = True
             self._wake.notify_all()
         self._worker.join(timeout=30.0)
+        if self._interaction_log is not None:
+            self._interaction_log.close()
 
     # ------------------------------------------------------------------ scene state
     def _apply_overrides(self) -> None:
@@ -211,13 +255,16 @@ class SceneSession:
 
     def stats(self) -> SceneStats:
         """Counters and CFG size now (coordinates only, no copy: cheap enough for ~1 Hz)."""
+        self._check_worker()
+        with self._book_lock:
+            pending = len(self._queue)
         with self._map_lock:
             if self._stats_cache is None or self._stats_cache[0] != self._version:
                 self._stats_cache = (self._version, grid_stats(self._map, self.model.config.grid))
             tokens, compression, preservation = self._stats_cache[1]
             return SceneStats(self._received, sum(self._drops.values()), self._fused, self._map.num_voxels, tokens,
                               compression, preservation, self._map.memory_bytes(), self._newest_stamp,
-                              self.model_name, dict(self._drops))
+                              self.model_name, dict(self._drops), pending, self.worker_restarts)
 
     def cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The current CFG cells for display, see :func:`grid_cloud`."""
@@ -238,19 +285,43 @@ class SceneSession:
             self._reset_state()
         return dropped
 
-    def _resolve(self, path: str, default_name: str | None = None) -> Path:
-        scene_dir = Path(self.config.scene_dir).expanduser()
-        if not path.strip():
-            if default_name is None:
-                raise RequestRefused("path is required")
-            path = default_name
+    def _resolve(self, path: str) -> Path:
         p = Path(path.strip()).expanduser()
-        return (p if p.is_absolute() else scene_dir / p).resolve()
+        return (p if p.is_absolute() else Path(self.config.scene_dir).expanduser() / p).resolve()
 
-    def save(self, path: str = "") -> tuple[Path, int]:
-        """Write the scene atomically; '' = <scene_dir>/scene_<time>.safetensors, relative = under scene_dir."""
+    def writable_dirs(self) -> list[Path]:
+        """Where save_scene may write: scene_dir and the scene_write_dirs allow-list."""
+        return [Path(d).expanduser().resolve() for d in (self.config.scene_dir, *self.config.scene_write_dirs) if d]
+
+    def remove_stale_temps(self) -> list[Path]:
+        """Delete temp files of saves killed mid-write (start-up clean-up of every writable dir)."""
+        return [p for d in self.writable_dirs() if d.is_dir() for p in remove_stale_temps(d)]
+
+    def _save_target(self, path: str, overwrite: bool) -> Path:
+        """The file a save writes: inside a writable dir, never over a non-scene without ``overwrite``."""
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
-        target = self._resolve(path, f"scene_{stamp}.safetensors")
+        default_name = f"scene_{stamp}.safetensors"
+        if not path.strip():
+            path = default_name
+        target = self._resolve(path)
+        if path.strip().endswith(("/", os.sep)) or target.is_dir():
+            target = target / default_name
+        allowed = self.writable_dirs()
+        if not any(target.is_relative_to(d) for d in allowed):
+            raise RequestRefused(f"refusing to write {target}: scenes are saved only under "
+                                 f"{', '.join(map(str, allowed))} (parameters scene_dir, scene_write_dirs)")
+        if target.exists() and not overwrite:
+            try:
+                VoxelMap.load(target)
+            except (ValueError, OSError) as exc:
+                raise RequestRefused(f"refusing to replace {target}: it is not a readable scene ({exc}); "
+                                     "set overwrite=true to replace it anyway") from exc
+        return target
+
+    def save(self, path: str = "", overwrite: bool = False) -> tuple[Path, int]:
+        """Write the scene atomically; '' = <scene_dir>/scene_<time>.safetensors, relative = under
+        scene_dir, a directory (or a path ending in '/') = a new scene_<time> file in it."""
+        target = self._save_target(path, overwrite)
         shared, newest = self._scene()
         vmap = copy.copy(shared)  # same tensors (save only reads them), own metadata dict
         vmap.metadata = {**shared.metadata, "scene_stamp": "" if newest is None else repr(newest)}
@@ -262,6 +333,8 @@ class SceneSession:
 
     def load(self, path: str) -> tuple[Path, int]:
         """Replace the scene by a saved one; on any error the current scene is unchanged."""
+        if not path.strip():
+            raise RequestRefused("path is required")
         target = self._resolve(path)
         try:
             vmap = VoxelMap.load(target)
@@ -295,9 +368,22 @@ class SceneSession:
                 self._sessions[record.session_id] = turns  # most recently used last
                 while len(self._sessions) > self.config.max_sessions:
                     self._sessions.popitem(last=False)
+        self._log_interaction(record)
+
+    def _log_interaction(self, record: Interaction) -> None:
+        """Append to the durable log; a failing disk is reported, never fails the request."""
+        if self._interaction_log is None:
+            return
+        try:
+            self._interaction_log.append(record)
+        except (OSError, ValueError) as exc:
+            if self._throttle("interaction log"):
+                self._log("error", f"cannot append to the interaction log {self._interaction_log.path}: {exc}; "
+                                   "the interaction is only published on interactions")
 
     def ask(self, question: str, situation: str = "", task: str = "", session_id: str = "",
-            anchor: tuple[float, float, float] | None = None, anchor_radius: float = 0.0) -> Reply:
+            anchor: tuple[float, float, float] | None = None, anchor_radius: float = 0.0,
+            control: RequestControl | None = None) -> Reply:
         """Answer a question / dialogue turn / caption request; raises RequestRefused."""
         task = task.strip() or ("dialogue" if session_id else "qa")
         if task not in ASK_TASKS:
@@ -316,14 +402,14 @@ class SceneSession:
                            tuple(float(v) for v in anchor) if anchor is not None else None, radius)
         record = Interaction(uuid.uuid4().hex, session_id, "ask", task, question.strip(), situation.strip(),
                              query.anchor_center, radius or 0.0)
-        return self._answer(query, record)
+        return self._answer(query, record, control)
 
-    def plan(self, goal: str, session_id: str = "") -> Reply:
+    def plan(self, goal: str, session_id: str = "", control: RequestControl | None = None) -> Reply:
         """A step-by-step plan for ``goal`` in the mapped scene; raises RequestRefused."""
         self._check_text("goal", goal)
         query = SceneQuery("plan", plan_instruction(goal), history=self.history(session_id))
         record = Interaction(uuid.uuid4().hex, session_id, "plan", "plan", goal.strip())
-        reply = self._answer(query, record)
+        reply = self._answer(query, record, control)
         reply.steps = split_plan_steps(reply.answer)
         return reply
 
@@ -334,40 +420,81 @@ class SceneSession:
             raise RequestRefused(f"{name} has {len(text)} characters; the limit is {self.config.max_question_chars} "
                                  "(parameter max_question_chars)")
 
-    def _answer(self, query: SceneQuery, record: Interaction) -> Reply:
+    def _answer(self, query: SceneQuery, record: Interaction, control: RequestControl | None = None) -> Reply:
         start = time.monotonic()
+        control = control or RequestControl()
         if self.stats().num_voxels == 0:
             raise RequestRefused("the scene is empty: no keyframe has been fused yet; check that rgb, depth, "
                                  "camera_info and poses arrive (see scene_status), or load_scene a saved one")
         if not self._slots.acquire(blocking=False):
             raise RequestRefused(f"busy: {self.config.max_pending_requests} requests are already being answered "
                                  "or waiting (parameter max_pending_requests); retry shortly")
+        ticket = object()
+        with self._book_lock:
+            self._queue[ticket] = None
         try:
-            if not self._model_lock.acquire(timeout=self.config.request_timeout):
-                raise RequestRefused(f"the model stayed busy for {self.config.request_timeout:.0f} s (long answers "
-                                     "or an adapter swap); retry later")
+            self._wait_for_model(ticket, control)
             try:
-                scene, newest = self._scene()
-                tokens = grid_stats(scene, self.model.config.grid)[0]
-                if scene.num_voxels == 0:
-                    raise RequestRefused("the scene was reset while this request waited; ask again once mapped")
-                try:
-                    answer = self.model.generate([scene], [query], self.config.generation)[0]
-                    grounding = (self.model.grounding_score(scene, query, answer)
-                                 if self.config.compute_grounding and answer else 0.0)
-                except Exception as exc:
-                    if self._throttle("model failure"):
-                        self._log("error", f"model failure on {record.kind}: {type(exc).__name__}: {exc}")
-                    raise RequestRefused(f"the model failed ({type(exc).__name__}: {exc}); see the node log") from exc
+                answer, grounding, newest, tokens = self._generate(query, record, control)
             finally:
                 self._model_lock.release()
         finally:
+            with self._book_lock:
+                del self._queue[ticket]
             self._slots.release()
         record.answer, record.scene_stamp_s, record.scene_tokens = answer, newest, tokens
         record.grounding_score, record.latency = float(grounding), time.monotonic() - start
         self._remember(record)
         message = "" if answer else "the model wrote an empty answer; give the right one with scene_feedback"
         return Reply(bool(answer), message, answer, record)
+
+    def _wait_for_model(self, ticket: object, control: RequestControl) -> None:
+        """Take the model lock, reporting the queue position; RequestRefused on timeout or cancel."""
+        deadline = time.monotonic() + self.config.request_timeout
+        reported = None
+        while not self._model_lock.acquire(timeout=0.05):
+            if control.cancel.is_set():
+                raise RequestRefused("cancelled while waiting for the model")
+            if time.monotonic() > deadline:
+                raise RequestRefused(f"the model stayed busy for {self.config.request_timeout:.0f} s (long answers "
+                                     "or an adapter swap); retry later")
+            with self._book_lock:
+                position = list(self._queue).index(ticket)
+            if control.progress is not None and position != reported:
+                reported = position
+                control.progress("queued", position, "")
+        if control.cancel.is_set():
+            self._model_lock.release()
+            raise RequestRefused("cancelled while waiting for the model")
+
+    def _generate(self, query: SceneQuery, record: Interaction,
+                  control: RequestControl) -> tuple[str, float, float | None, int]:
+        """(answer, grounding score, scene stamp, scene tokens); the caller holds the model lock."""
+        scene, newest = self._scene()
+        tokens = grid_stats(scene, self.model.config.grid)[0]
+        if scene.num_voxels == 0:
+            raise RequestRefused("the scene was reset while this request waited; ask again once mapped")
+
+        def on_step(text: str) -> bool:
+            if control.progress is not None:
+                control.progress("answering", 0, text)
+            return control.cancel.is_set()
+
+        try:
+            answer = self.model.generate([scene], [query], self.config.generation, on_step=on_step)[0]
+            if control.cancel.is_set():
+                raise RequestRefused("cancelled while answering")
+            grounding = (self.model.grounding_score(scene, query, answer)
+                         if self.config.compute_grounding and answer else 0.0)
+        except RequestRefused:
+            raise
+        except Exception as exc:
+            self.warn_once("model failure", "error", f"model failure on {record.kind}: {type(exc).__name__}: {exc}")
+            raise RequestRefused(f"the model failed ({type(exc).__name__}: {exc}); see the node log") from exc
+        if not math.isfinite(grounding):
+            self.warn_once("non-finite score", "error", "the model gives non-finite scores: its weights are broken")
+            raise RequestRefused("the model produced non-finite scores (broken weights?); load another adapter")
+        return answer, grounding, newest, tokens
 
     def feedback(self, interaction_id: str, corrected_answer: str, comment: str = "") -> Interaction:
         """The feedback record for an earlier interaction (to publish); raises RequestRefused."""
@@ -378,8 +505,10 @@ class SceneSession:
         if original is None:
             raise RequestRefused(f"unknown interaction_id {interaction_id!r} (only the last "
                                  f"{self.config.max_interactions} interactions are kept)")
-        return replace(original, kind="feedback", corrected_answer=corrected_answer.strip(), latency=0.0,
-                       comment=comment.strip())
+        record = replace(original, kind="feedback", corrected_answer=corrected_answer.strip(), latency=0.0,
+                         comment=comment.strip())
+        self._log_interaction(record)
+        return record
 
     # ------------------------------------------------------------------ adapters
     def load_adapter(self, bundle_path: str) -> str:

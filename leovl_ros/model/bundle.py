@@ -13,6 +13,7 @@ machines for the same checkpoint.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -122,6 +123,41 @@ def _check_adapter(path: Path, adapter: dict[str, torch.Tensor], expected: dict[
                          f"missing {missing}, unexpected {extra}, wrong shapes {wrong}")
 
 
+def _check_finite(file: Path, tensors: dict[str, torch.Tensor]) -> None:
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{file} holds NaN/inf weights ({len(bad)} tensors, e.g. {bad[0]}): a diverged or "
+                         "corrupted training run")
+
+
+def check_full_config(path: Path, hidden_size: int) -> None:
+    """A full bundle's config.json must exist and describe a Qwen2.5-VL of the bundle's width:
+    without it transformers would build a default 7B-size model (tens of GB) instead."""
+    file = path / "config.json"
+    if not file.is_file():
+        raise ValueError(f"full bundle {path} has model weights but no config.json")
+    try:
+        qwen = json.loads(file.read_text())
+        width = (qwen.get("text_config") or {}).get("hidden_size", qwen.get("hidden_size"))
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ValueError(f"{file} is not a readable model config: {exc}") from exc
+    if qwen.get("model_type") != "qwen2_5_vl" or width != hidden_size:
+        raise ValueError(f"{file} describes model_type {qwen.get('model_type')!r} with hidden size {width}; "
+                         f"the bundle needs a qwen2_5_vl model of hidden size {hidden_size}")
+
+
+def _load_full_weights(path: Path, config: LeoVLConfig, dtype: torch.dtype, device) -> torch.nn.Module:
+    check_full_config(path, config.hidden_size)
+    try:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            str(path), dtype=dtype, local_files_only=True, use_safetensors=True).to(device).eval()
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:  # truncated, missing or misshapen files
+        raise ValueError(f"cannot read the model weights of {path} (truncated or corrupted?): "
+                         f"{type(exc).__name__}: {exc}") from exc
+    _check_finite(path / "model.safetensors", dict(model.named_parameters()))
+    return model
+
+
 def load_bundle(leovl: "LeoVL", path: Path, weights_loaded: bool = False) -> None:
     """Everything is read and checked before the live model changes (safe hot swap).
 
@@ -135,6 +171,7 @@ def load_bundle(leovl: "LeoVL", path: Path, weights_loaded: bool = False) -> Non
             f"but the loaded base {leovl.config.base_model!r} has hidden size {leovl.config.hidden_size}"
         )
     config.base_model = meta.get("base_model", config.base_model)
+    _check_finite(path / HEADS_FILE, heads_state)
     heads = SceneHeads(config).to(leovl.device)
     try:
         heads.load_state_dict(heads_state, strict=True)
@@ -156,14 +193,14 @@ def load_bundle(leovl: "LeoVL", path: Path, weights_loaded: bool = False) -> Non
         except (SafetensorError, OSError) as exc:
             raise ValueError(f"{path / ADAPTER_WEIGHTS} is not a readable safetensors file: {exc}") from exc
         _check_adapter(path, adapter, _expected_lora_shapes(model, config))
+        _check_finite(path / ADAPTER_WEIGHTS, adapter)
         if leovl.peft_model is not None:
             model = leovl.peft_model.unload()  # drop the old LoRA layers, keep the base weights
     elif weights_loaded:
         if leovl.peft_model is not None:
             model = leovl.peft_model.unload()  # untrained LoRA of the fresh model: base weights unchanged
     else:
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(path), dtype=leovl.dtype, local_files_only=True, use_safetensors=True).to(leovl.device).eval()
+        model = _load_full_weights(path, config, leovl.dtype, leovl.device)
 
     leovl.model, leovl.peft_model, leovl.config, leovl.heads = model, None, config, heads
     leovl.base_fingerprint = leovl._fingerprint()

@@ -13,12 +13,13 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import GenerationConfig as HFGenerationConfig
-from transformers import LogitsProcessorList, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (LogitsProcessorList, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, StoppingCriteria,
+                          StoppingCriteriaList)
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from ..cfg import CondensedGrid
@@ -280,8 +281,12 @@ class LeoVL:
 
     @torch.no_grad()
     def generate(self, scenes: Sequence[VoxelMap | None], queries: Sequence[SceneQuery],
-                 generation: GenerationConfig | None = None) -> list[str]:
+                 generation: GenerationConfig | None = None,
+                 on_step: Callable[[str], bool] | None = None) -> list[str]:
         """Answers for a batch of (scene, query) pairs; beam search by default (paper settings).
+
+        ``on_step(text)`` is called after every generated token with the first query's best
+        hypothesis so far (the top beam); returning True stops generation (cancel).
 
         The repetition penalty covers generated tokens only (the prompt is embeddings; as
         in LEO). It is passed as our own processor because transformers 5 maps left-padding
@@ -294,8 +299,10 @@ class LeoVL:
         if gen.repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(float(gen.repetition_penalty)))
         self.model.model.rope_deltas = None  # batch size and padding differ from the last call
+        stopping = StoppingCriteriaList([_StepHook(self.tokenizer, on_step)] if on_step is not None else [])
         out = self.model.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                                  generation_config=self._hf_generation_config(gen), logits_processor=processors)
+                                  generation_config=self._hf_generation_config(gen), logits_processor=processors,
+                                  stopping_criteria=stopping)
         self.model.model.rope_deltas = None
         # With inputs_embeds only, generate() returns just the new tokens.
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
@@ -308,6 +315,22 @@ class LeoVL:
     def load_bundle(self, path: str | Path) -> None:
         """Hot-swap a bundle saved by :meth:`save_bundle`; mismatched base -> ValueError."""
         bundle_io.load_bundle(self, Path(path))
+
+
+class _StepHook(StoppingCriteria):
+    """Streams the top hypothesis to a callback and stops every sequence when it says so.
+
+    Stopping criteria see the running sequences sorted best first (beam search passes its
+    top-k continuations), so row 0 is the first query's best hypothesis at every step; a
+    ``TextStreamer`` would not do: transformers refuses streamers with beam search.
+    """
+
+    def __init__(self, tokenizer, on_step: Callable[[str], bool]) -> None:
+        self.tokenizer, self.on_step = tokenizer, on_step
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        stop = bool(self.on_step(self.tokenizer.decode(input_ids[0], skip_special_tokens=True).strip()))
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 def count_trainable_parameters(qwen_config: Qwen2_5_VLConfig, leovl_config: LeoVLConfig) -> dict[str, int]:

@@ -22,17 +22,20 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from ..assistant import AssistantConfig, Interaction, RGBDFrame, RequestRefused, SceneSession
+from ..assistant import AssistantConfig, Interaction, RGBDFrame, RequestControl, RequestRefused, SceneSession
+from ..assistant.health import HealthMonitor
 from ..geometry import Intrinsics
 from ..msg import Interaction as InteractionMsg
 from ..msg import Plan, PlanStep, SceneStatus
 from ..srv import AskScene, Feedback, LoadAdapter, LoadScene, PlanTask, SaveScene
 from .conversions import (grid_cloud_msg, image_to_depth, image_to_rgb, intrinsics_from_camera_info,
                           seconds_to_stamp, stamp_to_seconds, xyz_quat_to_matrix)
+from .assistant_actions import RequestActions
+from .diagnostics import DiagnosticsPublisher
 from .model_source import ParameterError, load_model, resolve_model
 from .params import ASSISTANT_PARAMETERS, DTYPES, POSE_SOURCES
 from .pose_sources import make_pose_source
-from .sync import ApproximateTimePairer, PoseLookupError
+from .sync import ApproximateTimePairer, CameraInfoCache, PoseLookupError
 
 __all__ = ["AssistantNode", "main"]
 
@@ -41,6 +44,9 @@ __all__ = ["AssistantNode", "main"]
 _SERVICE_QOS = QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE)
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 _RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+
+_ASPECT_TOLERANCE = 0.02  # depth registered to colour at another resolution keeps the aspect ratio
 
 
 class _Drop(Exception):
@@ -74,7 +80,8 @@ class AssistantNode(Node):
                 "keyframe_translation", "keyframe_rotation_deg", "max_keyframe_rate", "depth_min", "depth_max",
                 "min_valid_fraction", "max_voxels", "voxel_size", "max_tokens", "max_question_chars",
                 "history_turns", "max_sessions", "max_interactions", "default_anchor_radius", "compute_grounding",
-                "max_pending_requests", "request_timeout", "scene_dir")})
+                "max_pending_requests", "request_timeout", "scene_dir", "interaction_log")},
+                scene_write_dirs=tuple(d for d in p["scene_write_dirs"].split(":") if d.strip()))
         except ValueError as exc:
             raise ParameterError(f"invalid parameters: {exc}") from exc
         source = resolve_model(p["model"], p["adapter"], p["allow_network"])
@@ -84,17 +91,25 @@ class AssistantNode(Node):
         self.max_pending_requests = config.max_pending_requests
         self._camera_frame, self._rectified = p["camera_frame"], p["rectified"]
         self._publish_grid = p["publish_grid"]
-        self.session = SceneSession(model, config, source.name, self._log, log_period_s=p["log_throttle"])
+        try:
+            self.session = SceneSession(model, config, source.name, self._log, log_period_s=p["log_throttle"])
+        except ValueError as exc:  # e.g. an interaction_log that cannot be opened
+            raise ParameterError(str(exc)) from exc
+        for stale in self.session.remove_stale_temps():
+            self.get_logger().info(f"removed {stale}, left by a save that was killed mid-write")
 
         sensors = MutuallyExclusiveCallbackGroup()
         services, timers = ReentrantCallbackGroup(), MutuallyExclusiveCallbackGroup()
-        self._info: tuple[CameraInfo, Intrinsics | None, str] | None = None
+        # camera_info has its own callback group, so an image can wait for the info sent with it.
+        self._infos: CameraInfoCache[tuple[Intrinsics | None, str]] = CameraInfoCache()
+        self._unpaired_logged = 0
         self._rgb_sub = self.create_subscription(Image, p["rgb_topic"], self._on_rgb, qos_profile_sensor_data,
                                                  callback_group=sensors)
         self._depth_sub = self.create_subscription(Image, p["depth_topic"], self._on_depth, qos_profile_sensor_data,
                                                    callback_group=sensors)
         self._info_sub = self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_info,
-                                                  qos_profile_sensor_data, callback_group=sensors)
+                                                  qos_profile_sensor_data,
+                                                  callback_group=MutuallyExclusiveCallbackGroup())
 
         self._plan_pub = self.create_publisher(Plan, "plan", _LATCHED)
         self._status_pub = self.create_publisher(SceneStatus, "scene_status", 10)
@@ -107,6 +122,9 @@ class AssistantNode(Node):
             (LoadAdapter, "load_adapter", self._load_adapter),
         ):
             self.create_service(srv_type, name, handler, qos_profile=_SERVICE_QOS, callback_group=services)
+        self._actions = RequestActions(self, self._fill_ask, self._fill_plan, services)
+        self._diagnostics = DiagnosticsPublisher(self, HealthMonitor(config.max_pending_requests, config.max_voxels,
+                                                                     p["device"]))
         self._grid_version = -1
         self._status_timer = self.create_timer(1.0 / max(p["status_rate"], 1e-3), self._on_status,
                                                callback_group=timers)
@@ -116,8 +134,18 @@ class AssistantNode(Node):
 
     # ------------------------------------------------------------------ helpers
     def _log(self, level: str, text: str) -> None:
+        """Never raises. One call site per severity: rclpy refuses a second severity from the
+        same call site (ValueError), which used to kill the mapping thread."""
         logger = self.get_logger()
-        {"warn": logger.warning, "error": logger.error}.get(level, logger.info)(text)
+        try:
+            if level == "error":
+                logger.error(text)
+            elif level == "warn":
+                logger.warning(text)
+            else:
+                logger.info(text)
+        except Exception as exc:  # the message must not be lost with the logger
+            print(f"[leovl_assistant] {level}: {text} (logger failed: {exc})", file=sys.stderr, flush=True)
 
     def _now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -126,23 +154,32 @@ class AssistantNode(Node):
         return Header(stamp=self.get_clock().now().to_msg(), frame_id=self._map_frame)
 
     def destroy_node(self) -> None:
+        self._actions.destroy()
         self.session.close()
         super().destroy_node()
 
     # ------------------------------------------------------------------ sensors
     def _on_info(self, msg: CameraInfo) -> None:
         try:
-            self._info = (msg, intrinsics_from_camera_info(msg, self._rectified), "")
+            info = (intrinsics_from_camera_info(msg, self._rectified), "")
         except ValueError as exc:
-            self._info = (msg, None, str(exc))
+            info = (None, str(exc))
+        self._infos.add(stamp_to_seconds(msg.header.stamp), info)
 
     def _on_rgb(self, msg: Image) -> None:
-        pair = self._pairer.add_first(stamp_to_seconds(msg.header.stamp), msg)
-        if pair is not None:
-            self._on_pair(*pair)
+        self._paired(self._pairer.add_first(stamp_to_seconds(msg.header.stamp), msg))
 
     def _on_depth(self, msg: Image) -> None:
-        pair = self._pairer.add_second(stamp_to_seconds(msg.header.stamp), msg)
+        self._paired(self._pairer.add_second(stamp_to_seconds(msg.header.stamp), msg))
+
+    def _paired(self, pair: tuple[Image, Image, float] | None) -> None:
+        if self._pairer.discarded > self._unpaired_logged:
+            self._unpaired_logged = self._pairer.discarded
+            gap = self._pairer.nearest_miss_s
+            self.session.warn_once("unpaired", "warn", (
+                f"{self._pairer.discarded} colour/depth images found no partner within sync_slop="
+                f"{self._pairer.slop_s} s" + ("" if gap is None else f" (nearest stamp gap seen: {gap:.3f} s)")
+                + "; check that both cameras stamp from one clock, or raise sync_slop"))
         if pair is not None:
             self._on_pair(*pair)
 
@@ -156,9 +193,10 @@ class AssistantNode(Node):
 
     def _frame(self, rgb_msg: Image, depth_msg: Image, stamp_s: float) -> RGBDFrame:
         """Views of both images + intrinsics + pose; raises _Drop. O(1) in the image size."""
-        if self._info is None:
+        info = self._infos.get(stamp_s)
+        if info is None:
             raise _Drop("no camera_info", f"nothing received on {self._info_sub.topic_name} yet")
-        info, intrinsics, error = self._info
+        intrinsics, error = info
         if intrinsics is None:
             raise _Drop("bad camera_info", error)
         try:
@@ -170,6 +208,10 @@ class AssistantNode(Node):
             raise _Drop("bad camera_info", f"camera_info is for {intrinsics.width}x{intrinsics.height} but the "
                                            f"colour image is {rgb.shape[1]}x{rgb.shape[0]}")
         if depth.shape != rgb.shape[:2]:  # registered depth at another resolution: same view, scaled
+            (h, w), (H, W) = depth.shape, rgb.shape[:2]
+            if abs(w / h - W / H) > _ASPECT_TOLERANCE * W / H:
+                raise _Drop("depth size mismatch", f"the {w}x{h} depth image has another aspect ratio than the "
+                                                   f"{W}x{H} colour image, so it is not registered to it")
             intrinsics = intrinsics.scaled(depth.shape[1], depth.shape[0])
         try:
             T = self._pose.lookup(stamp_s, self._camera_frame or rgb_msg.header.frame_id)
@@ -179,15 +221,25 @@ class AssistantNode(Node):
 
     # ------------------------------------------------------------------ status
     def _on_status(self) -> None:
+        try:
+            self._publish_status()
+        except Exception as exc:  # a report that fails must not stop the timer or the node
+            self.session.warn_once("status", "error", f"scene_status failed: {type(exc).__name__}: {exc}")
+
+    def _publish_status(self) -> None:
         s = self.session.stats()
         now = self._now_s()
+        reasons = sorted(s.drops)
         msg = SceneStatus(
             header=self._header(), frames_received=s.frames_received, frames_dropped=s.frames_dropped,
+            drop_reasons=reasons, drop_counts=[s.drops[r] for r in reasons], images_unpaired=self._pairer.discarded,
             keyframes_fused=s.keyframes_fused, num_voxels=s.num_voxels, num_tokens=s.num_tokens,
             compression_rate=s.compression_rate, preservation_rate=s.preservation_rate,
-            memory_bytes=s.memory_bytes, model=s.model,
+            memory_bytes=s.memory_bytes, model=s.model, pending_requests=s.pending_requests,
+            worker_restarts=s.worker_restarts,
             newest_frame_age=-1.0 if s.newest_frame_stamp_s is None else max(0.0, now - s.newest_frame_stamp_s))
         self._status_pub.publish(msg)
+        self._diagnostics.publish(s, self._pairer.discarded, msg.header)
         version = self.session.version()
         if self._publish_grid and version != self._grid_version and self._grid_pub.get_subscription_count() > 0:
             xyz, intensity, voxels = self.session.cloud()
@@ -221,10 +273,14 @@ class AssistantNode(Node):
         return msg
 
     def _ask(self, req: AskScene.Request, res: AskScene.Response) -> AskScene.Response:
+        return self._fill_ask(req, res, None)
+
+    def _fill_ask(self, req, res, control: RequestControl | None):
+        """Answer an AskScene request or action goal into its response or result (same fields)."""
         a = req.anchor_point
         anchor = (a.x, a.y, a.z) if req.use_anchor else None
         reply = self._serve(res, "ask_scene", lambda: self.session.ask(
-            req.question, req.situation, req.task, req.session_id, anchor, req.anchor_radius))
+            req.question, req.situation, req.task, req.session_id, anchor, req.anchor_radius, control))
         if reply is not None:
             r = reply.interaction
             res.success, res.message, res.answer, res.interaction_id = reply.success, reply.message, reply.answer, \
@@ -234,7 +290,11 @@ class AssistantNode(Node):
         return res
 
     def _plan(self, req: PlanTask.Request, res: PlanTask.Response) -> PlanTask.Response:
-        reply = self._serve(res, "plan_task", lambda: self.session.plan(req.goal, req.session_id))
+        return self._fill_plan(req, res, None)
+
+    def _fill_plan(self, req, res, control: RequestControl | None):
+        """Answer a PlanTask request or action goal into its response or result (same fields)."""
+        reply = self._serve(res, "plan_task", lambda: self.session.plan(req.goal, req.session_id, control))
         if reply is not None:
             r = reply.interaction
             steps = [PlanStep(index=i + 1, instruction=text) for i, text in enumerate(reply.steps)]
@@ -252,7 +312,7 @@ class AssistantNode(Node):
         return res
 
     def _save(self, req: SaveScene.Request, res: SaveScene.Response) -> SaveScene.Response:
-        done = self._serve(res, "save_scene", lambda: self.session.save(req.path))
+        done = self._serve(res, "save_scene", lambda: self.session.save(req.path, req.overwrite))
         if done is not None:
             res.success, res.path, res.num_voxels = True, str(done[0]), done[1]
         return res

@@ -30,6 +30,7 @@ from leovl_ros.srv import AskScene, PlanTask
 from ..synth.annotate import annotate_room
 from ..synth.language import PLAN_Q
 from ..synth.rooms import generate_room
+from .dds import use_large_image_profile
 from .model_source import BUNDLED_MODEL, TINY_RANDOM, ParameterError, resolve_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +56,7 @@ class Demo:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args, self.workdir = args, workdir
         self.domain_id = int(os.environ.get("ROS_DOMAIN_ID") or random.randint(1, 100))
+        use_large_image_profile()  # this process and its children: camera-size images arrive whole
         self.env = dict(os.environ, ROS_DOMAIN_ID=str(self.domain_id), ROS_LOCALHOST_ONLY="1",
                         ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
         self.context = rclpy.Context()
@@ -158,7 +160,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         print(f"[1/4] starting leovl_assistant (model={args.model}) on ROS domain {demo.domain_id} ...", flush=True)
         demo.start("assistant", "leovl_ros.ros.assistant_node",
                    ["--params-file", str(REPO / "config" / "assistant.yaml"), "-p", f"model:={args.model}",
-                    "-p", f"scene_dir:={workdir / 'scenes'}"])
+                    "-p", f"scene_dir:={workdir / 'scenes'}",
+                    "-p", f"interaction_log:={workdir / 'interactions.jsonl'}"])  # not the robot's own log
         demo.wait(lambda: demo.ask.service_is_ready() and demo.plan.service_is_ready(), args.timeout,
                   "the assistant's services")
         print(f"[2/4] streaming synthetic room {room.scene_id} ({len(room.objects)} objects, "

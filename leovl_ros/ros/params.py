@@ -69,6 +69,11 @@ ASSISTANT_PARAMETERS: dict[str, tuple[Any, str]] = {
     "request_timeout": (60.0, "s a request waits for the model (busy or swapping adapters) before it is refused"),
     # output
     "scene_dir": ("~/.ros/leovl_scenes", "where save_scene writes when given no or a relative path"),
+    "scene_write_dirs": ("", "more directories save_scene may write to, ':'-separated (scenes are never written "
+                             "outside scene_dir and these)"),
+    "interaction_log": ("~/.ros/leovl_interactions.jsonl",
+                        "JSONL file every question, plan and correction is appended to (fsync'd per record; "
+                        "'' = none); leovl-data from-bag --interaction-log turns it into training records"),
     "status_rate": (1.0, "scene_status publications per second"),
     "publish_grid": (True, "publish the condensed feature grid as a PointCloud2 on scene_grid (for RViz)"),
     "log_throttle": (5.0, "s between repeated warnings of the same kind"),

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-__all__ = ["ApproximateTimePairer", "PoseBuffer", "PoseLookupError"]
+__all__ = ["ApproximateTimePairer", "CameraInfoCache", "PoseBuffer", "PoseLookupError"]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -39,6 +39,8 @@ class ApproximateTimePairer(Generic[T, U]):
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.slop_s = float(slop_s)
         self._queues: tuple[deque, deque] = (deque(maxlen=queue_size), deque(maxlen=queue_size))
+        self.discarded = 0  # messages dropped without a partner (queue overflow or overtaken)
+        self.nearest_miss_s: float | None = None  # smallest stamp gap of a message that found no partner
 
     def add_first(self, stamp_s: float, item: T) -> tuple[T, U, float] | None:
         """Add a message of the first stream; returns (first, second, stamp of first) when paired."""
@@ -59,17 +61,61 @@ class ApproximateTimePairer(Generic[T, U]):
             if dt <= self.slop_s and (best is None or dt < best[1]):
                 best = (i, dt)
         if best is None:
-            self._queues[side].append((stamp_s, item))
+            if other:
+                gap = min(abs(s - stamp_s) for s, _ in other)
+                self.nearest_miss_s = gap if self.nearest_miss_s is None else min(self.nearest_miss_s, gap)
+            mine = self._queues[side]
+            self.discarded += len(mine) == mine.maxlen  # the oldest waiting message falls out
+            mine.append((stamp_s, item))
             return None
         other_stamp, other_item = other[best[0]]
         for _ in range(best[0] + 1):
             other.popleft()  # the match and everything that arrived before it
+        self.discarded += best[0]
         mine = self._queues[side]
         while mine and mine[0][0] <= stamp_s:
             mine.popleft()
+            self.discarded += 1
         if side == 0:
             return item, other_item, stamp_s
         return other_item, item, other_stamp
+
+
+class CameraInfoCache(Generic[T]):
+    """The camera_info for an image: the one with the image's stamp when the driver stamps
+    them alike (as image_transport's CameraPublisher does), else the latest.
+
+    camera_info and images arrive on different subscriptions, so an image may be handled
+    before the info sent with it. :meth:`get` waits up to ``first_wait_s`` for the first info
+    and, once infos have been seen carrying image stamps, up to ``match_wait_s`` for the
+    image's own; a driver that publishes one latched info never waits. Thread-safe.
+    """
+
+    def __init__(self, first_wait_s: float = 1.0, match_wait_s: float = 0.2, keep: int = 32) -> None:
+        self.first_wait_s, self.match_wait_s, self.keep = first_wait_s, match_wait_s, keep
+        self._latest: T | None = None
+        self._by_stamp: dict[float, T] = {}  # insertion order = arrival order
+        self._stamped = False  # an info has carried an image's stamp
+        self._cond = threading.Condition()
+
+    def add(self, stamp_s: float, info: T) -> None:
+        with self._cond:
+            self._latest = info
+            self._by_stamp[stamp_s] = info
+            while len(self._by_stamp) > self.keep:
+                del self._by_stamp[next(iter(self._by_stamp))]
+            self._cond.notify_all()
+
+    def get(self, stamp_s: float) -> T | None:
+        """The info for an image stamped ``stamp_s``; None if no info arrived in time."""
+        with self._cond:
+            if self._latest is None:
+                self._cond.wait_for(lambda: self._latest is not None, self.first_wait_s)
+            if self._stamped or self._latest is not None and stamp_s in self._by_stamp:
+                self._cond.wait_for(lambda: stamp_s in self._by_stamp, self.match_wait_s)
+            match = self._by_stamp.get(stamp_s)
+            self._stamped = self._stamped or match is not None
+            return match if match is not None else self._latest
 
 
 class PoseLookupError(LookupError):

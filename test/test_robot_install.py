@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def _robot_script(lines: list[str], **paths: Path) -> str:
 
 def _stand_in_ros(tmp: Path) -> Path:
     """A setup.bash exposing this venv's PyPI ROS 2 the way /opt/ros/jazzy/setup.bash exposes apt's."""
-    site = Path(next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix)))
+    site = Path(sysconfig.get_paths()["purelib"])
     hidden = set()
     for name in NOT_ON_A_ROBOT:
         try:
@@ -213,7 +214,8 @@ def test_readme_robot_install_builds_the_package_and_the_node_answers(tmp_path):
         assert (tmp_path / "ready").exists(), f"{tail(client_log)}\n--- recipe:\n{tail(log)}"
 
         # A camera: the synthetic room streamed from the test's own environment (standard messages only).
-        player_env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONPATH=str(REPO))
+        player_env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id),
+                          PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         player = start([sys.executable, "-m", "leovl_ros.ros.scene_player", "--ros-args", "-p", "num_frames:=6",
                         "-p", "rate:=10.0", "-p", "seed:=900001"], tmp_path / "player.log", cwd=REPO, env=player_env)
         assert player.wait(120) == 0, tail(tmp_path / "player.log")

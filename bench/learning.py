@@ -16,12 +16,15 @@ Ablations (paper §4.2) at this scale branch off the shared stage-2b model (obje
 training/tiny_model.py): each is a stage-3 SFT run (configs/leovl_tiny_sft.yaml) of the same
 reduced budget that changes one thing: ``grid.pos_z: none`` (no height RoPE),
 ``grid.grid: voxel_sample`` (a uniform voxel sample instead of the CFG), against the CFG
-itself at that budget; plus the shipped SFT model vs SFT + SceneDPO. TARGET_TYPES carry the
-issue's goal (>= 70 % EM with the scene, >= 30 points lower without it).
+itself at that budget; plus the shipped SFT model vs SFT + SceneDPO, whose pairs of each kind
+(the model's wrong answers, correct answers rephrased by rules or an endpoint, given pairs)
+are printed from the run's dpo_pairs.json. TARGET_TYPES carry the issue's goal (>= 70 % EM
+with the scene, >= 30 points lower without it).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -159,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     rooms = len({r.scene_id for r in records})
     print(f"\nEM on {len(records)} held-out questions from {rooms} rooms (greedy decoding)\n")
     print(fmt_table(rows))
+    pairs = Path(args.dpo).parent / "dpo_pairs.json"  # written by leovl-train dpo (training/scene_dpo.py)
+    if pairs.is_file():
+        info = json.loads(pairs.read_text())
+        print(f"\nSceneDPO pairs ({pairs}): {info['total']} = "
+              + ", ".join(f"{n} {kind}" for kind, n in info["pairs"].items())
+              + f"; from {info['generated']} generated answers: {info['mining']}")
     return 0
 
 

@@ -140,8 +140,8 @@ def format_table(report: dict[str, Any]) -> str:
     width = max([len(name) for name, _ in rows + bench] + [9])
 
     def line(name: str, entry: dict, columns: list[str]) -> str:
-        cells = [f"{entry[c]:>7}" if c == "count" else (f"{entry[c]:>7.2f}" if entry.get(c) is not None else f"{'-':>7}")
-                 for c in columns]
+        cells = [f"{entry[c]:>7}" if c == "count" else
+                 (f"{entry[c]:>7.2f}" if entry.get(c) is not None else f"{'-':>7}") for c in columns]
         return f"{name:<{width}}  " + "  ".join(cells)
 
     lines = [f"{'task':<{width}}  " + "  ".join(f"{heads.get(c, c)[:7]:>7}" for c in cols)]

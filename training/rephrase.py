@@ -129,7 +129,8 @@ class RuleRephraser:
         """Candidate edits, one rule at a time in the rule order: [(start, end, replacement)]."""
         yield [(i, i + 1, alt) for i, w in enumerate(words) if w in ("yes", "no") for alt in self.opposite[w]]
         yield [(i, i + 1, alt) for i, w in enumerate(words) for alt in self._numbers(w)]
-        yield [(i, i + 1, alt) for i, w in enumerate(words) if w not in ("yes", "no") for alt in self.opposite.get(w, [])]
+        yield [(i, i + 1, alt) for i, w in enumerate(words) if w not in ("yes", "no")
+               for alt in self.opposite.get(w, [])]
         colours = self.vocab.colours.get(scene_id, set())
         yield [(i, i + 1, alt) for i, w in enumerate(words) if _colour_group(w)
                for alt in sorted(colours - _colour_group(w))]

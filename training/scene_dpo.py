@@ -174,6 +174,9 @@ class SceneDPOStep:
         logp, tokens = policy(*_triples(self.scenes, batch, self.negatives, self.epoch))  # (3B,), (3B,)
         refs = {}
         if batch[0].reference is not None:
+            if self.epoch not in batch[0].reference_negative:
+                raise ValueError(f"no reference log-probs for epoch {self.epoch}: they were computed for "
+                                 f"{len(batch[0].reference_negative)} epochs (was max_steps raised on resume?)")
             ref = torch.tensor([(*it.reference, it.reference_negative[self.epoch]) for it in batch],
                                device=logp.device, dtype=logp.dtype)  # (B, 3)
             refs = {"ref_chosen": ref[:, 0], "ref_rejected": ref[:, 1], "ref_negative_scene": ref[:, 2]}

@@ -313,3 +313,15 @@ def test_camera_size_images_arrive_and_every_keyframe_is_fused(op, tmp_path):
     drops = _drops(status)
     assert set(drops) <= {"not a keyframe"}, drops  # none lost, none unfused for lack of time
     assert status.keyframes_fused >= 5 and status.images_unpaired == unpaired
+
+
+def test_the_node_logs_every_severity_from_its_one_log_function(ros_context):
+    """rclpy raises when one call site logs a second severity; the node's _log used to be one
+    call site for all, so warn-then-error killed the mapping thread (and error-then-warn the node)."""
+    from leovl_ros.ros.assistant_node import AssistantNode
+    node = rclpy.create_node("log_probe", context=ros_context)
+    try:
+        for level in ("warn", "error", "info", "warn", "error"):
+            AssistantNode._log(node, level, f"a {level} message")
+    finally:
+        node.destroy_node()

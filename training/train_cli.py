@@ -2,6 +2,7 @@
 
     leovl-train sft --config configs/sft.yaml
     leovl-train dpo --config configs/dpo.yaml --set optim.lr=1e-5 --set dpo.reference=initial
+    torchrun --nproc_per_node 8 -m training.train_cli sft --config configs/sft.yaml   # 8 GPUs
     accelerate launch -m training.train_cli sft --config configs/sft.yaml     # several GPUs
     leovl-train show-config                                                   # every key, with help
 
@@ -11,6 +12,7 @@ The result is an adapter bundle in ``<output_dir>/bundle`` (checkpoints in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import yaml
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"leovl-train {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.command}: {result.steps} steps; bundle: {result.bundle}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per launched process
+        print(f"{args.command}: {result.steps} steps; bundle: {result.bundle}")
     return 0
 
 

@@ -1,9 +1,15 @@
 """The training loop shared by SFT and SceneDPO: accelerate, AdamW + warmup/cosine, gradient
 accumulation and clipping, progress bar, periodic evaluation, checkpoints, exact resume.
 
+Multi-process (``torchrun`` / ``accelerate launch``, GPUs or CPU processes over gloo): each
+process takes every n-th batch of the epoch's order, gradients are averaged across processes
+(DDP), so n processes with accumulation k train like one process with accumulation n*k;
+only the main process writes checkpoints, bundles and logs. On a machine without CUDA the
+accelerator is told the CPU is the device, otherwise every launched process trains alone.
+
 Checkpoints (``output_dir/checkpoint-<step>/``, written to a temp folder and renamed):
 ``bundle/`` (the adapter bundle the node loads), ``trainer_state.safetensors`` (optimizer
-moments and RNG states; safetensors only, nothing is unpickled) and ``trainer_state.json``
+moments and every process's RNG state; safetensors only, nothing is unpickled) and ``trainer_state.json``
 (step, epoch, position in the epoch, scheduler, log history). Data order is a seeded
 permutation per epoch, so a resumed run skips the batches already seen and continues
 exactly as an uninterrupted run would.
@@ -20,11 +26,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
@@ -69,7 +75,20 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     # find_unused_parameters: the anchor only gets gradients from object-caption samples.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=mp, kwargs_handlers=[ddp])
+    # cpu=True without CUDA: accelerate only joins torchrun's processes (gloo) when told the
+    # CPU is the device; left alone, each process would train the whole data by itself.
+    return Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=mp, kwargs_handlers=[ddp],
+                       cpu=not torch.cuda.is_available())
+
+
+def prefetch_scenes(accelerator: Accelerator, scenes, scene_ids: Iterable[str], progress: bool) -> None:
+    """Fill the scene cache once: the main process builds the missing maps, then the others
+    read them from the cache (cache writes are atomic); prints how many each process built."""
+    with accelerator.main_process_first():
+        scenes.prefetch(scene_ids, progress=progress and accelerator.is_main_process)
+    built = gather_object([scenes.built])
+    accelerator.print(f"scene cache: {sum(built)} maps built (per process: {built}), {scenes.cache.hits} read by the "
+                      f"main process from {scenes.config.cache_dir}")
 
 
 def _optimizer(model: LeoVL, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -107,11 +126,13 @@ def find_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def _save_checkpoint(path: Path, model: LeoVL, optimizer, scheduler, state: dict, limit: int) -> None:
+def _save_checkpoint(path: Path, model: LeoVL, optimizer, scheduler, state: dict, limit: int,
+                     rng_states: list[torch.Tensor]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         model.save_bundle(tmp / "bundle")
         tensors = {"rng/torch": torch.get_rng_state()}
+        tensors.update({f"rng/torch/{rank}": s for rank, s in enumerate(rng_states)})
         if torch.cuda.is_available():
             tensors.update({f"rng/cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
         opt = optimizer.state_dict()
@@ -132,7 +153,7 @@ def _save_checkpoint(path: Path, model: LeoVL, optimizer, scheduler, state: dict
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_trainer_state(path: Path, optimizer, scheduler) -> dict:
+def _load_trainer_state(path: Path, optimizer, scheduler, rank: int = 0) -> dict:
     full = json.loads((path / "trainer_state.json").read_text())
     tensors = load_file(str(path / "trainer_state.safetensors"))
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -142,7 +163,7 @@ def _load_trainer_state(path: Path, optimizer, scheduler) -> dict:
             state.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": full.pop("param_groups")})
     scheduler.load_state_dict(full.pop("scheduler"))
-    torch.set_rng_state(tensors["rng/torch"])
+    torch.set_rng_state(tensors.get(f"rng/torch/{rank}", tensors["rng/torch"]))
     if torch.cuda.is_available():
         cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
         if len(cuda) == torch.cuda.device_count():
@@ -170,7 +191,7 @@ def train_loop(cfg: TrainConfig, accelerator: Accelerator, model: LeoVL, items: 
                               num_training_steps=total_steps)
     state = {"kind": kind, "global_step": 0, "epoch": 0, "batches_done": 0, "history": []}
     if ckpt is not None:
-        state.update(_load_trainer_state(ckpt, optimizer, scheduler))
+        state.update(_load_trainer_state(ckpt, optimizer, scheduler, accelerator.process_index))
         accelerator.print(f"resumed from {ckpt} at step {state['global_step']}")
     policy = Policy(model)
     policy, optimizer = accelerator.prepare(policy, optimizer)
@@ -178,6 +199,7 @@ def train_loop(cfg: TrainConfig, accelerator: Accelerator, model: LeoVL, items: 
     bar = tqdm(total=total_steps, initial=state["global_step"], desc=kind, unit="step",
                disable=not (cfg.progress and accelerator.is_main_process))
     window: dict[str, list[float]] = {}
+    samples = 0  # this process's samples since the last log entry
     metrics_file = out / "metrics.jsonl"
     if ckpt is None and accelerator.is_main_process:
         metrics_file.unlink(missing_ok=True)  # a fresh run starts a fresh log; a resumed one appends
@@ -214,6 +236,7 @@ def train_loop(cfg: TrainConfig, accelerator: Accelerator, model: LeoVL, items: 
                 accelerator.backward(loss)
                 for k, v in {"loss": float(loss.detach()), **logs}.items():
                     window.setdefault(k, []).append(v)
+                samples += len(batch)
                 state["batches_done"] += 1
                 if not accelerator.sync_gradients:
                     continue
@@ -230,7 +253,9 @@ def train_loop(cfg: TrainConfig, accelerator: Accelerator, model: LeoVL, items: 
                 means = {k: sum(v) / len(v) for k, v in window.items()}
                 means = {k: accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean").item()
                          for k, v in means.items()}
-                entry = {"step": step, "epoch": state["epoch"], "lr": scheduler.get_last_lr()[0], **means}
+                entry = {"step": step, "epoch": state["epoch"], "lr": scheduler.get_last_lr()[0], **means,
+                         "samples": int(accelerator.reduce(torch.tensor(samples, device=accelerator.device), "sum"))}
+                samples = 0
                 if grad_norm is not None:
                     entry["grad_norm"] = float(grad_norm)
                 log(entry)
@@ -239,9 +264,10 @@ def train_loop(cfg: TrainConfig, accelerator: Accelerator, model: LeoVL, items: 
                 evaluate()
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                 accelerator.wait_for_everyone()
+                rng_states = gather_object([torch.get_rng_state()])  # every process's, for an exact resume
                 if accelerator.is_main_process:
                     _save_checkpoint(out / f"checkpoint-{step}", model, optimizer, scheduler, state,
-                                     cfg.save_total_limit)
+                                     cfg.save_total_limit, rng_states)
             if step >= total_steps:
                 done = True
                 break

@@ -142,7 +142,9 @@ class LeoVL:
         for p in self.model.parameters():
             p.requires_grad_(False)
         if mode == "adapter" and self.peft_model is None:
-            self.peft_model = _inject_lora(self.model, self.config)
+            with torch.random.fork_rng(devices=[]):  # LoRA A's random init: the same in every run and process
+                torch.manual_seed(self._seed)
+                self.peft_model = _inject_lora(self.model, self.config)
         if mode == "full":
             for p in self.model.model.language_model.parameters():
                 p.requires_grad_(True)

@@ -15,6 +15,8 @@ from leovl_ros.msg import Interaction, Plan, PlanStep, SceneStatus  # noqa: E402
 from leovl_ros.srv import (  # noqa: E402
     AskScene, Feedback, LoadAdapter, LoadScene, PlanTask, SaveScene,
 )
+from leovl_ros.action import AskScene as AskSceneAction  # noqa: E402
+from leovl_ros.action import PlanTask as PlanTaskAction  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 
 
@@ -26,16 +28,25 @@ def test_every_interface_has_its_documented_fields():
                             "scene_tokens", "grounding_score"],
         PlanTask.Request: ["goal", "session_id"],
         PlanTask.Response: ["success", "message", "plan", "latency"],
-        SaveScene.Request: ["path"], SaveScene.Response: ["success", "message", "path", "num_voxels"],
+        SaveScene.Request: ["path", "overwrite"], SaveScene.Response: ["success", "message", "path", "num_voxels"],
         LoadScene.Request: ["path"], LoadScene.Response: ["success", "message", "path", "num_voxels"],
         Feedback.Request: ["interaction_id", "corrected_answer", "comment"],
         Feedback.Response: ["success", "message"],
         LoadAdapter.Request: ["bundle_path"], LoadAdapter.Response: ["success", "message", "model"],
         Plan: ["header", "goal", "steps", "raw_text", "interaction_id"],
         PlanStep: ["index", "instruction"],
-        SceneStatus: ["header", "frames_received", "frames_dropped", "keyframes_fused", "num_voxels",
-                      "num_tokens", "compression_rate", "preservation_rate", "memory_bytes",
-                      "newest_frame_age", "model"],
+        SceneStatus: ["header", "frames_received", "frames_dropped", "drop_reasons", "drop_counts",
+                      "images_unpaired", "keyframes_fused", "num_voxels", "num_tokens", "compression_rate",
+                      "preservation_rate", "memory_bytes", "newest_frame_age", "model", "pending_requests",
+                      "worker_restarts"],
+        AskSceneAction.Goal: ["question", "situation", "task", "session_id", "use_anchor", "anchor_point",
+                              "anchor_radius"],
+        AskSceneAction.Result: ["success", "message", "answer", "interaction_id", "latency", "scene_tokens",
+                                "grounding_score"],
+        PlanTaskAction.Goal: ["goal", "session_id"],
+        PlanTaskAction.Result: ["success", "message", "plan", "latency"],
+        AskSceneAction.Feedback: ["state", "queue_position", "partial_answer"],
+        PlanTaskAction.Feedback: ["state", "queue_position", "partial_answer"],
         Interaction: ["header", "interaction_id", "session_id", "kind", "task", "instruction",
                       "situation", "has_anchor", "anchor", "anchor_radius", "answer",
                       "corrected_answer", "comment", "scene_stamp", "scene_tokens", "grounding_score", "latency"],

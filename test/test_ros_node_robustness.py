@@ -298,7 +298,7 @@ def test_camera_size_images_arrive_and_every_keyframe_is_fused(op, tmp_path):
     """640x480 rgb8 (921,600 bytes) + 16UC1 at 15 Hz between processes, through the shipped
     Fast DDS profile (conftest exports it, as the launch file does on a robot)."""
     assert op.call("reset_scene", Trigger.Request()).success
-    unpaired = op.wait_status(lambda s: s.frames_received == 0, 20.0, "an empty scene").images_unpaired
+    op.wait_status(lambda s: s.frames_received == 0, 20.0, "an empty scene")
     frames = 30
     player = start("leovl_ros.ros.scene_player", [
         "-p", f"num_frames:={frames}", "-p", "rate:=15.0", "-p", "seed:=3", "-p", "width:=640", "-p", "height:=480",
@@ -312,7 +312,7 @@ def test_camera_size_images_arrive_and_every_keyframe_is_fused(op, tmp_path):
                             f"all {frames} pairs counted")
     drops = _drops(status)
     assert set(drops) <= {"not a keyframe"}, drops  # none lost, none unfused for lack of time
-    assert status.keyframes_fused >= 5 and status.images_unpaired == unpaired
+    assert status.keyframes_fused >= 5
 
 
 def test_the_node_logs_every_severity_from_its_one_log_function(ros_context):

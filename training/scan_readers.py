@@ -89,7 +89,7 @@ class RScan:
     gravity = "3RScan world frame is z-up (Tango, gravity-aligned)"
 
     def __init__(self, scan_dir: str | os.PathLike) -> None:
-        scan_dir = Path(scan_dir)
+        scan_dir = self.path = Path(scan_dir)
         self.seq = scan_dir / "sequence" if (scan_dir / "sequence").is_dir() else scan_dir
         info_path = self.seq / "_info.txt"
         if not info_path.is_file():
@@ -210,7 +210,7 @@ class MultiScan:
     kind = "multiscan"
 
     def __init__(self, scan_dir: str | os.PathLike) -> None:
-        scan_dir = Path(scan_dir)
+        scan_dir = self.path = Path(scan_dir)
         name = scan_dir.name
         self.files = {ext: scan_dir / f"{name}.{ext}" for ext in ("mp4", "depth.zlib", "jsonl", "json", "align.json")}
         missing = [e for e in ("mp4", "depth.zlib", "jsonl", "json") if not self.files[e].is_file()]
@@ -291,7 +291,7 @@ class ARKitScenes:
     gravity = "ARKitScenes world frame is z-up (gravity-aligned)"
 
     def __init__(self, scan_dir: str | os.PathLike) -> None:
-        self.dir = Path(scan_dir)
+        self.dir = self.path = Path(scan_dir)
         self.video_id = self.dir.name
         traj = self.dir / "lowres_wide.traj"
         if not (self.dir / "lowres_depth").is_dir() or not traj.is_file():
@@ -399,6 +399,7 @@ def scan_frames(scan, stride: int = 10, report: FrameReport | None = None,
     """Aligned frames of a :class:`RScan`, :class:`MultiScan` or :class:`ARKitScenes` scan."""
     report = report if report is not None else FrameReport()
     alignment = alignment or scan_alignment(scan)
+    log.info("%s scan %s: %s", scan.kind, scan.path, alignment.describe())
     for view in scan.views(stride, report):
         try:
             depth, rgb = view.depth_m(), view.rgb()

@@ -9,6 +9,7 @@ cosine >= 0.97 to the synthetic map's (the colour codecs move a few pixels acros
 """
 from __future__ import annotations
 
+import json
 import zlib
 
 import numpy as np
@@ -148,3 +149,16 @@ def test_bad_frames_are_skipped_and_counted(frames, tmp_path):
     assert source.locate(CASES["3rscan"][1]) is not None and source.locate("missing") is None
     with pytest.raises(ValueError, match="kind must be one of"):
         ScenesConfig(sources=[{"kind": "scannet++", "root": "x"}])
+
+
+def test_multiscan_alignment_file_gives_gravity_and_floor(frames, tmp_path):
+    """With ``<scan>.align.json`` (aligned mesh -> camera world, column-major) the reader
+    undoes it: z up and the floor at z = 0 exactly as the file says; only xy is centred."""
+    native = Z_UP_TO_Y_UP @ rigid(-70, [1.5, 0.2, -1.1])
+    scan = write_multiscan(frames, tmp_path / "scene_00001_00", native)
+    (scan / "scene_00001_00.align.json").write_text(json.dumps(
+        {"version": "multiscan@0.0.1", "coordinate_transform": native.reshape(-1, order="F").tolist()}))
+    alignment = scan_alignment(READERS["multiscan"](scan))
+    M = alignment.T @ native
+    assert "align.json" in alignment.gravity
+    assert np.allclose(M[:3, :3], np.eye(3), atol=1e-9) and abs(M[2, 3]) < 1e-9

@@ -178,7 +178,8 @@ def write_3rscan_instances(room, scan_dir: Path, native: np.ndarray) -> None:
         for c in _box_corners(obj) @ native[:3, :3].T + native[:3, 3]:
             vertices.append(f"{c[0]:.6f} {c[1]:.6f} {c[2]:.6f} 128 128 128 {oid} {oid} 5 3 4")
         groups.append({"id": oid, "objectId": oid, "label": obj.category, "segments": [oid],
-                       "obb": {"centroid": [0, 0, 0], "axesLengths": [1, 1, 1], "normalizedAxes": [1, 0, 0, 0, 1, 0, 0, 0, 1]}})
+                       "obb": {"centroid": [0, 0, 0], "axesLengths": [1, 1, 1],
+                               "normalizedAxes": [1, 0, 0, 0, 1, 0, 0, 0, 1]}})
     header = ("ply\nformat ascii 1.0\n" f"element vertex {len(vertices)}\n"
               "property float x\nproperty float y\nproperty float z\nproperty uchar red\nproperty uchar green\n"
               "property uchar blue\nproperty ushort objectId\nproperty ushort globalId\nproperty uchar NYU40\n"

@@ -36,7 +36,8 @@ N_RECORDS = 16  # 2 processes x batch 2 -> 4 samples per step, 4 steps per epoch
 
 
 def _config(root: Path, name: str, **optim) -> Path:
-    cfg = {"output_dir": str(root / name), "seed": 0, "progress": False, "log_every": 1, "save_every": 2, "resume": None,
+    cfg = {"output_dir": str(root / name), "seed": 0, "progress": False, "log_every": 1, "save_every": 2,
+           "resume": None,
            "model": {"base": str(root / "base"), "init_random": {"hidden_size": 64, "layers": 2},
                      "leovl": {"grid": {"max_tokens": 64, "fourier_features": 16}, "max_pixels": 112 * 84}},
            "data": {"train": [str(root / "train.jsonl")]},
@@ -92,8 +93,8 @@ def test_two_processes_train_like_one_with_double_accumulation(root):
     assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in losses), losses
     assert losses[-1][0] < losses[0][0]  # it trains
     assert out.count("sft: 8 steps") == 1 and "per process: [2, 0]" in out  # rank 0 prints; cache built once
-    assert sorted(p.name for p in (root / "ddp").iterdir()) == ["bundle", "checkpoint-2", "checkpoint-4", "checkpoint-6",
-                                                                "history.json", "metrics.jsonl"]
+    assert sorted(p.name for p in (root / "ddp").iterdir()) == [
+        "bundle", "checkpoint-2", "checkpoint-4", "checkpoint-6", "history.json", "metrics.jsonl"]
 
 
 def test_a_killed_two_process_run_resumes_exactly(root):

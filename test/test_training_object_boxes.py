@@ -65,7 +65,8 @@ def test_caption_cli_anchors_records_with_boxes(tmp_path, capsys):
     boxes = {"scene0000_00": {"3": {"center": [1.0, 2.0, 0.4], "size": [0.5, 0.6, 0.8], "label": "chair"}}}
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))
     (tmp_path / "scanrefer.json").write_text(json.dumps([
-        {"scene_id": "scene0000_00", "object_id": "3", "object_name": "chair", "ann_id": "1", "description": "A chair."},
+        {"scene_id": "scene0000_00", "object_id": "3", "object_name": "chair", "ann_id": "1",
+         "description": "A chair."},
         {"scene_id": "scene0000_00", "object_id": "8", "object_name": "bed", "ann_id": "0", "description": "A bed."}]))
     out = tmp_path / "cap.jsonl"
     assert data_main(["convert", "scanrefer", str(tmp_path / "scanrefer.json"), "--boxes", str(tmp_path / "boxes.json"),

@@ -34,7 +34,8 @@ from training.train_cli import main as train_main
 
 pytestmark = pytest.mark.slow  # the whole recipe, SFT + SceneDPO: ~70 s on 2 cores
 REPO = Path(__file__).resolve().parents[1]
-SCANNET, SCANNET2, RSCAN, MULTISCAN, ARKIT = "scene0000_00", "scene0001_00", "0988ea72-eb32-2e61-8344-ef2d4e3b2f1a", "scene_00000_00", "41069025"
+SCANNET, SCANNET2, MULTISCAN, ARKIT = "scene0000_00", "scene0001_00", "scene_00000_00", "41069025"
+RSCAN = "0988ea72-eb32-2e61-8344-ef2d4e3b2f1a"
 
 
 def _write_scans(data: Path) -> tuple[list, list]:
@@ -62,16 +63,18 @@ def _annotations(raw: Path, rooms) -> list[list[str]]:
         path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
         return str(path)
 
-    sqa_q = {"questions": [{"scene_id": (SCANNET, SCANNET2)[i % 2], "question_id": 10 + i, "situation": "I am standing by the table.",
+    sqa_q = {"questions": [{"scene_id": (SCANNET, SCANNET2)[i % 2], "question_id": 10 + i,
+                            "situation": "I am standing by the table.",
                             "alternative_situation": ["The table is in front of me."], "question": q}
                            for i, q in enumerate(["What's behind me?", "Is the lamp on my left?"])]}
-    sqa_a = {"annotations": [{"scene_id": (SCANNET, SCANNET2)[i % 2], "question_id": 10 + i, "answers": [{"answer": a, "answer_id": 1}],
+    sqa_a = {"annotations": [{"scene_id": (SCANNET, SCANNET2)[i % 2], "question_id": 10 + i,
+                              "answers": [{"answer": a, "answer_id": 1}],
                               "position": {"x": 0.5, "y": 0.2, "z": 0.0},
                               "rotation": {"_x": 0, "_y": 0, "_z": 0.0, "_w": 1.0},
                               "question_type": "N/A", "answer_type": "other"}
                              for i, a in enumerate(["sofa", "yes"])]}
-    msqa = lambda scan, n: [{"scan_id": scan, "question": f"What is near the <chair-{k}-IMG>?", "answers": ["table"],  # noqa: E731
-                             "situation": "I am facing the wall.", "location": [0.1, 0.2, 0.0],
+    msqa = lambda scan, n: [{"scan_id": scan, "question": f"What is near the <chair-{k}-IMG>?",  # noqa: E731
+                             "answers": ["table"], "situation": "I am facing the wall.", "location": [0.1, 0.2, 0.0],
                              "orientation": [1.0, 0.0, 0.0], "type": "spatial", "index": k, "raw_thought": ""}
                             for k in range(n)]
     caps = {RSCAN: {f"{o.category}-{o.id + 1}": [{"response": f"A {o.colour} {o.category}."}] for o in rs[:3]}}
@@ -80,7 +83,8 @@ def _annotations(raw: Path, rooms) -> list[list[str]]:
     return [
         c("data/scanqa_train.jsonl", "scanqa", put("ScanQA_v1.0_train.json", [
             {"scene_id": SCANNET, "question_id": f"train-{SCANNET}-{i}", "question": f"What color is the {o.category}?",
-             "answers": [o.colour], "object_ids": [o.id], "object_names": [o.category]} for i, o in enumerate(sn[:3])])),
+             "answers": [o.colour], "object_ids": [o.id], "object_names": [o.category]}
+            for i, o in enumerate(sn[:3])])),
         c("data/sqa3d_train.jsonl", "sqa3d", put("q_train.json", sqa_q), put("a_train.json", sqa_a)),
         c("data/sqa3d_val.jsonl", "sqa3d", put("q_val.json", sqa_q),  # one question: generation is the slow part
           put("a_val.json", {"annotations": sqa_a["annotations"][:1]})),
@@ -98,7 +102,8 @@ def _annotations(raw: Path, rooms) -> list[list[str]]:
                                                       f"the {sn[0].category} by the wall\n")),
         b("data/leo_3rscan_objcap_train.jsonl", "leo-object-caption", put("3rscan_prompted.json", caps)),
         b("data/scanscribe_train.jsonl", "scanscribe", put("scanscribe.json", [
-            {"scan_id": RSCAN, "object_id": o.id + 1, "sentence": f"The {o.category} is {o.colour}."} for o in rs[:2]])),
+            {"scan_id": RSCAN, "object_id": o.id + 1, "sentence": f"The {o.category} is {o.colour}."}
+            for o in rs[:2]])),
         b("data/sceneverse_objcap_train.jsonl", "object-captions", put("sceneverse_objcap.json", [
             {"scan_id": SCANNET, "target_id": o.id, "utterance": f"a {o.category}"} for o in sn[:2]])),
         c("data/leo_scene_caption_train.jsonl", "leo-scene-caption", put("3rscan_scenecap_train.json", {

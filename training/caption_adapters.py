@@ -92,12 +92,14 @@ def convert_object_captions(data: Any, boxes: Boxes, report: ConversionReport, s
 
 def convert_scanrefer(data: Any, boxes: Boxes, report: ConversionReport, source: str = "scanrefer") -> Iterator[Record]:
     def one(item: dict) -> list[Record]:
+        record_id = f"{item['scene_id']}-{item['object_id']}-{item.get('ann_id')}"
         return _object_record(item["scene_id"], item["object_id"], item["description"], boxes, source,
-                              OBJECT_CAPTION_INSTRUCTION, f"{item['scene_id']}-{item['object_id']}-{item.get('ann_id')}")
+                              OBJECT_CAPTION_INSTRUCTION, record_id)
     yield from convert_items(_items(data, "ScanRefer file"), one, report)
 
 
-def convert_scanscribe(data: Any, boxes: Boxes, report: ConversionReport, source: str = "scanscribe") -> Iterator[Record]:
+def convert_scanscribe(data: Any, boxes: Boxes, report: ConversionReport,
+                       source: str = "scanscribe") -> Iterator[Record]:
     def one(item: dict) -> list[Record]:
         return _object_record(item["scan_id"], item["object_id"], item["sentence"], boxes, source,
                               OBJECT_CAPTION_INSTRUCTION)

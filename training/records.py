@@ -170,7 +170,8 @@ class Record:
             id=None if data.get("id") is None else str(data["id"]), rejected=_text(data, "rejected", False),
             alternative_situations=alternatives,
             location=None if location is None else _numbers(location, 3, "'location'"),
-            orientation=None if orientation is None else _numbers(orientation, 4, "'orientation' (quaternion x, y, z, w)"),
+            orientation=None if orientation is None else _numbers(orientation, 4,
+                                                                  "'orientation' (quaternion x, y, z, w)"),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -215,7 +215,8 @@ class MultiScan:
         self.files = {ext: scan_dir / f"{name}.{ext}" for ext in ("mp4", "depth.zlib", "jsonl", "json", "align.json")}
         missing = [e for e in ("mp4", "depth.zlib", "jsonl", "json") if not self.files[e].is_file()]
         if missing:
-            raise ValueError(f"{scan_dir} is not a MultiScan scan: missing {', '.join(name + '.' + e for e in missing)}")
+            names = ", ".join(f"{name}.{e}" for e in missing)
+            raise ValueError(f"{scan_dir} is not a MultiScan scan: missing {names}")
         try:
             meta = json.loads(self.files["json"].read_text())
             streams = meta["streams"]
@@ -252,7 +253,8 @@ class MultiScan:
                     try:
                         cam = json.loads(line)
                         T = _check_pose(_column_major(cam["transform"], 4) @ ARKIT_TO_OPTICAL)
-                        intr = Intrinsics.from_K(scale @ _column_major(cam.get("intrinsics", self.fallback_K), 3), dw, dh)
+                        K = _column_major(cam.get("intrinsics", self.fallback_K), 3)  # of the colour image
+                        intr = Intrinsics.from_K(scale @ K, dw, dh)
                     except (ValueError, KeyError, TypeError) as exc:
                         report.skip(str(exc) if isinstance(exc, ViewError) else "unreadable camera line", where)
                         continue
@@ -295,7 +297,8 @@ class ARKitScenes:
         self.video_id = self.dir.name
         traj = self.dir / "lowres_wide.traj"
         if not (self.dir / "lowres_depth").is_dir() or not traj.is_file():
-            raise ValueError(f"{self.dir} is not an ARKitScenes video folder: lowres_depth/ or lowres_wide.traj missing")
+            raise ValueError(f"{self.dir} is not an ARKitScenes video folder: "
+                             "lowres_depth/ or lowres_wide.traj missing")
         self.bad_traj_lines, stamps, poses = 0, [], []
         for line in traj.read_text().splitlines():
             tokens = line.split()

@@ -187,3 +187,17 @@ def write_3rscan_instances(room, scan_dir: Path, native: np.ndarray) -> None:
               "end_header\n")
     (scan_dir / "labels.instances.annotated.v2.ply").write_text(header + "\n".join(vertices) + "\n")
     (scan_dir / "semseg.v2.json").write_text(json.dumps({"scan_id": scan_dir.name, "segGroups": groups}))
+
+
+def write_arkitscenes_annotation(room, video_dir: Path, native: np.ndarray) -> None:
+    """``<video_id>_3dod_annotation.json``: each object's box as ``obbAligned`` in the video's
+    world frame (``normalizedAxes`` rows = the box's axes, as ``compute_box_3d`` reads them);
+    one object without a box (skipped by readers)."""
+    axes = native[:3, :3].T.reshape(-1).tolist()
+    data = [{"uid": f"uid-{obj.id}", "label": obj.category, "modelId": "", "children": [], "objectId": obj.id,
+             "segments": {"obbAligned": {"centroid": (native[:3, :3] @ obj.center + native[:3, 3]).tolist(),
+                                         "axesLengths": obj.size.tolist(), "normalizedAxes": axes}}}
+            for obj in room.objects]
+    data.append({"uid": "uid-broken", "label": "chair", "segments": {}})
+    (video_dir / f"{video_dir.name}_3dod_annotation.json").write_text(json.dumps(
+        {"data": data, "stats": {}, "comment": "", "confirm": [], "skipped": False}))

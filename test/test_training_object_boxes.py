@@ -1,5 +1,6 @@
-"""Object regions: ScanNet (segs + aggregation + mesh + axisAlignment) and 3RScan (semseg +
-instance mesh + the reader's alignment) object ids become boxes in our map frame, the
+"""Object regions: ScanNet (segs + aggregation + mesh + axisAlignment), 3RScan (semseg +
+instance mesh + the reader's alignment) and ARKitScenes (annotated oriented boxes + the
+reader's alignment) object ids become boxes in our map frame, the
 caption CLI anchors records with them, and the CFG marks exactly the voxels inside a box.
 
 The check that a box is the object's region: the depth pixels of that object (the synthetic
@@ -19,11 +20,12 @@ from leovl_ros.geometry import backproject
 from leovl_ros.synth.render import render_frames
 from leovl_ros.synth.rooms import generate_room
 from leovl_ros.voxel_map import VoxelMap
-from native_scans import rigid, write_3rscan, write_3rscan_instances, write_scannet_instances
+from native_scans import (_box_corners, rigid, write_3rscan, write_3rscan_instances, write_arkitscenes,
+                          write_arkitscenes_annotation, write_scannet_instances)
 from training.data_cli import main as data_main
 from training.object_boxes import object_boxes
 from training.records import ConversionReport, read_records
-from training.scan_readers import RScan, scan_frames
+from training.scan_readers import ARKitScenes, RScan, scan_alignment, scan_frames
 
 
 def _excess(points: np.ndarray, box: dict) -> np.ndarray:
@@ -38,27 +40,39 @@ def test_scannet_and_3rscan_objects_become_boxes_around_their_voxels(tmp_path):
     write_3rscan(frames, scan, rigid(30, [0.7, -0.4, -1.3]))
     write_3rscan_instances(room, scan, rigid(30, [0.7, -0.4, -1.3]))
     (tmp_path / "3rscan" / "no-annotations").mkdir()
+    video = tmp_path / "arkitscenes" / "Training" / "41069025"
+    write_arkitscenes(frames, video, rigid(120, [2.0, 3.0, 0.1]))
+    write_arkitscenes_annotation(room, video, rigid(120, [2.0, 3.0, 0.1]))
     report = ConversionReport()
-    boxes = object_boxes([("scannet", str(tmp_path / "scannet")), ("3rscan", str(tmp_path / "3rscan"))], report)
+    boxes = object_boxes([("scannet", str(tmp_path / "scannet")), ("3rscan", str(tmp_path / "3rscan")),
+                          ("arkitscenes", str(tmp_path / "arkitscenes"))], report)
     assert report.skipped == {"object without mesh vertices": 1, "3rscan scan without usable instances (ValueError: "
                               "missing 3RScan instance annotation (semseg.v2.json or "
-                              "labels.instances.annotated.v2.ply))": 1}
+                              "labels.instances.annotated.v2.ply))": 1,
+                              "ARKitScenes object without a usable obbAligned (KeyError)": 1}
     scannet = boxes["scene0000_00"]
     for obj in room.objects:  # axisAlignment undone: the room's own boxes
         assert np.allclose(scannet[str(obj.id)]["center"], obj.center, atol=1e-3)
         assert np.allclose(scannet[str(obj.id)]["size"], obj.size, atol=1e-3)
         assert scannet[str(obj.id)]["label"] == obj.category
-    rscan = boxes[scan.name]
-    seen = 0
-    for f, g in zip(frames, scan_frames(RScan(scan), 1)):
-        pts = backproject(g.depth_m, g.intrinsics, g.T_map_camera)
-        for obj in room.objects:
-            mine = pts[(f.instance == obj.id) & np.isfinite(pts).all(-1)]
-            if len(mine):
-                excess = _excess(mine, rscan[str(obj.id + 1)])  # metres outside the box per point
-                assert excess.max() <= 0.002, obj
-                seen += 1
-    assert seen >= 5
+    M = scan_alignment(ARKitScenes(video)).T @ rigid(120, [2.0, 3.0, 0.1])  # room -> our ARKitScenes map
+    for obj in room.objects:  # the oriented box's axis-aligned hull in our map frame
+        corners = _box_corners(obj) @ M[:3, :3].T + M[:3, 3]
+        box = boxes["41069025"][f"uid-{obj.id}"]
+        assert np.allclose(box["center"], (corners.min(0) + corners.max(0)) / 2, atol=1e-3)
+        assert np.allclose(box["size"], corners.max(0) - corners.min(0), atol=1e-3)
+    for reader, key, ids in ((RScan(scan), scan.name, lambda o: str(o.id + 1)),
+                             (ARKitScenes(video), "41069025", lambda o: f"uid-{o.id}")):
+        seen = 0
+        for f, g in zip(frames, scan_frames(reader, 1)):
+            pts = backproject(g.depth_m, g.intrinsics, g.T_map_camera)
+            for obj in room.objects:
+                mine = pts[(f.instance == obj.id) & np.isfinite(pts).all(-1)]
+                if len(mine):
+                    excess = _excess(mine, boxes[key][ids(obj)])  # metres outside the box per point
+                    assert excess.max() <= 0.002, (key, obj)
+                    seen += 1
+        assert seen >= 5, key
 
 
 def test_caption_cli_anchors_records_with_boxes(tmp_path, capsys):

@@ -13,6 +13,10 @@ on the voxels the object's frames produced):
   property of ``labels.instances.annotated.v2.ply``, then the scan's floor-centre alignment
   (scan_readers.scan_alignment). Object ids are ``objectId`` (LEO's ``<label>-<id>``,
   scanscribe's ``object_id``).
+- ARKitScenes (a box given directly): ``<video_id>_3dod_annotation.json`` (``data: [{uid,
+  label, segments: {obbAligned: {centroid, axesLengths, normalizedAxes}}}]``), corners as the
+  official ``compute_box_3d`` builds them, then the scan's alignment; the region is the
+  axis-aligned box around the oriented one. Object ids are ``uid``.
 
 ``leovl-data object-boxes --source KIND=ROOT ... --out boxes.json`` writes
 ``{scan_id: {"<object id>": {center, size, label}}}`` for the caption converters. An object
@@ -29,7 +33,7 @@ import numpy as np
 
 from .frames import _axis_alignment
 from .records import ConversionReport
-from .scan_readers import RScan, scan_alignment
+from .scan_readers import ARKitScenes, RScan, scan_alignment
 
 _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
               "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
@@ -138,7 +142,30 @@ def rscan_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dict]:
     return boxes
 
 
-BOX_READERS = {"scannet": scannet_boxes, "3rscan": rscan_boxes}
+def arkitscenes_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dict]:
+    annotation = scan_dir / f"{scan_dir.name}_3dod_annotation.json"
+    if not annotation.is_file():
+        raise ValueError(f"missing ARKitScenes annotation {annotation.name}")
+    T = scan_alignment(ARKitScenes(scan_dir)).T
+    signs = np.array([[1, 1, 1], [1, -1, 1], [-1, -1, 1], [-1, 1, 1],
+                      [1, 1, -1], [1, -1, -1], [-1, -1, -1], [-1, 1, -1]], dtype=np.float64)
+    boxes = {}
+    for item in json.loads(annotation.read_text()).get("data", []):
+        uid = item.get("uid")
+        try:
+            obb = item["segments"]["obbAligned"]
+            rot = np.asarray(obb["normalizedAxes"], dtype=np.float64).reshape(3, 3)  # rows: the box's axes
+            half = np.asarray(obb["axesLengths"], dtype=np.float64).reshape(3) / 2
+            corners = (signs * half) @ rot + np.asarray(obb["centroid"], dtype=np.float64).reshape(3)
+        except (KeyError, TypeError, ValueError) as exc:
+            report.skip(f"ARKitScenes object without a usable obbAligned ({type(exc).__name__})",
+                        f"{scan_dir.name}/{uid}")
+            continue
+        boxes[str(uid)] = _box(_transform(T, corners), str(item.get("label", "")))
+    return boxes
+
+
+BOX_READERS = {"scannet": scannet_boxes, "3rscan": rscan_boxes, "arkitscenes": arkitscenes_boxes}
 
 
 def object_boxes(sources: Iterable[tuple[str, str]], report: ConversionReport) -> dict[str, dict[str, dict]]:
@@ -147,7 +174,9 @@ def object_boxes(sources: Iterable[tuple[str, str]], report: ConversionReport) -
     for kind, root in sources:
         if kind not in BOX_READERS:
             raise ValueError(f"object boxes come from {' or '.join(BOX_READERS)} annotations, not {kind!r}")
-        for scan_dir in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        folders = [Path(root) / split for split in ("Training", "Validation")] if kind == "arkitscenes" else []
+        folders = [f for f in folders if f.is_dir()] or [Path(root)]  # ARKitScenes raw: split folders
+        for scan_dir in sorted(p for f in folders for p in f.iterdir() if p.is_dir()):
             try:
                 boxes = BOX_READERS[kind](scan_dir, report)
             except (ValueError, KeyError, OSError) as exc:

@@ -201,3 +201,18 @@ def write_arkitscenes_annotation(room, video_dir: Path, native: np.ndarray) -> N
     data.append({"uid": "uid-broken", "label": "chair", "segments": {}})
     (video_dir / f"{video_dir.name}_3dod_annotation.json").write_text(json.dumps(
         {"data": data, "stats": {}, "comment": "", "confirm": [], "skipped": False}))
+
+
+def write_multiscan_annotations(room, scan_dir: Path, native: np.ndarray) -> None:
+    """``<scan>.annotations.json`` (objects with ``obb`` in the aligned frame = the room frame
+    here, ``normalizedAxes`` column-major) and ``<scan>.align.json`` (aligned -> cameras' world)."""
+    name = scan_dir.name
+    objects = [{"objectId": obj.id, "label": f"{obj.category}.1", "mobilityType": "movable", "partIds": [obj.id],
+                "obb": {"centroid": obj.center.tolist(), "axesLengths": obj.size.tolist(),
+                        "normalizedAxes": np.eye(3).reshape(-1, order="F").tolist(),
+                        "min": obj.min.tolist(), "max": obj.max.tolist(), "front": [0, -1, 0], "up": [0, 0, 1]}}
+               for obj in room.objects]
+    (scan_dir / f"{name}.annotations.json").write_text(json.dumps(
+        {"version": "multiscan@0.0.1", "scanId": name, "objects": objects, "parts": []}))
+    (scan_dir / f"{name}.align.json").write_text(json.dumps(
+        {"version": "multiscan@0.0.1", "coordinate_transform": native.reshape(-1, order="F").tolist()}))

@@ -1,11 +1,11 @@
 """Object regions: ScanNet (segs + aggregation + mesh + axisAlignment), 3RScan (semseg +
-instance mesh + the reader's alignment) and ARKitScenes (annotated oriented boxes + the
-reader's alignment) object ids become boxes in our map frame, the
-caption CLI anchors records with them, and the CFG marks exactly the voxels inside a box.
+instance mesh + the reader's alignment), ARKitScenes and MultiScan (annotated oriented boxes +
+the reader's alignment) object ids become boxes in our map frame, the caption CLI anchors
+records with them, and the CFG marks exactly the voxels inside a box.
 
 The check that a box is the object's region: the depth pixels of that object (the synthetic
 instance image, noise-free depth), read through the dataset's frame reader, lie inside its
-box within 2 mm (millimetre depth quantisation).
+box within 2 mm (millimetre depth) or 5 mm (MultiScan's float16 metres: 2^-11 relative).
 """
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ from leovl_ros.geometry import backproject
 from leovl_ros.synth.render import render_frames
 from leovl_ros.synth.rooms import generate_room
 from leovl_ros.voxel_map import VoxelMap
-from native_scans import (_box_corners, rigid, write_3rscan, write_3rscan_instances, write_arkitscenes,
-                          write_arkitscenes_annotation, write_scannet_instances)
+from native_scans import (Z_UP_TO_Y_UP, _box_corners, rigid, write_3rscan, write_3rscan_instances, write_arkitscenes,
+                          write_arkitscenes_annotation, write_multiscan, write_multiscan_annotations,
+                          write_scannet_instances)
 from training.data_cli import main as data_main
 from training.object_boxes import object_boxes
 from training.records import ConversionReport, read_records
-from training.scan_readers import ARKitScenes, RScan, scan_alignment, scan_frames
+from training.scan_readers import ARKitScenes, MultiScan, RScan, scan_alignment, scan_frames
 
 
 def _excess(points: np.ndarray, box: dict) -> np.ndarray:
@@ -43,9 +44,13 @@ def test_scannet_and_3rscan_objects_become_boxes_around_their_voxels(tmp_path):
     video = tmp_path / "arkitscenes" / "Training" / "41069025"
     write_arkitscenes(frames, video, rigid(120, [2.0, 3.0, 0.1]))
     write_arkitscenes_annotation(room, video, rigid(120, [2.0, 3.0, 0.1]))
+    multiscan = write_multiscan(frames, tmp_path / "multiscan" / "scene_00000_00",
+                                Z_UP_TO_Y_UP @ rigid(-70, [1.5, 0.2, -1.1]))
+    write_multiscan_annotations(room, multiscan, Z_UP_TO_Y_UP @ rigid(-70, [1.5, 0.2, -1.1]))
     report = ConversionReport()
     boxes = object_boxes([("scannet", str(tmp_path / "scannet")), ("3rscan", str(tmp_path / "3rscan")),
-                          ("arkitscenes", str(tmp_path / "arkitscenes"))], report)
+                          ("arkitscenes", str(tmp_path / "arkitscenes")), ("multiscan", str(tmp_path / "multiscan"))],
+                         report)
     assert report.skipped == {"object without mesh vertices": 1, "3rscan scan without usable instances (ValueError: "
                               "missing 3RScan instance annotation (semseg.v2.json or "
                               "labels.instances.annotated.v2.ply))": 1,
@@ -61,8 +66,9 @@ def test_scannet_and_3rscan_objects_become_boxes_around_their_voxels(tmp_path):
         box = boxes["41069025"][f"uid-{obj.id}"]
         assert np.allclose(box["center"], (corners.min(0) + corners.max(0)) / 2, atol=1e-3)
         assert np.allclose(box["size"], corners.max(0) - corners.min(0), atol=1e-3)
-    for reader, key, ids in ((RScan(scan), scan.name, lambda o: str(o.id + 1)),
-                             (ARKitScenes(video), "41069025", lambda o: f"uid-{o.id}")):
+    for reader, key, ids, tol in ((RScan(scan), scan.name, lambda o: str(o.id + 1), 0.002),
+                                  (ARKitScenes(video), "41069025", lambda o: f"uid-{o.id}", 0.002),
+                                  (MultiScan(multiscan), "scene_00000_00", lambda o: str(o.id), 0.005)):
         seen = 0
         for f, g in zip(frames, scan_frames(reader, 1)):
             pts = backproject(g.depth_m, g.intrinsics, g.T_map_camera)
@@ -70,7 +76,7 @@ def test_scannet_and_3rscan_objects_become_boxes_around_their_voxels(tmp_path):
                 mine = pts[(f.instance == obj.id) & np.isfinite(pts).all(-1)]
                 if len(mine):
                     excess = _excess(mine, boxes[key][ids(obj)])  # metres outside the box per point
-                    assert excess.max() <= 0.002, (key, obj)
+                    assert excess.max() <= tol, (key, obj)
                     seen += 1
         assert seen >= 5, key
 

@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard", help="i/n: build only this machine's share (0-based), e.g. one job per node")
     o = sub.add_parser("object-boxes", help="object id -> box from the scans' instance annotations")
     o.add_argument("--source", action="append", required=True, metavar="KIND=ROOT",
-                   help="scannet=<scans folder>, 3rscan=<3RScan folder> or arkitscenes=<raw folder> (repeatable)")
+                   help="KIND=ROOT with KIND scannet, 3rscan, multiscan or arkitscenes (repeatable)")
     o.add_argument("--out", required=True, help="output JSON {scan_id: {object_id: {center, size, label}}}")
     o.add_argument("--report", help="also write the kept/skipped counts as JSON here")
     return parser

@@ -17,6 +17,10 @@ on the voxels the object's frames produced):
   label, segments: {obbAligned: {centroid, axesLengths, normalizedAxes}}}]``), corners as the
   official ``compute_box_3d`` builds them, then the scan's alignment; the region is the
   axis-aligned box around the oriented one. Object ids are ``uid``.
+- MultiScan (boxes given directly): ``<scan>.annotations.json`` (``objects: [{objectId, label,
+  obb: {centroid, axesLengths, normalizedAxes (column-major, columns = axes)}}]``) in the
+  aligned mesh frame, taken to the cameras' world with ``<scan>.align.json`` (required) and
+  then to our map. Object ids are ``objectId``.
 
 ``leovl-data object-boxes --source KIND=ROOT ... --out boxes.json`` writes
 ``{scan_id: {"<object id>": {center, size, label}}}`` for the caption converters. An object
@@ -33,7 +37,7 @@ import numpy as np
 
 from .frames import _axis_alignment
 from .records import ConversionReport
-from .scan_readers import ARKitScenes, RScan, scan_alignment
+from .scan_readers import ARKitScenes, MultiScan, RScan, scan_alignment
 
 _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
               "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
@@ -86,6 +90,10 @@ def read_ply_vertices(path: str | os.PathLike) -> np.ndarray:
         if len(data) < dtype.itemsize * count:
             raise ValueError("PLY: file ends inside the vertex data (truncated)")
         return np.frombuffer(data, dtype=dtype, count=count)
+
+
+_SIGNS = np.array([[1, 1, 1], [1, -1, 1], [-1, -1, 1], [-1, 1, 1],
+                   [1, 1, -1], [1, -1, -1], [-1, -1, -1], [-1, 1, -1]], dtype=np.float64)  # a box's corners
 
 
 def _box(points: np.ndarray, label: str) -> dict:
@@ -147,8 +155,6 @@ def arkitscenes_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dic
     if not annotation.is_file():
         raise ValueError(f"missing ARKitScenes annotation {annotation.name}")
     T = scan_alignment(ARKitScenes(scan_dir)).T
-    signs = np.array([[1, 1, 1], [1, -1, 1], [-1, -1, 1], [-1, 1, 1],
-                      [1, 1, -1], [1, -1, -1], [-1, -1, -1], [-1, 1, -1]], dtype=np.float64)
     boxes = {}
     for item in json.loads(annotation.read_text()).get("data", []):
         uid = item.get("uid")
@@ -156,7 +162,7 @@ def arkitscenes_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dic
             obb = item["segments"]["obbAligned"]
             rot = np.asarray(obb["normalizedAxes"], dtype=np.float64).reshape(3, 3)  # rows: the box's axes
             half = np.asarray(obb["axesLengths"], dtype=np.float64).reshape(3) / 2
-            corners = (signs * half) @ rot + np.asarray(obb["centroid"], dtype=np.float64).reshape(3)
+            corners = (_SIGNS * half) @ rot + np.asarray(obb["centroid"], dtype=np.float64).reshape(3)
         except (KeyError, TypeError, ValueError) as exc:
             report.skip(f"ARKitScenes object without a usable obbAligned ({type(exc).__name__})",
                         f"{scan_dir.name}/{uid}")
@@ -165,7 +171,29 @@ def arkitscenes_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dic
     return boxes
 
 
-BOX_READERS = {"scannet": scannet_boxes, "3rscan": rscan_boxes, "arkitscenes": arkitscenes_boxes}
+def multiscan_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dict]:
+    annotation, align = scan_dir / f"{scan_dir.name}.annotations.json", scan_dir / f"{scan_dir.name}.align.json"
+    if not annotation.is_file() or not align.is_file():
+        raise ValueError(f"missing MultiScan {annotation.name} or {align.name} (boxes are in the aligned frame)")
+    to_cameras = np.asarray(json.loads(align.read_text())["coordinate_transform"], np.float64).reshape(4, 4, order="F")
+    T = scan_alignment(MultiScan(scan_dir)).T @ to_cameras
+    boxes = {}
+    for item in json.loads(annotation.read_text()).get("objects", []):
+        obj_id = item.get("objectId")
+        try:
+            obb = item["obb"]
+            axes = np.asarray(obb["normalizedAxes"], dtype=np.float64).reshape(3, 3, order="F")  # columns: axes
+            half = np.asarray(obb["axesLengths"], dtype=np.float64).reshape(3) / 2
+            corners = (_SIGNS * half) @ axes.T + np.asarray(obb["centroid"], dtype=np.float64).reshape(3)
+        except (KeyError, TypeError, ValueError) as exc:
+            report.skip(f"MultiScan object without a usable obb ({type(exc).__name__})", f"{scan_dir.name}/{obj_id}")
+            continue
+        boxes[str(obj_id)] = _box(_transform(T, corners), str(item.get("label", "")))
+    return boxes
+
+
+BOX_READERS = {"scannet": scannet_boxes, "3rscan": rscan_boxes, "arkitscenes": arkitscenes_boxes,
+               "multiscan": multiscan_boxes}
 
 
 def object_boxes(sources: Iterable[tuple[str, str]], report: ConversionReport) -> dict[str, dict[str, dict]]:

@@ -38,7 +38,7 @@ def test_every_interface_has_its_documented_fields():
         SceneStatus: ["header", "frames_received", "frames_dropped", "drop_reasons", "drop_counts",
                       "images_unpaired", "keyframes_fused", "num_voxels", "num_tokens", "compression_rate",
                       "preservation_rate", "memory_bytes", "newest_frame_age", "model", "pending_requests",
-                      "worker_restarts"],
+                      "worker_restarts", "gravity_angle_deg", "leveled_deg"],
         AskSceneAction.Goal: ["question", "situation", "task", "session_id", "use_anchor", "anchor_point",
                               "anchor_radius"],
         AskSceneAction.Result: ["success", "message", "answer", "interaction_id", "latency", "scene_tokens",

@@ -313,6 +313,8 @@ def test_camera_size_images_arrive_and_every_keyframe_is_fused(op, tmp_path):
     drops = _drops(status)
     assert set(drops) <= {"not a keyframe"}, drops  # none lost, none unfused for lack of time
     assert status.keyframes_fused >= 5
+    level = op.wait_status(lambda s: s.gravity_angle_deg >= 0, 20.0, "a gravity estimate")
+    assert level.gravity_angle_deg < 5.0 and level.leveled_deg == 0.0  # the synthetic room is z-up
 
 
 def test_the_node_logs_every_severity_from_its_one_log_function(ros_context):

@@ -39,6 +39,8 @@ class AssistantConfig:
     request_timeout: float = 60.0  # s waiting for the model
     scene_dir: str = "~/.ros/leovl_scenes"
     scene_write_dirs: tuple[str, ...] = ()  # more directories save_scene may write to
+    gravity_warn_deg: float = 10.0  # warn once when the map frame is tilted more than this from gravity
+    align_gravity: bool = False  # level the map and incoming poses by the estimated up direction
     interaction_log: str = ""  # JSONL file every interaction is appended to ("" = none)
     generation: GenerationConfig | None = None  # None = the model's
 
@@ -103,6 +105,8 @@ class SceneStats:
     drops: dict[str, int]  # frames_dropped by reason
     pending_requests: int = 0  # being answered or waiting for the model
     worker_restarts: int = 0  # mapping worker deaths (restarted)
+    gravity_angle_deg: float = -1.0  # estimated up vs the map's z axis; -1 = not estimated yet
+    leveled_deg: float = 0.0  # rotation applied to incoming poses by align_gravity
 
 
 class RequestRefused(Exception):

@@ -36,6 +36,7 @@ from ..model.prompts import SceneQuery, plan_instruction
 from ..model.scene_tokens import check_map
 from ..voxel_map import VoxelMap, remove_stale_temps
 from .grid_view import grid_cloud, grid_stats
+from .leveling import GravityTracker, relevel_map
 from .interaction_log import InteractionLog
 from .records import (ASK_TASKS, AssistantConfig, Interaction, RGBDFrame, Reply, RequestControl, RequestRefused,
                       SceneStats, split_plan_steps)
@@ -73,6 +74,7 @@ class SceneSession:
         self._map = model.new_voxel_map(max_voxels=config.max_voxels)
         self._keyframes = KeyframeSelector(config.keyframe_translation, config.keyframe_rotation_deg,
                                            config.max_keyframe_rate)
+        self._gravity = GravityTracker(config.align_gravity)
         self._epoch = self._version = 0
         self._reset_state()
         self._sessions: OrderedDict[str, deque] = OrderedDict()
@@ -97,6 +99,7 @@ class SceneSession:
         self._drops: dict[str, int] = {}
         self._newest_stamp: float | None = None
         self._keyframes.reset()
+        self._gravity.reset()
 
     def _drop(self, reason: str) -> None:
         self._drops[reason] = self._drops.get(reason, 0) + 1
@@ -114,6 +117,7 @@ class SceneSession:
         with self._map_lock:
             self._received += 1
             try:
+                frame = replace(frame, T_map_camera=self._gravity.level_pose(frame.T_map_camera))
                 accepted = self._keyframes.accept(frame.T_map_camera, frame.stamp_s)
             except ValueError as exc:
                 self._drop("invalid pose")
@@ -218,6 +222,7 @@ class SceneSession:
             self._map.fuse(points, features)
             self._version += 1
             self._fused += 1
+            self._gravity.add_keyframe(frame.T_map_camera)
             self._newest_stamp = max(self._newest_stamp or -math.inf, frame.stamp_s)
         return ""
 
@@ -253,9 +258,38 @@ class SceneSession:
         """A consistent copy of the current map (shared between readers: do not modify it)."""
         return self._scene()[0]
 
+    def _check_gravity(self) -> None:
+        """Re-estimate the up direction (at most every few s, outside the map lock); warn once
+        past ``gravity_warn_deg``; with ``align_gravity`` level the map and later poses."""
+        with self._map_lock:
+            if not self._gravity.due(self._version):
+                return
+            version, centers = self._version, self._map.centers.numpy()
+            down = self._gravity.down_sum.copy()
+        R = self._gravity.update(version, centers, down, self._map.voxel_size)
+        e = self._gravity.estimate
+        if R is not None:
+            with self._map_lock:
+                if self._version == version:  # else the next report retries on the newer map
+                    self._map = relevel_map(self._map, R, self.model.new_voxel_map(max_voxels=self.config.max_voxels))
+                    self._gravity.level = R @ self._gravity.level
+                    self._gravity.down_sum = R @ self._gravity.down_sum
+                    self._keyframes.reset()  # its last pose is in the old frame
+                    self._epoch += 1  # a keyframe posed in the old frame must not be fused
+                    self._version += 1
+                    self._gravity.estimate = None
+            self.warn_once("gravity", "info", f"levelled the map by {e.angle_deg:.1f} deg (align_gravity; "
+                                              f"{self._gravity.leveled_deg:.1f} deg in all): up from a {e.source}")
+        elif e is not None and e.angle_deg > self.config.gravity_warn_deg and not self._gravity.warned:
+            self._gravity.warned = True
+            self.warn_once("gravity", "warn", (
+                f"the map frame is tilted {e.angle_deg:.0f} deg from gravity (estimated from a {e.source}): "
+                "height and column pooling assume z up; give a z-up map frame or set align_gravity: true"))
+
     def stats(self) -> SceneStats:
         """Counters and CFG size now (coordinates only, no copy: cheap enough for ~1 Hz)."""
         self._check_worker()
+        self._check_gravity()
         with self._book_lock:
             pending = len(self._queue)
         with self._map_lock:
@@ -264,7 +298,9 @@ class SceneSession:
             tokens, compression, preservation = self._stats_cache[1]
             return SceneStats(self._received, sum(self._drops.values()), self._fused, self._map.num_voxels, tokens,
                               compression, preservation, self._map.memory_bytes(), self._newest_stamp,
-                              self.model_name, dict(self._drops), pending, self.worker_restarts)
+                              self.model_name, dict(self._drops), pending, self.worker_restarts,
+                              -1.0 if self._gravity.estimate is None else self._gravity.estimate.angle_deg,
+                              self._gravity.leveled_deg)
 
     def cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The current CFG cells for display, see :func:`grid_cloud`."""

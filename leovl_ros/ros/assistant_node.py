@@ -80,7 +80,8 @@ class AssistantNode(Node):
                 "keyframe_translation", "keyframe_rotation_deg", "max_keyframe_rate", "depth_min", "depth_max",
                 "min_valid_fraction", "max_voxels", "voxel_size", "max_tokens", "max_question_chars",
                 "history_turns", "max_sessions", "max_interactions", "default_anchor_radius", "compute_grounding",
-                "max_pending_requests", "request_timeout", "scene_dir", "interaction_log")},
+                "max_pending_requests", "request_timeout", "scene_dir", "interaction_log", "gravity_warn_deg",
+                "align_gravity")},
                 scene_write_dirs=tuple(d for d in p["scene_write_dirs"].split(":") if d.strip()))
         except ValueError as exc:
             raise ParameterError(f"invalid parameters: {exc}") from exc
@@ -236,7 +237,7 @@ class AssistantNode(Node):
             keyframes_fused=s.keyframes_fused, num_voxels=s.num_voxels, num_tokens=s.num_tokens,
             compression_rate=s.compression_rate, preservation_rate=s.preservation_rate,
             memory_bytes=s.memory_bytes, model=s.model, pending_requests=s.pending_requests,
-            worker_restarts=s.worker_restarts,
+            worker_restarts=s.worker_restarts, gravity_angle_deg=s.gravity_angle_deg, leveled_deg=s.leveled_deg,
             newest_frame_age=-1.0 if s.newest_frame_stamp_s is None else max(0.0, now - s.newest_frame_stamp_s))
         self._status_pub.publish(msg)
         self._diagnostics.publish(s, self._pairer.discarded, msg.header)

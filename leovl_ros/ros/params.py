@@ -53,6 +53,10 @@ ASSISTANT_PARAMETERS: dict[str, tuple[Any, str]] = {
     "max_keyframe_rate": (5.0, "keyframes per second at most (0 = unlimited)"),
     "depth_min": (0.1, "depth below this (m) is invalid"),
     "depth_max": (10.0, "depth above this (m) is invalid"),
+    "gravity_warn_deg": (10.0, "warn once when the map frame's z axis is more than this many degrees from the "
+                               "up direction estimated from the map (floor / horizontal planes)"),
+    "align_gravity": (False, "level the map and all incoming poses by the estimated up direction (for map "
+                             "frames that are not z-up, e.g. a SLAM frame at the first camera)"),
     "min_valid_fraction": (0.1, "a feature cell needs this fraction of valid depth pixels to be fused"),
     # answers
     "num_beams": (5, "beam search width"),

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..camera_path import CAMERA_PATH_KEY, CameraPath
 from ..geometry import KeyframeSelector, cell_points, depth_to_metres
 from ..model.prompts import SceneQuery, plan_instruction
 from ..model.scene_tokens import check_map
@@ -100,6 +101,7 @@ class SceneSession:
         self._newest_stamp: float | None = None
         self._keyframes.reset()
         self._gravity.reset()
+        self._camera_path = CameraPath()  # keyframe positions, saved with the scene (leovl-scene show)
 
     def _drop(self, reason: str) -> None:
         self._drops[reason] = self._drops.get(reason, 0) + 1
@@ -223,6 +225,7 @@ class SceneSession:
             self._version += 1
             self._fused += 1
             self._gravity.add_keyframe(frame.T_map_camera)
+            self._camera_path.add(frame.T_map_camera)
             self._newest_stamp = max(self._newest_stamp or -math.inf, frame.stamp_s)
         return ""
 
@@ -273,6 +276,7 @@ class SceneSession:
                 if self._version == version:  # else the next report retries on the newer map
                     self._map = relevel_map(self._map, R, self.model.new_voxel_map(max_voxels=self.config.max_voxels))
                     self._gravity.level = R @ self._gravity.level
+                    self._camera_path.rotate(R)
                     self._gravity.down_sum = R @ self._gravity.down_sum
                     self._keyframes.reset()  # its last pose is in the old frame
                     self._epoch += 1  # a keyframe posed in the old frame must not be fused
@@ -360,7 +364,8 @@ class SceneSession:
         target = self._save_target(path, overwrite)
         shared, newest = self._scene()
         vmap = copy.copy(shared)  # same tensors (save only reads them), own metadata dict
-        vmap.metadata = {**shared.metadata, "scene_stamp": "" if newest is None else repr(newest)}
+        vmap.metadata = {**shared.metadata, "scene_stamp": "" if newest is None else repr(newest),
+                         CAMERA_PATH_KEY: self._camera_path.to_metadata()}
         try:
             vmap.save(target)
         except OSError as exc:
@@ -375,6 +380,7 @@ class SceneSession:
         try:
             vmap = VoxelMap.load(target)
             check_map(vmap, self.model.config, self.model.encoder.encoder_id)
+            path = CameraPath.from_metadata(vmap.metadata)
         except (ValueError, FileNotFoundError, OSError) as exc:
             raise RequestRefused(f"cannot load scene {target}: {exc}") from exc
         stamp = vmap.metadata.get("scene_stamp", "")
@@ -384,6 +390,7 @@ class SceneSession:
             self._map = vmap
             self._reset_state()
             self._newest_stamp = float(stamp) if stamp else None
+            self._camera_path = path
         return target, vmap.num_voxels
 
     # ------------------------------------------------------------------ questions

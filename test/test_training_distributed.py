@@ -6,7 +6,8 @@ data once, not twice: each process saw half), the loss curve equals the single p
 within 1e-4 (the same micro-batches reach each optimizer step; only the order of float sums
 differs), only the main process writes logs, checkpoints and the bundle, the scene cache is
 built once (by the main process), and a run killed after a checkpoint resumes to the same
-weights as the uninterrupted run. ``build-scenes --shard i/n`` splits the scenes.
+weights as the uninterrupted run. SceneDPO runs on two processes too; ``build-scenes --shard
+i/n`` splits the scenes.
 """
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ from safetensors.torch import load_file
 from conftest import wait_for
 from training.adapters import convert_synthetic
 from training.data_cli import _shard
-from training.records import ConversionReport, write_records
+from training.records import ConversionReport, read_records, write_records
 from training.train_cli import main as train_main
 
-pytestmark = pytest.mark.slow  # three 2-process launches: ~1 min on 2 cores
+pytestmark = pytest.mark.slow  # four 2-process launches: ~1.5 min on 2 cores
 REPO = Path(__file__).resolve().parents[1]
 N_RECORDS = 16  # 2 processes x batch 2 -> 4 samples per step, 4 steps per epoch
 
@@ -50,16 +51,16 @@ def _config(root: Path, name: str, **optim) -> Path:
     return path
 
 
-def _torchrun(config: Path, **popen) -> subprocess.Popen:
+def _torchrun(config: Path, command: str = "sft") -> subprocess.Popen:
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "training.train_cli", "sft", "--config", str(config)]
+           "--master_port", str(port), "-m", "training.train_cli", command, "--config", str(config)]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **popen)
+                            start_new_session=True)
 
 
 def _finish(proc: subprocess.Popen) -> str:
@@ -120,6 +121,21 @@ def test_a_killed_two_process_run_resumes_exactly(root):
     for name in ("adapter_model.safetensors", "leovl_heads.safetensors"):
         a, b = load_file(root / "ddp" / "bundle" / name), load_file(run / "bundle" / name)
         assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-7, rtol=0) for k in a), name
+
+
+def test_scene_dpo_runs_on_two_processes(root):
+    records = read_records(root / "train.jsonl")
+    answers = sorted({r.response for r in records})
+    prefs = [type(r).from_dict({**r.to_dict(), "rejected": next(a for a in answers if a != r.response)})
+             for r in records]
+    write_records(root / "pref.jsonl", prefs)
+    config = _config(root, "dpo", grad_accum=1, max_steps=2)
+    config.write_text(config.read_text().replace(str(root / "train.jsonl"), str(root / "pref.jsonl"))
+                      .replace("cache_dpo", "cache_single"))  # the maps are cached already
+    out = _finish(_torchrun(config, "dpo"))
+    assert out.count("dpo: 2 steps") == 1 and "per process: [0, 0]" in out
+    trained = [m["step"] for m in _metrics(root / "dpo") if "loss" in m]  # one writer: each step once
+    assert trained == [1, 2] and (root / "dpo" / "bundle").is_dir()
 
 
 def test_build_scenes_shards_cover_every_scene_once():

@@ -9,6 +9,7 @@ cosine >= 0.97 to the synthetic map's (the colour codecs move a few pixels acros
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 
@@ -17,12 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
+from leovl_ros.geometry import Intrinsics
 from leovl_ros.synth.render import render_frames
 from leovl_ros.synth.rooms import generate_room
 from native_scans import Z_UP_TO_Y_UP, rigid, write_3rscan, write_arkitscenes, write_multiscan
 from training.config import ModelSection
 from training.frames import FrameReport, RGBDFrame
 from training.modeling import load_model
+from training.scan_align import turn_view, upright_turns
 from training.scan_readers import READERS, scan_alignment, scan_frames
 from training.scan_sources import ScanSource
 from training.scenes import FusionConfig, ScenesConfig, SceneStore, fuse_frames
@@ -162,3 +165,21 @@ def test_multiscan_alignment_file_gives_gravity_and_floor(frames, tmp_path):
     M = alignment.T @ native
     assert "align.json" in alignment.gravity
     assert np.allclose(M[:3, :3], np.eye(3), atol=1e-9) and abs(M[2, 3]) < 1e-9
+
+
+def test_sideways_frames_are_turned_upright(frames, tmp_path):
+    """A scan recorded with the device on its side (image up = the world's horizontal): the
+    reader hands the vision tower upright frames, with intrinsics and poses turned along."""
+    sideways = []
+    for f in frames:  # a quarter turn clockwise: the room's up points to the image's right
+        rgb, depth, intr, T = turn_view(f.rgb, f.depth_mm, Intrinsics.from_K(f.K, W, H), f.T_map_camera, 3)
+        sideways.append(dataclasses.replace(f, rgb=rgb, depth_mm=depth, K=intr.K, T_map_camera=T))
+    assert sideways[0].rgb.shape == (W, H, 3) and upright_turns(sideways[0].T_map_camera) == 1
+    native = rigid(120, [2.0, 3.0, 0.1])
+    scan = READERS["arkitscenes"](write_arkitscenes(sideways, tmp_path / "41069025", native))
+    alignment = scan_alignment(scan)
+    out = list(scan_frames(scan, 1, alignment=alignment))
+    M = alignment.T @ native
+    for f, g in zip(frames, out):
+        assert np.array_equal(g.rgb, f.rgb) and np.allclose(g.depth_m, f.depth_mm.astype(np.float32) / 1000)
+        assert np.allclose(g.intrinsics.K, f.K) and np.allclose(g.T_map_camera, M @ f.T_map_camera, atol=1e-6)

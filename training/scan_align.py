@@ -82,3 +82,32 @@ def floor_centre_alignment(T_up_world: np.ndarray, gravity: str, points: np.ndar
     origin = ("floor height from the alignment, xy centre of the depth points" if keep_height else
               f"floor = {FLOOR_PERCENTILE:g} % height percentile, xy centre of the depth points")
     return Alignment(T @ T_up_world, gravity, origin)
+
+
+# One counter-clockwise quarter turn of an image: new camera axes x' = y, y' = -x, z' = z.
+_QUARTER = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def upright_turns(T_map_camera: np.ndarray) -> int:
+    """Counter-clockwise quarter turns (0-3) that bring the map's up (+z) closest to the
+    image's up (-y): 1 for a frame held on its side with up pointing to the image's right.
+
+    Decision (paper silent): the vision tower sees every frame upright. Phones and tablets
+    record portrait scans sideways in landscape buffers (some ARKitScenes and 3RScan
+    sequences), and a 2D encoder trained on upright photos sees such frames as turned; the
+    turn changes nothing in the geometry (pixels, intrinsics and pose turn together).
+    """
+    up = T_map_camera[:3, :3].T @ np.array([0.0, 0.0, 1.0])  # map up in camera axes
+    return int(np.argmax([-(np.linalg.matrix_power(_QUARTER, k) @ up)[1] for k in range(4)]))
+
+
+def turn_view(rgb: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics, T_map_camera: np.ndarray,
+              turns: int) -> tuple[np.ndarray, np.ndarray, Intrinsics, np.ndarray]:
+    """The same view turned ``turns`` quarter turns counter-clockwise (np.rot90): colour,
+    depth, the depth intrinsics and the camera pose, consistently."""
+    k = turns % 4
+    intr, T = intrinsics, T_map_camera.copy()
+    for _ in range(k):  # pixel (u, v) of a W-wide image goes to (v, W - 1 - u)
+        intr = Intrinsics(intr.fy, intr.fx, intr.cy, intr.width - 1 - intr.cx, intr.height, intr.width)
+        T[:3, :3] = T[:3, :3] @ _QUARTER.T
+    return np.ascontiguousarray(np.rot90(rgb, k)), np.ascontiguousarray(np.rot90(depth_m, k)), intr, T

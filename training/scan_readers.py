@@ -25,7 +25,7 @@ from scipy.spatial.transform import Rotation
 from leovl_ros.geometry import Intrinsics
 
 from .frames import FrameReport, RGBDFrame
-from .scan_align import Alignment, down_angle_deg, floor_centre_alignment, sample_points
+from .scan_align import Alignment, down_angle_deg, floor_centre_alignment, sample_points, turn_view, upright_turns
 
 log = logging.getLogger(__name__)
 # ARKit / MultiScan camera axes (x right, y up, z backwards) -> optical (x right, y down, z forwards)
@@ -398,8 +398,9 @@ def scan_alignment(scan) -> Alignment:
 
 
 def scan_frames(scan, stride: int = 10, report: FrameReport | None = None,
-                alignment: Alignment | None = None) -> Iterator[RGBDFrame]:
-    """Aligned frames of a :class:`RScan`, :class:`MultiScan` or :class:`ARKitScenes` scan."""
+                alignment: Alignment | None = None, upright: bool = True) -> Iterator[RGBDFrame]:
+    """Aligned frames of a :class:`RScan`, :class:`MultiScan` or :class:`ARKitScenes` scan;
+    ``upright``: frames held sideways are turned upright (scan_align.upright_turns)."""
     report = report if report is not None else FrameReport()
     alignment = alignment or scan_alignment(scan)
     log.info("%s scan %s: %s", scan.kind, scan.path, alignment.describe())
@@ -411,7 +412,10 @@ def scan_frames(scan, stride: int = 10, report: FrameReport | None = None,
                         view.where)
             continue
         report.frames += 1
-        yield RGBDFrame(rgb, depth, view.intrinsics, alignment.T @ view.T_world_camera, view.stamp_s)
+        intr, T = view.intrinsics, alignment.T @ view.T_world_camera
+        if upright and (turns := upright_turns(T)):  # colour turns with depth whatever its size
+            rgb, depth, intr, T = turn_view(rgb, depth, intr, T, turns)
+        yield RGBDFrame(rgb, depth, intr, T, view.stamp_s)
 
 
 READERS = {"3rscan": RScan, "multiscan": MultiScan, "arkitscenes": ARKitScenes}

@@ -17,8 +17,15 @@ Decisions where the paper is silent:
   2F entries (App. D.2: W has d/2 rows, so the feature has the model's width d) and its
   1/sqrt(d) scale is 1/sqrt(2F). ``fourier_features`` = None means F = d/2, resolved by the
   model, which knows d.
-- Token cap: the ``max_tokens`` columns with the most voxels (ties: lowest (x, y)), emitted
-  in (x, y) raster order so token order does not depend on the order frames arrived.
+- Token cap (``token_selection``, see ``leovl_ros.token_selection``): by default the
+  ``max_tokens`` columns with the most voxels (ties: lowest (x, y)); also nearest to the
+  camera, nearest to the question's anchor, or coarser merged columns (nothing dropped).
+  Tokens come in (x, y) raster order so token order does not depend on the order frames arrived.
+- Incremental CFG: when the map tracks per-column sums (``VoxelMap.track_columns``, kept at
+  fusion time), a ``cfg`` grid with the same ``pos_z`` is a gather of those sums plus the
+  anchor correction of the few columns the referred region touches: O(tokens x d) at any
+  map size. The batch path below is the reference; both use the same token selection, so
+  they agree up to float summation order (tested at 1e-5).
 - Anchor (§3.1: "voxels that fall within the referred region"): with ``anchor_size`` the
   region is the object's axis-aligned box (centre + extents), otherwise the sphere of
   ``anchor_radius`` around ``anchor_center``; voxels whose centre lies inside get the
@@ -37,9 +44,12 @@ from typing import Literal, Sequence
 
 import torch
 
+from .column_sums import column_voxels, rope_phase
+from .token_selection import TOKEN_SELECTIONS, select_tokens
 from .voxel_map import VoxelMap, voxel_keys
 
-__all__ = ["CondensedGrid", "GridConfig", "build_grid", "fourier_input", "fourier_matrix", "rope_height"]
+__all__ = ["CondensedGrid", "GridConfig", "build_grid", "focus_point", "fourier_input", "fourier_matrix", "rope_height",
+           "voxel_tokens"]
 
 _POS_Z = ("rope", "none")
 _GRIDS = ("cfg", "voxel_full", "voxel_sample")
@@ -54,6 +64,7 @@ class GridConfig:
     fourier_features: int | None = None  # rows F of W (the feature has 2F dims); None = d/2 (App. D.2)
     fourier_seed: int = 0
     sample_seed: int = 0
+    token_selection: Literal["densest", "nearest", "anchor", "coarsen"] = "densest"
 
     def __post_init__(self) -> None:
         if self.max_tokens <= 0:
@@ -62,6 +73,8 @@ class GridConfig:
             raise ValueError(f"pos_z must be one of {_POS_Z}, got {self.pos_z!r}")
         if self.grid not in _GRIDS:
             raise ValueError(f"grid must be one of {_GRIDS}, got {self.grid!r}")
+        if self.token_selection not in TOKEN_SELECTIONS:
+            raise ValueError(f"token_selection must be one of {TOKEN_SELECTIONS}, got {self.token_selection!r}")
         if self.fourier_features is not None and self.fourier_features <= 0:
             raise ValueError(f"fourier_features must be positive, got {self.fourier_features}")
 
@@ -80,13 +93,7 @@ class CondensedGrid:
         return int(self.features.shape[0])
 
 
-def _rope_phase(levels: torch.Tensor, d: int, base: float = 10000.0) -> torch.Tensor:
-    """(L, d/2) complex64 e^{i p theta_i} for integer heights p, theta_i = base^(-2i/d)."""
-    if d % 2:
-        raise ValueError(f"RoPE needs an even feature dimension, got d={d}")
-    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
-    angles = levels.to(torch.float64)[:, None] * theta[None, :]  # (L, d/2), float64: p*theta is exact enough
-    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+_rope_phase = rope_phase  # (L, d/2) phases; lives with the column sums that also rotate
 
 
 def rope_height(features: torch.Tensor, height_index: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
@@ -119,11 +126,11 @@ def _anchor_mask(vmap: VoxelMap, rows: torch.Tensor, center: Sequence[float], ra
                  size: Sequence[float] | None = None) -> torch.Tensor:
     """(S,) bool: selected voxels inside the referred box (``size``) or sphere (``radius``),
     plus the one holding its centre."""
-    c = torch.as_tensor(center, dtype=torch.float32).reshape(-1)
+    c = torch.as_tensor(center, dtype=torch.float32).reshape(-1).to(vmap.device)
     if c.shape != (3,) or not bool(torch.isfinite(c).all()):
         raise ValueError(f"anchor_center must be 3 finite coordinates in metres, got {center}")
     if size is not None:
-        half = torch.as_tensor(size, dtype=torch.float32).reshape(-1) / 2
+        half = torch.as_tensor(size, dtype=torch.float32).reshape(-1).to(vmap.device) / 2
         if half.shape != (3,) or not bool(torch.isfinite(half).all()) or bool((half < 0).any()):
             raise ValueError(f"anchor_size must be 3 finite extents >= 0 metres, got {size}")
         inside = ((vmap.centers[rows] - c).abs() <= half).all(1)
@@ -137,20 +144,41 @@ def _anchor_mask(vmap: VoxelMap, rows: torch.Tensor, center: Sequence[float], ra
 
 def _column_keys(coords: torch.Tensor) -> torch.Tensor:
     """(V,) key of each voxel's (x, y) column, ordered like (x, y)."""
-    return voxel_keys(coords * torch.tensor([1, 1, 0]))
+    return voxel_keys(coords * torch.tensor([1, 1, 0], device=coords.device))
 
 
-def _select_columns(coords: torch.Tensor, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per voxel its token (-1 if its column was cut), and per token the column coords (T, 2) and voxel count (T,)."""
+def focus_point(vmap: VoxelMap, config: GridConfig, anchor_center) -> Sequence[float] | None:
+    """The point ``nearest``/``anchor`` selection centres on: the anchor (for ``anchor``) or the camera."""
+    if config.token_selection == "anchor" and anchor_center is not None:
+        return [float(v) for v in torch.as_tensor(anchor_center).reshape(-1)[:2]]
+    return vmap.viewpoint
+
+
+def voxel_tokens(vmap: VoxelMap, config: GridConfig,
+                    focus: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per voxel its token (-1 if its column was cut), per token its xy (T, 2) and voxel count (T,)."""
+    coords = vmap.coords
     ckeys, inverse, ccount = torch.unique(_column_keys(coords), return_inverse=True, return_counts=True)  # (C,)
-    kept = torch.arange(ckeys.numel())
-    if ckeys.numel() > max_tokens:
-        # Densest first; stable over key-sorted columns, so ties go to the lowest (x, y).
-        kept = torch.sort(torch.sort(ccount, descending=True, stable=True).indices[:max_tokens]).values
-    col_token = torch.full((ckeys.numel(),), -1, dtype=torch.int64)
-    col_token[kept] = torch.arange(kept.numel())
-    first = torch.zeros_like(ckeys).scatter_(0, inverse, torch.arange(coords.shape[0]))  # a voxel of each column
-    return col_token[inverse], coords[first[kept], :2], ccount[kept]
+    first = torch.zeros_like(ckeys).scatter_(0, inverse, torch.arange(coords.shape[0], device=coords.device))
+    col_token, xy, count = select_tokens(coords[first, :2], ccount, config.max_tokens, config.token_selection,
+                                         vmap.voxel_size, focus)
+    return col_token[inverse], xy, count
+
+
+def _anchor_term(vmap: VoxelMap, rows: torch.Tensor, token: torch.Tensor, num_tokens: int, rope: bool,
+                 embedding: torch.Tensor) -> torch.Tensor:
+    """(T, d) sum over the anchored voxels ``rows`` (with their ``token``) of R(z) e.
+
+    The anchor is linear, so its term is added in closed form: sum_l A[t, l] R_l(e) with A
+    the anchored voxel counts per (token, level); this is the only part that carries gradients.
+    """
+    d = vmap.feature_dim
+    heights = vmap.coords[rows, 2] if rope else torch.zeros_like(rows)
+    levels, level_of = torch.unique(heights, return_inverse=True)  # (L,), (A,)
+    A = torch.zeros(num_tokens, levels.numel(), device=rows.device).index_put_(
+        (token, level_of), torch.ones(rows.numel(), device=rows.device), accumulate=True)  # (T, L)
+    e = embedding.to(rows.device, torch.float32).expand(levels.numel(), d)  # (L, d)
+    return A @ (rope_height(e, levels) if rope else e)
 
 
 def _pool(
@@ -167,17 +195,15 @@ def _pool(
     The map can hold V x d = 10k x 2048 floats (80 MB): building all means, then all rotated
     copies would write several such arrays (slow first-touch pages, peak memory). Instead
     voxels go height level by height level in chunks of ``_CHUNK`` rows, each rotated in place
-    by its level's single phase vector and scatter-added into the (T, d) output. The anchor is
-    linear, so its term is added in closed form: sum_l A[t, l] R_l(e) with A the anchored
-    voxel counts per (token, level); this is the only part that carries gradients.
+    by its level's single phase vector and scatter-added into the (T, d) output.
     """
-    d, T = vmap.feature_dim, voxel_count.numel()
+    d, T, dev = vmap.feature_dim, voxel_count.numel(), vmap.device
     heights = vmap.coords.index_select(0, rows)[:, 2] if rope else torch.zeros_like(rows)  # (S,)
     levels, level_of, per_level = torch.unique(heights, return_inverse=True, return_counts=True)  # (L,), (S,), (L,)
     phase = _rope_phase(levels, d) if rope else None  # (L, d/2)
     by_level = torch.argsort(level_of, stable=True)  # (S,)
-    pooled = torch.zeros(T, d)
-    buf = torch.empty(min(_CHUNK, rows.numel()), d)  # reused: see VoxelMap.means
+    pooled = torch.zeros(T, d, device=dev)
+    buf = torch.empty(min(_CHUNK, rows.numel()), d, device=dev)  # reused: see VoxelMap.means
     start = 0
     for lvl, n in enumerate(per_level.tolist()):
         for lo in range(start, start + n, _CHUNK):
@@ -188,12 +214,49 @@ def _pool(
             pooled.index_add_(0, token[idx], x)
         start += n
     if anchor is not None and bool(anchor.any()):
-        A = torch.zeros(T, levels.numel()).index_put_(
-            (token[anchor], level_of[anchor]), torch.ones(int(anchor.sum())), accumulate=True
-        )  # (T, L) anchored voxels per token and level
-        e = anchor_embedding.to("cpu", torch.float32).expand(levels.numel(), d)  # (L, d)
-        pooled = pooled + A @ (rope_height(e, levels) if rope else e)
+        pooled = pooled + _anchor_term(vmap, rows[anchor], token[anchor], T, rope, anchor_embedding)
     return pooled / voxel_count.to(torch.float32)[:, None]
+
+
+def _anchor_candidates(vmap: VoxelMap, ids: torch.Tensor, cols: torch.Tensor, center, radius,
+                       size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Voxel rows of the occupied columns (``ids`` (C,) with coords ``cols`` (C, 2)) under the referred
+    region's xy rectangle (one column of margin: float centres on the border), and the index
+    into ``ids`` of each row's column."""
+    c = torch.as_tensor(center, dtype=torch.float64).reshape(-1)
+    half = (torch.as_tensor(size, dtype=torch.float64).reshape(-1)[:2] / 2 if size is not None
+            else torch.full((2,), float(radius or 0.0), dtype=torch.float64))
+    if c.shape != (3,) or not bool(torch.isfinite(c).all() & torch.isfinite(half).all()):
+        return torch.zeros(0, dtype=torch.int64, device=ids.device), torch.zeros(0, dtype=torch.int64)
+    lo = torch.floor((c[:2] - half) / vmap.voxel_size).to(torch.int64) - 1
+    hi = torch.floor((c[:2] + half) / vmap.voxel_size).to(torch.int64) + 1
+    under = ((cols >= lo.to(ids.device)) & (cols <= hi.to(ids.device))).all(1)
+    which = torch.nonzero(under).squeeze(1)
+    rows, owner = column_voxels(vmap, ids[which])
+    return rows, which[owner]
+
+
+def _grid_from_columns(vmap: VoxelMap, config: GridConfig, anchor_center, anchor_radius, anchor_embedding,
+                       anchor_size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features, xy, voxel_count) of the CFG from the map's column sums: O(tokens x d)."""
+    ids, cols, counts, srows = vmap.columns.columns()  # (C,), (C, 2), (C,), (C,)
+    col_token, xy, tcount = select_tokens(cols, counts, config.max_tokens, config.token_selection,
+                                          vmap.voxel_size, focus_point(vmap, config, anchor_center))
+    T = tcount.numel()
+    if T == ids.numel() or config.token_selection != "coarsen":  # one column per token, raster order
+        pooled = vmap.columns.sums(srows[col_token >= 0])  # (T, d)
+    else:  # merged blocks: every column adds into its block
+        pooled = torch.zeros(T, vmap.feature_dim, device=vmap.device).index_add_(
+            0, col_token, vmap.columns.sums(srows))
+    if anchor_center is not None:
+        rows, col = _anchor_candidates(vmap, ids, cols, anchor_center, anchor_radius, anchor_size)
+        token = col_token[col]
+        rows, token = rows[token >= 0], token[token >= 0]
+        inside = _anchor_mask(vmap, rows, anchor_center, anchor_radius, anchor_size)
+        if bool(inside.any()):
+            pooled = pooled + _anchor_term(vmap, rows[inside], token[inside], T, config.pos_z == "rope",
+                                           anchor_embedding)
+    return pooled / tcount.to(torch.float32)[:, None], xy, tcount
 
 
 def build_grid(
@@ -203,43 +266,52 @@ def build_grid(
     anchor_radius: float | None = None,
     anchor_embedding: torch.Tensor | None = None,
     anchor_size: Sequence[float] | None = None,
+    incremental: bool = True,
 ) -> CondensedGrid:
     """CFG (or a voxel-token ablation) of ``vmap``; differentiable w.r.t. ``anchor_embedding``.
 
     The anchor applies when ``anchor_center`` is given (then radius and embedding are
     required); an embedding without a centre is ignored, so the model can always pass it.
-    Tensors come back on the CPU (where the map lives); the model moves them to its device.
+    Tensors come back on the map's device; the model moves them to its own. With
+    ``incremental`` (default) a ``cfg`` grid comes from the map's column sums when it tracks
+    them with the same ``pos_z``; ``incremental=False`` forces the batch reference.
     """
     d, V = vmap.feature_dim, vmap.num_voxels
+    dev = vmap.device
     if anchor_center is not None and anchor_embedding is None:
         raise ValueError("anchor_center was given without anchor_embedding (the model's learned anchor)")
     if anchor_center is not None and tuple(anchor_embedding.shape) != (d,):
         raise ValueError(f"anchor_embedding must have shape ({d},), got {tuple(anchor_embedding.shape)}")
     if V == 0:
-        return CondensedGrid(
-            torch.zeros(0, d), torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64), 0, 0.0, 1.0
-        )
+        return CondensedGrid(torch.zeros(0, d, device=dev), torch.zeros(0, 2, device=dev),
+                             torch.zeros(0, dtype=torch.int64, device=dev), 0, 0.0, 1.0)
     coords = vmap.coords  # (V, 3)
+    rope = config.pos_z == "rope"
 
-    if config.grid == "cfg":
-        vox_token, token_cols, voxel_count = _select_columns(coords, config.max_tokens)
-        rows = torch.nonzero(vox_token >= 0).squeeze(1)  # (S,) voxels that survive the cap
-        token = vox_token[rows]  # (S,)
-        xy = (token_cols.to(torch.float32) + 0.5) * vmap.voxel_size  # (T, 2)
+    if config.grid == "cfg" and incremental and vmap.columns is not None and vmap.columns.rope == rope:
+        if anchor_center is not None:
+            _anchor_mask(vmap, coords[:0, 0], anchor_center, anchor_radius, anchor_size)  # validates, as below
+        feats, xy, voxel_count = _grid_from_columns(vmap, config, anchor_center, anchor_radius, anchor_embedding,
+                                                    anchor_size)
     else:
-        order = torch.argsort(voxel_keys(coords))  # (V,) raster order
-        if config.grid == "voxel_sample":
-            num_cols = torch.unique(_column_keys(coords)).numel()
-            n = min(num_cols, config.max_tokens)
-            pick = torch.randperm(V, generator=torch.Generator().manual_seed(config.sample_seed))[:n]
-            order = order[torch.sort(pick).values]
-        rows = order  # (S,) one token per voxel
-        token = torch.arange(rows.numel())
-        xy = vmap.centers[rows, :2]  # (T, 2)
-        voxel_count = torch.ones(rows.numel(), dtype=torch.int64)
-    anchor = None if anchor_center is None else _anchor_mask(vmap, rows, anchor_center, anchor_radius,
-                                                             anchor_size)  # (S,)
-    feats = _pool(vmap, rows, token, voxel_count, config.pos_z == "rope", anchor, anchor_embedding)  # (T, d)
+        if config.grid == "cfg":
+            vox_token, xy, voxel_count = voxel_tokens(vmap, config, focus_point(vmap, config, anchor_center))
+            rows = torch.nonzero(vox_token >= 0).squeeze(1)  # (S,) voxels that survive the cap
+            token = vox_token[rows]  # (S,)
+        else:
+            order = torch.argsort(voxel_keys(coords))  # (V,) raster order
+            if config.grid == "voxel_sample":
+                num_cols = torch.unique(_column_keys(coords)).numel()
+                n = min(num_cols, config.max_tokens)
+                pick = torch.randperm(V, generator=torch.Generator().manual_seed(config.sample_seed))[:n].to(dev)
+                order = order[torch.sort(pick).values]
+            rows = order  # (S,) one token per voxel
+            token = torch.arange(rows.numel(), device=dev)
+            xy = vmap.centers[rows, :2]  # (T, 2)
+            voxel_count = torch.ones(rows.numel(), dtype=torch.int64, device=dev)
+        anchor = None if anchor_center is None else _anchor_mask(vmap, rows, anchor_center, anchor_radius,
+                                                                 anchor_size)  # (S,)
+        feats = _pool(vmap, rows, token, voxel_count, rope, anchor, anchor_embedding)  # (T, d)
 
     kept = int(voxel_count.sum())
     return CondensedGrid(

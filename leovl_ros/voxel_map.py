@@ -1,7 +1,7 @@
 """Sparse voxel map of 2D-encoder features with an exact running mean per voxel.
 
-Voxels are kept in rows in creation order (storage only grows, by doubling, up to
-``max_voxels``); a sorted array of packed voxel keys maps a voxel to its row with
+Voxels are kept in rows (storage only grows, by doubling, up to ``max_voxels``; eviction
+moves the last rows into the freed ones); a sorted array of packed voxel keys maps a voxel to its row with
 ``torch.searchsorted``, so fusing a frame is a few vectorised ops: one scatter-add of its
 points per voxel, then one indexed add into storage, whatever the map size (no Python dict,
 no per-point loop).
@@ -21,7 +21,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-__all__ = ["TEMP_SUFFIX", "VoxelMap", "remove_stale_temps", "voxel_keys"]
+__all__ = ["EVICTIONS", "TEMP_SUFFIX", "VoxelMap", "remove_stale_temps", "voxel_keys"]
+
+EVICTIONS = ("none", "least_recent", "farthest")
 
 _FORMAT = "leovl_ros.voxel_map"
 # Temp files of a save are ".<name>.<pid>.<random>.leovl-tmp": the writer's pid tells a
@@ -89,10 +91,24 @@ class VoxelMap:
     Bounds: ``bounds=((xmin, ymin, zmin), (xmax, ymax, zmax))`` metres; points outside are
     dropped (``dropped_out_of_bounds``).
 
-    Full policy: once ``max_voxels`` exist, points that would create a new voxel are dropped
-    (``dropped_full``) while points falling into existing voxels keep being fused, so the map
-    keeps refining what it has. When a frame can create only some of its new voxels, those
-    with the most points in that frame win (ties: lowest voxel key), deterministically.
+    Full policy (``eviction``): once ``max_voxels`` exist,
+    - ``none``: points that would create a new voxel are dropped (``dropped_full``) while
+      points falling into existing voxels keep being fused, so the map keeps refining what it
+      has (a room-sized map that must never forget);
+    - ``least_recent``: the voxels fused longest ago (by keyframe; ties: oldest row) make room;
+    - ``farthest``: the voxels farthest (3D) from the frame's ``origin`` (the camera; else the
+      centroid of its points) make room.
+    Evicting frees ``max_voxels // 20`` voxels at a time (at least what the frame needs):
+    the sorted index is rebuilt once per batch, not per frame. The frame's own voxels are
+    never evicted; evicted voxels and their points are counted (``evicted_voxels``,
+    ``evicted_points``). Storage never grows past ``max_voxels``, so memory stays flat. When a
+    frame can create only some of its new voxels, those with the most points in that frame
+    win (ties: lowest voxel key), deterministically.
+
+    ``viewpoint`` is the latest ``origin`` given to :meth:`fuse` (the ``nearest`` token
+    selection centres on it). ``track_columns`` keeps the incremental CFG's per-column sums
+    (:class:`~leovl_ros.column_sums.ColumnSums`) up to date at every fusion and eviction.
+    ``device``: where every tensor lives (e.g. ``cuda`` for 7B deployments); inputs are moved.
     """
 
     def __init__(
@@ -102,6 +118,8 @@ class VoxelMap:
         storage_dtype: torch.dtype = torch.float32,
         bounds: Sequence[Sequence[float]] | None = None,
         max_voxels: int = 200_000,
+        eviction: str = "none",
+        device: str | torch.device = "cpu",
     ):
         if int(feature_dim) <= 0:
             raise ValueError(f"feature_dim must be positive, got {feature_dim}")
@@ -111,31 +129,49 @@ class VoxelMap:
             raise ValueError(f"storage_dtype must be one of {list(_DTYPE_NAMES.values())}, got {storage_dtype}")
         if int(max_voxels) <= 0:
             raise ValueError(f"max_voxels must be positive, got {max_voxels}")
+        if eviction not in EVICTIONS:
+            raise ValueError(f"eviction must be one of {EVICTIONS}, got {eviction!r}")
+        self._device = torch.device(device)
+        self._eviction = eviction
         self._bounds = None
         if bounds is not None:
             b = np.asarray(bounds, dtype=np.float64)
             if b.shape != (2, 3) or not (b[0] < b[1]).all():
                 raise ValueError(f"bounds must be ((xmin, ymin, zmin), (xmax, ymax, zmax)), min < max; got {bounds}")
             self._bounds = (tuple(b[0].tolist()), tuple(b[1].tolist()))
-            self._bounds_t = torch.as_tensor(b, dtype=torch.float32)  # (2, 3), compared with float32 points
+            self._bounds_t = torch.as_tensor(b, dtype=torch.float32, device=self._device)  # (2, 3), compared with float32 points
         self._d = int(feature_dim)
         self._voxel_size = float(voxel_size)
         self._dtype = storage_dtype
         self._max_voxels = int(max_voxels)
         self.metadata: dict[str, str] = {}
+        self.columns = None  # ColumnSums once track_columns() was called
         self.reset()
 
     # ----------------------------------------------------------------- state
     def reset(self) -> None:
         """Drop every voxel and the drop counters (metadata is kept)."""
         self._n = 0
-        self._acc = torch.zeros(0, self._d, dtype=self._dtype)  # (capacity, d) sums or means
-        self._counts = torch.zeros(0, dtype=torch.int64)  # (capacity,) points per voxel
-        self._coords = torch.zeros(0, 3, dtype=torch.int64)  # (capacity, 3) voxel indices
-        self._sorted_keys = torch.zeros(0, dtype=torch.int64)  # (V,) ascending
-        self._sorted_rows = torch.zeros(0, dtype=torch.int64)  # (V,) row of each sorted key
+        dev = self._device
+        self._acc = torch.zeros(0, self._d, dtype=self._dtype, device=dev)  # (capacity, d) sums or means
+        self._counts = torch.zeros(0, dtype=torch.int64, device=dev)  # (capacity,) points per voxel
+        self._coords = torch.zeros(0, 3, dtype=torch.int64, device=dev)  # (capacity, 3) voxel indices
+        self._last_seen = torch.zeros(0, dtype=torch.int64, device=dev)  # (capacity,) keyframe that last touched it
+        self._sorted_keys = torch.zeros(0, dtype=torch.int64, device=dev)  # (V,) ascending
+        self._sorted_rows = torch.zeros(0, dtype=torch.int64, device=dev)  # (V,) row of each sorted key
+        self._frames = 0  # fuse() calls so far (the clock of least_recent)
+        self.viewpoint: tuple[float, float, float] | None = None
         self.dropped_full = 0
         self.dropped_out_of_bounds = 0
+        self.evicted_voxels = self.evicted_points = 0
+        if self.columns is not None:
+            self.track_columns(self.columns.rope)
+
+    def track_columns(self, rope: bool = True) -> None:
+        """Keep per-column CFG sums (height-rotated with ``rope``) up to date from now on."""
+        from .column_sums import ColumnSums  # it builds on this module
+
+        self.columns = ColumnSums(self, rope)
 
     @property
     def num_voxels(self) -> int:
@@ -156,6 +192,14 @@ class VoxelMap:
     @property
     def max_voxels(self) -> int:
         return self._max_voxels
+
+    @property
+    def eviction(self) -> str:
+        return self._eviction
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
 
     @property
     def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -188,10 +232,10 @@ class VoxelMap:
         map in cache-sized chunks: fresh multi-MB tensors cost more in page faults than the copy.
         """
         if rows is None:
-            rows = torch.arange(self._n)
+            rows = torch.arange(self._n, device=self._device)
         acc, counts = self._acc[: self._n], self._counts[: self._n]  # views: out-of-range rows raise IndexError
         if out is None:
-            out = torch.empty(rows.numel(), self._d)
+            out = torch.empty(rows.numel(), self._d, device=self._device)
         if self._dtype == torch.float32:
             torch.index_select(acc, 0, rows, out=out)
             return out.div_(counts.index_select(0, rows).unsqueeze(1))
@@ -202,12 +246,15 @@ class VoxelMap:
 
     def memory_bytes(self) -> int:
         """Bytes held by the map's tensors (allocated capacity, not just used rows)."""
-        tensors = (self._acc, self._counts, self._coords, self._sorted_keys, self._sorted_rows)
-        return sum(t.numel() * t.element_size() for t in tensors)
+        tensors = (self._acc, self._counts, self._coords, self._last_seen, self._sorted_keys, self._sorted_rows)
+        columns = self.columns.memory_bytes() if self.columns is not None else 0
+        return sum(t.numel() * t.element_size() for t in tensors) + columns
 
     # ---------------------------------------------------------------- fusion
-    def fuse(self, points: np.ndarray | torch.Tensor, features: np.ndarray | torch.Tensor) -> int:
-        """Add N points (N, 3) metres with their features (N, d); returns voxels newly created."""
+    def fuse(self, points: np.ndarray | torch.Tensor, features: np.ndarray | torch.Tensor,
+             origin: Sequence[float] | None = None) -> int:
+        """Add N points (N, 3) metres with their features (N, d) seen from ``origin`` (the camera
+        position, optional); returns voxels newly created."""
         pts = torch.as_tensor(points)
         feats = torch.as_tensor(features)
         if pts.ndim != 2 or pts.shape[1] != 3:
@@ -216,8 +263,13 @@ class VoxelMap:
             raise ValueError(f"features must be (N={pts.shape[0]}, d={self._d}), got shape {tuple(feats.shape)}")
         if pts.shape[0] == 0:
             return 0
-        pts = pts.to(torch.float32)
-        feats = feats.to(torch.float32)
+        pts = pts.to(self._device, torch.float32)
+        feats = feats.to(self._device, torch.float32)
+        if origin is not None:
+            o = [float(v) for v in origin]
+            if len(o) != 3 or not all(math.isfinite(v) for v in o):
+                raise ValueError(f"origin must be 3 finite coordinates in metres, got {origin}")
+            self.viewpoint = (o[0], o[1], o[2])
         if not bool(torch.isfinite(pts).all()):
             raise ValueError("points contain NaN/inf: mask invalid depth before fusing")
         # A finite sum implies finite features (inf/NaN propagate); the full check, 10x slower,
@@ -238,7 +290,7 @@ class VoxelMap:
             raise ValueError(f"points beyond +-{_OFFSET * self._voxel_size:.0f} m from the map origin")
         keys = voxel_keys(coords)  # (N,)
         ukeys, inverse, ucount = torch.unique(keys, return_inverse=True, return_counts=True)  # (U,), (N,), (U,)
-        urows, created = self._lookup_or_create(ukeys, ucount)  # (U,) row, -1 where the map is full
+        urows, created = self._lookup_or_create(ukeys, ucount, origin, pts)  # (U,) row, -1 where the map is full
         live = urows >= 0  # (U,)
         if not bool(live.all()):
             keep = live[inverse]  # (N,)
@@ -248,7 +300,7 @@ class VoxelMap:
 
         # Sum the frame per voxel first, then add once per voxel: fusing the same frame twice
         # then gives exactly 2*sum / 2*count, i.e. bit-identical means.
-        batch = torch.zeros(ukeys.shape[0], self._d).index_add_(0, inverse, feats)[live]  # (U', d)
+        batch = torch.zeros(ukeys.shape[0], self._d, device=self._device).index_add_(0, inverse, feats)[live]
         if self._dtype in _HALF_DTYPES:
             m = self._acc[rows].to(torch.float32)  # (U', d) current means
             n = self._counts[rows].unsqueeze(1)
@@ -256,9 +308,14 @@ class VoxelMap:
         else:
             self._acc.index_add_(0, rows, batch.to(self._dtype))
         self._counts[rows] += k
+        self._frames += 1
+        self._last_seen[rows] = self._frames
+        if self.columns is not None:
+            self.columns.refresh(self, ukeys[live])
         return created
 
-    def _lookup_or_create(self, ukeys: torch.Tensor, ucount: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _lookup_or_create(self, ukeys: torch.Tensor, ucount: torch.Tensor, origin: Sequence[float] | None,
+                          pts: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Row of each unique key (U,), creating rows for new keys while room is left (-1 if not)."""
         urows = torch.full_like(ukeys, -1)
         found = torch.zeros_like(ukeys, dtype=torch.bool)
@@ -269,6 +326,14 @@ class VoxelMap:
 
         new = torch.nonzero(~found).squeeze(1)  # (M,) indices into ukeys, key-ascending
         room = self._max_voxels - self._n
+        if new.numel() > room and self._eviction != "none":
+            protect = urows[found]
+            evict = min(max(new.numel() - room, self._max_voxels // 20), self._n - protect.numel())
+            if evict > 0:
+                centre = pts.mean(0) if origin is None else torch.tensor(origin, device=self._device)
+                remap = self._evict(evict, protect, centre)
+                urows[found] = remap[protect]
+                room = self._max_voxels - self._n
         if new.numel() > room:
             # Most points first, ties by key: stable sort of key-ordered candidates.
             order = torch.sort(ucount[new], descending=True, stable=True).indices
@@ -277,20 +342,54 @@ class VoxelMap:
         if m == 0:
             return urows, 0
         self._reserve(self._n + m)
-        new_rows = torch.arange(self._n, self._n + m)
+        new_rows = torch.arange(self._n, self._n + m, device=self._device)
         urows[new] = new_rows
         self._coords[new_rows] = _unpack(ukeys[new])
         self._merge_sorted(ukeys[new], new_rows)
         self._n += m
         return urows, m
 
+    def _evict(self, num: int, protect: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        """Remove ``num`` voxels by the eviction policy, never ``protect``; returns old row -> new row (V,).
+
+        The last rows move into the freed ones (O(num x d)); the sorted index is filtered and
+        renumbered (O(V) integers), so no full re-sort and no copy of the whole map.
+        """
+        n, dev = self._n, self._device
+        if self._eviction == "least_recent":
+            order_key = self._last_seen[:n].to(torch.float64)  # oldest first; stable: ties to the oldest row
+        else:
+            order_key = -(self.centers - centre.to(torch.float32)).norm(dim=1).to(torch.float64)  # farthest first
+        order_key[protect] = math.inf
+        victims = torch.sort(order_key, stable=True).indices[:num]
+        m = n - num
+        gone = torch.zeros(n, dtype=torch.bool, device=dev)
+        gone[victims] = True
+        self.evicted_voxels += num
+        self.evicted_points += int(self._counts[victims].sum())
+        evicted_keys = voxel_keys(self._coords[victims])
+        holes = torch.nonzero(gone[:m]).squeeze(1)
+        movers = torch.nonzero(~gone[m:]).squeeze(1) + m  # as many as holes
+        for t in (self._acc, self._counts, self._coords, self._last_seen):
+            t[holes] = t[movers]
+            t[m:n] = 0  # rows past the end must read as empty when reused
+        remap = torch.arange(n, device=dev)
+        remap[movers] = holes
+        keep = ~gone[self._sorted_rows]
+        self._sorted_keys, self._sorted_rows = self._sorted_keys[keep], remap[self._sorted_rows[keep]]
+        self._n = m
+        if self.columns is not None:
+            self.columns.refresh(self, evicted_keys)
+        return remap
+
     def _merge_sorted(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
         """Merge ascending new ``keys`` into the sorted index in O(V + M log V), no full re-sort."""
-        old_pos = torch.arange(self._n) + torch.searchsorted(keys, self._sorted_keys)
-        new_pos = torch.arange(keys.numel()) + torch.searchsorted(self._sorted_keys, keys)
+        dev = self._device
+        old_pos = torch.arange(self._n, device=dev) + torch.searchsorted(keys, self._sorted_keys)
+        new_pos = torch.arange(keys.numel(), device=dev) + torch.searchsorted(self._sorted_keys, keys)
         total = self._n + keys.numel()
-        merged_keys = torch.empty(total, dtype=torch.int64)
-        merged_rows = torch.empty(total, dtype=torch.int64)
+        merged_keys = torch.empty(total, dtype=torch.int64, device=dev)
+        merged_rows = torch.empty(total, dtype=torch.int64, device=dev)
         merged_keys[old_pos], merged_rows[old_pos] = self._sorted_keys, self._sorted_rows
         merged_keys[new_pos], merged_rows[new_pos] = keys, rows
         self._sorted_keys, self._sorted_rows = merged_keys, merged_rows
@@ -301,13 +400,12 @@ class VoxelMap:
         if needed <= capacity:
             return
         new_cap = min(max(needed, 2 * capacity, 1024), self._max_voxels)
-        acc = torch.zeros(new_cap, self._d, dtype=self._dtype)
-        acc[: self._n] = self._acc[: self._n]
-        counts = torch.zeros(new_cap, dtype=torch.int64)
-        counts[: self._n] = self._counts[: self._n]
-        coords = torch.zeros(new_cap, 3, dtype=torch.int64)
-        coords[: self._n] = self._coords[: self._n]
-        self._acc, self._counts, self._coords = acc, counts, coords
+        grown = []
+        for t in (self._acc, self._counts, self._coords, self._last_seen):
+            g = torch.zeros(new_cap, *t.shape[1:], dtype=t.dtype, device=self._device)
+            g[: self._n] = t[: self._n]
+            grown.append(g)
+        self._acc, self._counts, self._coords, self._last_seen = grown
 
     # ------------------------------------------------------------------ io
     def _header(self) -> dict:
@@ -321,6 +419,12 @@ class VoxelMap:
             "dropped_full": self.dropped_full,
             "dropped_out_of_bounds": self.dropped_out_of_bounds,
             "metadata": self.metadata,
+            # since eviction (absent from older files: read with these defaults)
+            "eviction": self._eviction,
+            "evicted_voxels": self.evicted_voxels,
+            "evicted_points": self.evicted_points,
+            "frames": self._frames,
+            "viewpoint": self.viewpoint,
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -335,7 +439,9 @@ class VoxelMap:
             "coords": self.coords.contiguous(),
             "counts": self.counts.contiguous(),
             "acc": self._acc[: self._n].contiguous(),
+            "last_seen": self._last_seen[: self._n].contiguous(),
         }
+        tensors = {k: v.cpu() for k, v in tensors.items()}
         header = {_FORMAT: json.dumps(self._header(), sort_keys=True)}
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
         os.close(fd)
@@ -347,8 +453,9 @@ class VoxelMap:
             raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "VoxelMap":
-        """Read a map written by :meth:`save`; ``ValueError`` on truncated or foreign files."""
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "VoxelMap":
+        """Read a map written by :meth:`save` (any version of it) onto ``device``; ``ValueError``
+        on truncated or foreign files."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"voxel map file {path} does not exist")
@@ -357,7 +464,7 @@ class VoxelMap:
                 raw = (f.metadata() or {}).get(_FORMAT)
                 if raw is None:
                     raise ValueError(f"{path} is a safetensors file but not a leovl_ros voxel map (no {_FORMAT})")
-                tensors = {k: f.get_tensor(k) for k in ("coords", "counts", "acc")}
+                tensors = {k: f.get_tensor(k) for k in ("coords", "counts", "acc", "last_seen") if k in f.keys()}
         except SafetensorError as e:
             raise ValueError(f"{path} is not a readable safetensors voxel map (truncated or corrupted?): {e}") from e
         try:
@@ -365,19 +472,27 @@ class VoxelMap:
             if header["version"] != _VERSION:
                 raise ValueError(f"{path}: voxel map version {header['version']!r} unsupported (expected {_VERSION})")
             dtype = {v: k for k, v in _DTYPE_NAMES.items()}[header["storage_dtype"]]
-            vmap = cls(header["feature_dim"], header["voxel_size"], dtype, header["bounds"], header["max_voxels"])
+            vmap = cls(header["feature_dim"], header["voxel_size"], dtype, header["bounds"], header["max_voxels"],
+                       header.get("eviction", "none"), device)
             vmap.metadata = {str(k): str(v) for k, v in header["metadata"].items()}
             vmap.dropped_full = int(header["dropped_full"])
             vmap.dropped_out_of_bounds = int(header["dropped_out_of_bounds"])
+            vmap.evicted_voxels = int(header.get("evicted_voxels", 0))
+            vmap.evicted_points = int(header.get("evicted_points", 0))
+            vmap._frames = int(header.get("frames", 0))
+            view = header.get("viewpoint")
+            vmap.viewpoint = None if view is None else tuple(float(v) for v in view)
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: voxel map header is incomplete or malformed ({e!r})") from e
         coords, counts, acc = tensors["coords"], tensors["counts"], tensors["acc"]
         n = coords.shape[0]
+        last_seen = tensors.get("last_seen", torch.zeros(n, dtype=torch.int64))  # older files: all equally old
         if (
             coords.shape != (n, 3)
             or counts.shape != (n,)
             or acc.shape != (n, vmap.feature_dim)
-            or (coords.dtype, counts.dtype, acc.dtype) != (torch.int64, torch.int64, dtype)
+            or last_seen.shape != (n,)
+            or (coords.dtype, counts.dtype, acc.dtype, last_seen.dtype) != (torch.int64, torch.int64, dtype, torch.int64)
         ):
             raise ValueError(
                 f"{path}: inconsistent voxel map tensors coords={tuple(coords.shape)} counts={tuple(counts.shape)} "
@@ -387,8 +502,10 @@ class VoxelMap:
             raise ValueError(f"{path}: {n} voxels exceed its max_voxels={vmap.max_voxels}")
         if not bool(torch.isfinite(acc).all()) or bool((counts <= 0).any()):
             raise ValueError(f"{path}: voxel map has non-finite features or empty voxels (corrupted)")
-        vmap._acc, vmap._counts, vmap._coords, vmap._n = acc.clone(), counts.clone(), coords.clone(), n
-        keys = voxel_keys(coords)
+        dev = vmap.device
+        vmap._acc, vmap._counts, vmap._coords = acc.to(dev, copy=True), counts.to(dev, copy=True), coords.to(dev, copy=True)
+        vmap._last_seen, vmap._n = last_seen.to(dev, copy=True), n
+        keys = voxel_keys(vmap._coords)
         vmap._sorted_keys, vmap._sorted_rows = torch.sort(keys)
         if n > 1 and bool((vmap._sorted_keys[1:] == vmap._sorted_keys[:-1]).any()):
             raise ValueError(f"{path}: voxel map has duplicate voxel coordinates")

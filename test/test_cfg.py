@@ -217,3 +217,79 @@ def test_odd_feature_dim_needs_pos_z_none():
     with pytest.raises(ValueError, match="even"):
         build_grid(vmap, GridConfig())
     torch.testing.assert_close(build_grid(vmap, GridConfig(pos_z="none")).features, torch.full((1, 5), 0.5))
+
+
+def _stream(vmap: VoxelMap, rng: np.random.Generator, frames: int = 12) -> None:
+    """Frames walking along x, overlapping (means of old voxels change), each from its camera."""
+    for i in range(frames):
+        pts = rng.uniform([0.4 * i, 0, 0], [0.4 * i + 2.5, 2.0, 1.6], (250, 3))
+        vmap.fuse(pts, rng.standard_normal((250, vmap.feature_dim)).astype(np.float32), origin=(0.4 * i + 1, 1, 1))
+
+
+@pytest.mark.parametrize("eviction", ["none", "least_recent"])
+def test_incremental_cfg_equals_the_batch_cfg_for_every_selection_position_and_anchor(eviction):
+    """Column sums kept at fusion (and eviction) time give the batch CFG: same tokens, features <= 1e-5."""
+    d, rng = 16, np.random.default_rng(0)
+    for pos_z in ("rope", "none"):
+        vmap = VoxelMap(d, VS, max_voxels=600, eviction=eviction)
+        vmap.track_columns(rope=pos_z == "rope")
+        _stream(vmap, rng)
+        assert (vmap.dropped_full if eviction == "none" else vmap.evicted_voxels) > 0
+        c = vmap.centers  # regions around voxels the map holds
+        anchors = [{}, {"anchor_center": tuple(c[100].tolist()), "anchor_radius": 0.5},
+                   {"anchor_center": tuple(c[400].tolist()), "anchor_size": (0.8, 0.6, 0.4)}]
+        for policy in ("densest", "nearest", "anchor", "coarsen"):
+            for grid in ("cfg", "voxel_full", "voxel_sample"):
+                config = GridConfig(max_tokens=40, pos_z=pos_z, token_selection=policy, grid=grid)
+                for anchor in anchors:
+                    emb = torch.randn(d, requires_grad=True)
+                    kw = {**anchor, "anchor_embedding": emb} if anchor else {}
+                    fast, ref = build_grid(vmap, config, **kw), build_grid(vmap, config, incremental=False, **kw)
+                    what = (pos_z, policy, grid, anchor)
+                    assert torch.equal(fast.xy, ref.xy) and torch.equal(fast.voxel_count, ref.voxel_count), what
+                    torch.testing.assert_close(fast.features, ref.features, atol=1e-5, rtol=0, msg=str(what))
+                    assert fast.preservation_rate == ref.preservation_rate
+                    # The anchor's gradient flows through the incremental path too (when a kept token holds it;
+                    # always with the anchor policy).
+                    assert fast.features.requires_grad == ref.features.requires_grad
+                    assert ref.features.requires_grad or not anchor or policy != "anchor" or grid != "cfg"
+                    if anchor and ref.features.requires_grad:
+                        (g_fast,) = torch.autograd.grad(fast.features.sum(), emb)
+                        (g_ref,) = torch.autograd.grad(ref.features.sum(), emb)
+                        torch.testing.assert_close(g_fast, g_ref, atol=1e-5, rtol=0)
+
+
+def test_nearest_and_anchor_keep_the_columns_around_their_focus():
+    d = 4
+    vmap = VoxelMap(d, VS)
+    put(vmap, {(x, 0, z): torch.randn(d) for x in range(10) for z in range(1 + (x == 0) * 5)})  # (0, 0) densest
+    kept = lambda g: (g.xy[:, 0] / VS - 0.5).round().long().tolist()  # noqa: E731
+    assert kept(build_grid(vmap, GridConfig(max_tokens=3, token_selection="nearest")))[0] == 0  # no camera: densest
+    vmap.viewpoint = (7 * VS + 0.1, 0.0, 1.5)  # camera above column 7
+    assert kept(build_grid(vmap, GridConfig(max_tokens=3, token_selection="nearest"))) == [6, 7, 8]
+    anchored = GridConfig(max_tokens=3, token_selection="anchor")
+    g = build_grid(vmap, anchored, anchor_center=(2 * VS + 0.1, 0.1, 0.1), anchor_radius=0.0,
+                   anchor_embedding=torch.zeros(d))
+    assert kept(g) == [1, 2, 3] and g.preservation_rate == 3 / vmap.num_voxels
+    assert kept(build_grid(vmap, anchored)) == [6, 7, 8]  # no anchor: around the camera
+
+
+def test_coarsen_represents_every_column_with_block_means_at_voxel_weighted_centroids():
+    d = 8
+    vmap = VoxelMap(d, VS)
+    feats = {(x, y, z): torch.randn(d) for x in range(7) for y in range(5) for z in range((x * y) % 3 + 1)}
+    put(vmap, feats)
+    g = build_grid(vmap, GridConfig(max_tokens=10, token_selection="coarsen"))
+    # 35 columns do not fit 10 tokens in 2x2 blocks (4 x 3 = 12), they do in 3x3 (3 x 2 = 6).
+    assert g.num_tokens == 6 and g.preservation_rate == 1.0 and int(g.voxel_count.sum()) == len(feats)
+    for t, (bx, by) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]):  # raster order of blocks
+        block = {k: f for k, f in feats.items() if (k[0] // 3, k[1] // 3) == (bx, by)}
+        expect = torch.stack([rope_matrix(k[2], d).float() @ f for k, f in block.items()]).mean(0)
+        torch.testing.assert_close(g.features[t], expect, atol=1e-5, rtol=0)
+        centroid = torch.tensor([[k[0] + 0.5, k[1] + 0.5] for k in block]).mean(0) * VS  # each voxel weighs one
+        torch.testing.assert_close(g.xy[t], centroid)
+        assert g.voxel_count[t] == len(block)
+    fits = build_grid(vmap, GridConfig(max_tokens=35, token_selection="coarsen"))
+    assert torch.equal(fits.xy, build_grid(vmap, GridConfig(max_tokens=35)).xy)  # fits: plain columns
+    with pytest.raises(ValueError, match="token_selection"):
+        GridConfig(token_selection="random")

@@ -1,0 +1,87 @@
+"""Which (x, y) columns become scene tokens when a map has more occupied columns than ``max_tokens``.
+
+One function, used by the batch CFG (from voxel coordinates) and by the incremental one
+(from per-column accumulators), so both pick exactly the same tokens:
+
+- ``densest`` (the paper's CFG): the ``max_tokens`` columns with the most voxels, ties to
+  the lowest (x, y). Keeps most of a room; on a whole floor it keeps the cluttered parts.
+- ``nearest``: the columns whose centres are closest (in x, y) to the focus point, the
+  latest camera position (``VoxelMap.viewpoint``): what the robot sees now and around it.
+- ``anchor``: the columns closest to the question's referred region (its centre); without
+  an anchor it behaves as ``nearest``.
+  ``nearest``/``anchor`` without a focus point fall back to ``densest``.
+- ``coarsen``: nothing is dropped. Columns are merged into k x k blocks of columns (block =
+  floor(column / k), aligned to the map origin so it does not depend on arrival order),
+  with the smallest k >= 1 whose occupied blocks fit in ``max_tokens``. A merged token is
+  the CFG of the block as if it were one column: the mean over all the block's voxels of
+  their height-rotated features (so each voxel weighs the same, exactly as in a column),
+  and its position is the voxel-weighted centroid of the block's column centres (the
+  centre of what is occupied, not of the empty square; one column = its centre).
+
+Ties in ``nearest``/``anchor`` go to the lowest (x, y); tokens are always emitted in (x, y)
+raster order of their column (block), so token order never depends on frame order.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+__all__ = ["TOKEN_SELECTIONS", "select_tokens"]
+
+TOKEN_SELECTIONS = ("densest", "nearest", "anchor", "coarsen")
+
+
+def select_tokens(
+    cols: torch.Tensor,
+    counts: torch.Tensor,
+    max_tokens: int,
+    policy: str = "densest",
+    voxel_size: float = 1.0,
+    focus: Sequence[float] | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens for occupied columns ``cols`` (C, 2) int64 in (x, y) raster order with ``counts`` (C,) voxels.
+
+    Returns per column its token (C,) (-1 if dropped), per token its xy (T, 2) float32 metres
+    and its voxel count (T,) int64.
+    """
+    if policy not in TOKEN_SELECTIONS:
+        raise ValueError(f"token_selection must be one of {TOKEN_SELECTIONS}, got {policy!r}")
+    C, dev = cols.shape[0], cols.device
+    if C <= max_tokens:
+        return torch.arange(C, device=dev), _centres(cols, voxel_size), counts.clone()
+    if policy == "coarsen":
+        return _coarsen(cols, counts, max_tokens, voxel_size)
+    if policy in ("nearest", "anchor") and focus is not None:
+        f = torch.as_tensor(focus, dtype=torch.float64).reshape(-1)[:2].to(dev)
+        dist = (((cols.to(torch.float64) + 0.5) * voxel_size - f) ** 2).sum(1)  # (C,)
+        order = torch.sort(dist, stable=True).indices  # stable over raster order: ties to the lowest (x, y)
+    else:
+        order = torch.sort(counts, descending=True, stable=True).indices
+    kept = torch.sort(order[:max_tokens]).values  # (T,) back to raster order
+    col_token = torch.full((C,), -1, dtype=torch.int64, device=dev)
+    col_token[kept] = torch.arange(kept.numel(), device=dev)
+    return col_token, _centres(cols[kept], voxel_size), counts[kept]
+
+
+def _centres(cols: torch.Tensor, voxel_size: float) -> torch.Tensor:
+    return (cols.to(torch.float32) + 0.5) * voxel_size
+
+
+def _coarsen(cols: torch.Tensor, counts: torch.Tensor, max_tokens: int,
+             voxel_size: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Smallest k x k merge whose occupied blocks fit; at least C / k^2 blocks, so start there."""
+    k = max(2, math.ceil(math.sqrt(cols.shape[0] / max_tokens)))
+    while True:
+        blocks = torch.div(cols, k, rounding_mode="floor")  # (C, 2)
+        ukeys, col_token = torch.unique(blocks[:, 0] * (1 << 32) + blocks[:, 1], return_inverse=True)  # raster order
+        if ukeys.numel() <= max_tokens:
+            break
+        k += 1
+    T = ukeys.numel()
+    tcount = torch.zeros(T, dtype=torch.int64, device=cols.device).index_add_(0, col_token, counts)
+    w = counts.to(torch.float64)[:, None]
+    centroid = torch.zeros(T, 2, dtype=torch.float64, device=cols.device).index_add_(
+        0, col_token, (cols.to(torch.float64) + 0.5) * w) / tcount.to(torch.float64)[:, None]  # column units
+    return col_token, centroid.to(torch.float32) * voxel_size, tcount

@@ -32,7 +32,7 @@ ROS_PACKAGES = {
     "ament_cmake", "ament_cmake_python", "ament_cmake_pytest", "ament_index_python",
     "rosidl_default_generators", "rosidl_default_runtime", "rclpy", "rcl_interfaces",
     "builtin_interfaces", "std_msgs", "std_srvs", "geometry_msgs", "sensor_msgs", "nav_msgs",
-    "visualization_msgs", "action_msgs", "diagnostic_msgs", "tf2_ros", "tf2_msgs", "message_filters",
+    "visualization_msgs", "action_msgs", "rosgraph_msgs", "diagnostic_msgs", "tf2_ros", "tf2_msgs", "message_filters",
     "launch", "launch_ros", "ros2bag", "rosbag2_storage_mcap", "rviz2", "diagnostic_updater",
 }
 DEPEND_TAGS = ("depend", "build_depend", "build_export_depend", "buildtool_depend", "buildtool_export_depend",
@@ -40,7 +40,8 @@ DEPEND_TAGS = ("depend", "build_depend", "build_export_depend", "buildtool_depen
 # What each use runs, and the pyproject extras that use installs (base dependencies always).
 USES = {
     "robot (the node, the recorder)": (["leovl_ros.ros.assistant_node", "leovl_ros.ros.recorder"], {"runtime"}),
-    "scene player (a synthetic camera)": (["leovl_ros.ros.scene_player"], {"synth"}),
+    # scans and bags are read by training's readers (MultiScan videos: av), as build-scenes reads them
+    "scene player (synthetic rooms, scans, bags)": (["leovl_ros.ros.scene_player"], {"synth", "training"}),
     "launch file": (["launch/assistant.launch.py"], set()),
     "synthetic rooms": (["leovl_ros.synth.cli"], {"synth"}),
     "training": (["training.train_cli", "training.eval_cli", "training.data_cli", "training.tiny_model"],

@@ -1,0 +1,146 @@
+"""What ``scene_player`` plays: a synthetic room, any scan the training side reads, or a rosbag2 recording.
+
+Import direction: the readers are training's (``training.scan_sources`` for ScanNet, 3RScan,
+MultiScan, ARKitScenes and whatever kind is registered there next; ``training.bags`` /
+``training.bag_files`` for recordings). They are imported here, lazily, and nowhere else under
+``ros/``: the player must replay exactly the frames ``leovl-data build-scenes`` fuses, the
+``training`` package is installed beside ``leovl_ros`` by both CMake and pip, and the node itself
+never imports it. Nothing here imports rclpy.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..geometry import Intrinsics
+
+__all__ = ["BAG_TYPES", "BagMessage", "CameraFrame", "bag_messages", "bag_poses", "bag_topics", "detect_kind",
+           "scan_frames", "scan_kinds", "synthetic_frames"]
+
+# Message types a recording is replayed with (the camera and its pose); other topics are skipped.
+BAG_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo", "tf2_msgs/msg/TFMessage",
+             "nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped")
+BAG_SUFFIXES = (".mcap", ".db3")
+
+
+@dataclass
+class CameraFrame:
+    rgb: np.ndarray  # (H, W, 3) uint8
+    depth_m: np.ndarray  # (h, w) float32 metres registered to rgb (any h, w of rgb's aspect); 0 / NaN = invalid
+    intrinsics: Intrinsics  # of the depth image
+    T_map_camera: np.ndarray  # (4, 4) optical frame -> map
+
+
+@dataclass
+class BagMessage:
+    """One recorded message: its CDR bytes as stored, replayed without decoding."""
+
+    topic: str
+    msgtype: str
+    time_ns: int  # when it was recorded (schedules the replay)
+    raw: bytes
+    stamp_s: float | None = None  # images: header stamp and frame (to pose them from the recorded TF)
+    frame_id: str = ""
+
+
+def scan_kinds() -> tuple[str, ...]:
+    from training.scan_sources import KINDS
+
+    return KINDS
+
+
+def detect_kind(path: str | os.PathLike) -> str:
+    """'bag' for a rosbag2 folder or storage file, else the scan kind whose layout ``path`` has
+    (the kinds, their layouts and readers are training's: scan_sources.ScanSource)."""
+    path = Path(path)
+    if path.is_file() and path.suffix in BAG_SUFFIXES:
+        return "bag"
+    if not path.is_dir():
+        raise ValueError(f"source {str(path)!r} does not exist (give a scan folder or a rosbag2 recording)")
+    # a rosbag2 folder, or a folder of recorder segments (one rosbag2 folder each: bag_files.py)
+    if any(path.glob("metadata.yaml")) or any(p.suffix in BAG_SUFFIXES for p in [*path.glob("*"), *path.glob("*/*")]):
+        return "bag"
+    from training.scan_sources import ScanSource
+
+    for kind in scan_kinds():  # the first reader that locates the scan and reads its first frame
+        if ScanSource(kind, str(path.parent)).locate(path.name) is not None:
+            try:
+                next(iter(scan_frames(path, kind, 1)), None)
+                return kind
+            except ValueError:
+                continue
+    raise ValueError(f"source {str(path)!r} is neither a rosbag2 recording nor a scan folder in a layout the "
+                     f"training side reads ({', '.join(scan_kinds())}); set source_kind to say which")
+
+
+def scan_frames(path: str | os.PathLike, kind: str, stride: int) -> Iterator[CameraFrame]:
+    """The frames ``build-scenes`` fuses for this scan (same reader, alignment and stride)."""
+    from training.frames import FrameReport
+    from training.scan_sources import ScanSource
+
+    path = Path(path)
+    if kind not in scan_kinds():
+        raise ValueError(f"source_kind {kind!r} is not a scan kind ({', '.join(scan_kinds())}), 'bag' or 'synthetic'")
+    source = ScanSource(kind, str(path.parent), stride)
+    located = source.locate(path.name)
+    if located is None:
+        raise ValueError(f"{path} is not a {kind} scan folder")
+    for f in source.frames(located, FrameReport()):
+        yield CameraFrame(f.rgb, f.depth_m, f.intrinsics, f.T_map_camera)
+
+
+def synthetic_frames(seed: int, num_frames: int, width: int, height: int,
+                     outward_every: int = 0) -> list[CameraFrame]:
+    """Room ``seed`` along its camera path (rendered once: replays and loops reuse it)."""
+    from ..synth.render import render_frames
+    from ..synth.rooms import generate_room
+
+    frames = render_frames(generate_room(seed), num_frames, width, height, seed=seed, outward_every=outward_every)
+    return [CameraFrame(f.rgb, f.depth_mm.astype(np.float32) / 1000.0,
+                        Intrinsics.from_K(f.K, f.depth_mm.shape[1], f.depth_mm.shape[0]), f.T_map_camera)
+            for f in frames]
+
+
+def _header(msg: Any) -> tuple[float, str]:
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, msg.header.frame_id
+
+
+def bag_messages(path: str | os.PathLike, topics: set[str] | None = None) -> Iterator[BagMessage]:
+    """The camera messages of a recording in recorded order (every storage file of it, read as
+    training reads bags: bag_files.recording_files, also the files of a killed recorder)."""
+    from rosbags.highlevel import AnyReader
+    from training.bag_files import recording_files
+    from training.bags import bag_typestore
+
+    with ExitStack() as stack:
+        with AnyReader(recording_files(path, stack), default_typestore=bag_typestore()) as reader:
+            conns = [c for c in reader.connections
+                     if c.msgtype in BAG_TYPES and (not topics or c.topic in topics)]
+            for conn, time_ns, raw in reader.messages(connections=conns):
+                out = BagMessage(conn.topic, conn.msgtype, time_ns, bytes(raw))
+                if conn.msgtype == "sensor_msgs/msg/Image":
+                    out.stamp_s, out.frame_id = _header(reader.deserialize(raw, conn.msgtype))
+                yield out
+
+
+def bag_topics(path: str | os.PathLike) -> dict[str, str]:
+    """{topic: type} of the replayable topics of a recording."""
+    from rosbags.highlevel import AnyReader
+    from training.bag_files import recording_files
+    from training.bags import bag_typestore
+
+    with ExitStack() as stack:
+        with AnyReader(recording_files(path, stack), default_typestore=bag_typestore()) as reader:
+            return {c.topic: c.msgtype for c in reader.connections if c.msgtype in BAG_TYPES}
+
+
+def bag_poses(path: str | os.PathLike):
+    """The recording's TF (training.tf_buffer.TfBuffer), for players that send poses on a topic."""
+    from training.bags import BagTopics, scan_bag
+
+    return scan_bag(path, BagTopics(camera_info="")).tf

@@ -1,0 +1,137 @@
+"""scene_player replays recorded data into the node over real DDS, and the node maps what
+``leovl-data build-scenes`` maps from the same data.
+
+Six frames of synthetic room 0 are written as a ScanNet SensReader export and as a rosbag2
+recording (leovl-synth's writers). build-scenes fuses both with a random tiny Qwen2.5-VL saved
+to disk; the node loads the same checkpoint, the player streams each source (the scan at 4 Hz,
+the bag at half its recorded speed), and ``save_scene`` writes the node's map.
+Tolerance: the voxel sets are equal, and the mean features agree to 1e-4 (the node encodes one
+image at a time, build-scenes four per batch: the same arithmetic in another order).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import next_domain_id, wait_for
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run through `make test`)")
+pytest.importorskip("leovl_ros.msg", reason="interfaces not built (run through `make test`)")
+from std_srvs.srv import Trigger  # noqa: E402
+
+from leovl_ros.camera_path import CameraPath  # noqa: E402
+from leovl_ros.scene_cli import main as scene_main  # noqa: E402
+from leovl_ros.srv import SaveScene  # noqa: E402
+from leovl_ros.synth.render import render_frames  # noqa: E402
+from leovl_ros.synth.rooms import generate_room  # noqa: E402
+from leovl_ros.synth.writers import write_bag, write_scannet  # noqa: E402
+from leovl_ros.voxel_map import VoxelMap  # noqa: E402
+from training.bags import bag_scene_id  # noqa: E402
+from training.data_cli import main as data_main  # noqa: E402
+from training.modeling import create_random_base  # noqa: E402
+
+from node_harness import Operator, start, stop  # noqa: E402
+
+FRAMES = 6
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The two recordings and build-scenes' maps of them."""
+    tmp = tmp_path_factory.mktemp("replay")
+    frames = render_frames(generate_room(0), FRAMES, 112, 84)
+    scan = write_scannet(frames, tmp / "scannet" / "scene0000_00")
+    bag = write_bag(frames, tmp / "robot_bag")
+    base = create_random_base(tmp / "base", {"hidden_size": 64, "layers": 2}, seed=0)
+    records = [{"scene_id": sid, "task": "qa", "instruction": "what is here?", "response": "a room", "source": "test"}
+               for sid in ("scene0000_00", bag_scene_id(bag))]
+    (tmp / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = tmp / "scenes.yaml"
+    config.write_text(yaml.safe_dump({
+        "output_dir": str(tmp / "out"), "model": {"base": str(base)}, "data": {"train": [str(tmp / "train.jsonl")]},
+        "scenes": {"cache_dir": str(tmp / "cache"), "scannet_root": str(tmp / "scannet"), "scannet_stride": 1,
+                   "bags": [str(bag)]}}))
+    assert data_main(["build-scenes", "--config", str(config), "--cpu"]) == 0
+    built = {sid: VoxelMap.load(next((tmp / "cache").glob(f"{sid}*.safetensors")))
+             for sid in ("scene0000_00", bag_scene_id(bag))}
+    return {"tmp": tmp, "scan": Path(scan), "bag": Path(bag), "base": Path(base), "built": built}
+
+
+@pytest.fixture(scope="module")
+def op(data):
+    tmp = data["tmp"]
+    domain_id = next_domain_id()
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    log = tmp / "node.log"
+    node = start("leovl_ros.ros.assistant_node", [
+        "-p", f"model:={data['base']}", "-p", "max_keyframe_rate:=0.0",  # build-scenes has no rate limit
+        "-p", f"scene_dir:={tmp / 'scenes'}", "-p", "status_rate:=5.0",
+        "-p", f"interaction_log:={tmp / 'interactions.jsonl'}"], domain_id, log)
+    operator = Operator(context, node, log)
+    operator.domain_id = domain_id
+    try:
+        for name in ("save_scene", "reset_scene"):
+            client = operator.clients[name]
+            wait_for(lambda: client.service_is_ready() or not operator.alive(), 90.0,
+                     f"service {name}\n{operator.log_tail()}")
+        yield operator
+    finally:
+        stop(node)
+        operator.executor.shutdown()
+        operator.node.destroy_node()
+        context.try_shutdown()
+
+
+def _play_and_save(op, params: list[str], name: str, tmp: Path) -> tuple[VoxelMap, Path]:
+    assert op.call("reset_scene", Trigger.Request()).success
+    op.wait_status(lambda s: s.frames_received == 0, 20.0, "an empty scene")
+    log = tmp / f"player_{name}.log"
+    player = start("leovl_ros.ros.scene_player", params, op.domain_id, log)
+    try:
+        assert player.wait(120) == 0, log.read_text()
+    finally:
+        stop(player)
+    status = op.wait_status(lambda s: s.frames_received == FRAMES
+                            and s.keyframes_fused + s.frames_dropped == s.frames_received, 60.0,
+                            f"all {FRAMES} frames of {name} counted")
+    drops = dict(zip(status.drop_reasons, status.drop_counts))
+    assert set(drops) <= {"not a keyframe"}, drops  # nothing lost or skipped for lack of time
+    res = op.call("save_scene", SaveScene.Request(path=f"{name}.safetensors"))
+    assert res.success, res.message
+    path = tmp / "scenes" / f"{name}.safetensors"
+    return VoxelMap.load(path), path
+
+
+def _assert_same_map(node_map: VoxelMap, built: VoxelMap) -> None:
+    def rows(vmap: VoxelMap) -> tuple[list, torch.Tensor]:
+        coords = vmap.coords.tolist()
+        order = sorted(range(len(coords)), key=coords.__getitem__)
+        return [coords[i] for i in order], vmap.means()[order]
+
+    (c_node, f_node), (c_built, f_built) = rows(node_map), rows(built)
+    assert c_node == c_built  # the same voxels
+    assert torch.allclose(f_node, f_built, atol=1e-4, rtol=0), float((f_node - f_built).abs().max())
+
+
+def test_a_scannet_export_played_live_maps_like_build_scenes(op, data):
+    node_map, path = _play_and_save(op, ["-p", f"source:={data['scan']}", "-p", "rate:=4.0"], "scannet", data["tmp"])
+    _assert_same_map(node_map, data["built"]["scene0000_00"])
+    # save_scene carries the camera path: one position per fused keyframe, drawn by leovl-scene show
+    status = op.status[-1]
+    assert len(CameraPath.from_metadata(node_map.metadata).points) == status.keyframes_fused >= 3
+    assert scene_main(["show", str(path), "--out", str(data["tmp"] / "scannet.png")]) == 0
+
+
+def test_a_recorded_bag_played_at_half_speed_maps_like_build_scenes(op, data):
+    node_map, _ = _play_and_save(op, ["-p", f"source:={data['bag']}", "-p", "speed:=0.5", "-p", "clock:=true"],
+                                 "bag", data["tmp"])
+    _assert_same_map(node_map, data["built"][bag_scene_id(data["bag"])])
+    log = (data["tmp"] / "player_bag.log").read_text()
+    assert "at 0.5x" in log and f"done: {2 * FRAMES} images sent" in log

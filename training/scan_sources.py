@@ -62,7 +62,7 @@ class ScanSource:
 
     def recipe(self) -> str:
         """This source's part of a cached map's recipe (how frames were read and aligned)."""
-        align = "" if self.kind == "scannet" else ":align=floor-centre-v1"
+        align = "" if self.kind == "scannet" else ":align=floor-centre:upright"
         return f"{self.kind}:stride={self.stride}{align}"
 
     def frames(self, path: Path, report: FrameReport) -> Iterator[RGBDFrame]:

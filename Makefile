@@ -60,8 +60,9 @@ $(STAMPS)/colcon: $(VENV_STAMP) $(BUILD_INPUTS) | include-links
 test: setup
 	@$(RUN) python -m pytest
 
+# SOURCE=path: play a recorded scan or rosbag2 recording instead; PICTURE=map.png: also draw the map
 demo: setup
-	@$(RUN) python -m leovl_ros.ros.demo
+	@$(RUN) python -m leovl_ros.ros.demo $(if $(SOURCE),--source "$(SOURCE)") $(if $(PICTURE),--picture "$(PICTURE)")
 
 # Retrain the bundled model from nothing (about an hour on 2 cores; finished stages are kept
 # in runs/leovl-tiny: delete that folder for a clean rebuild).

@@ -6,6 +6,11 @@ rgb/depth/camera_info + pose topics. Once the node has fused the walk-through, i
 questions of each kind, one object caption at an anchor and one plan through the real
 services, and prints every answer with latency, scene tokens and grounding score next to
 the room's ground truth.
+
+``--source PATH`` (``make demo SOURCE=PATH``) plays a recorded scan (any layout training
+reads) or a rosbag2 recording instead; there is no ground truth then, so it asks generic
+questions and prints the answers alone. ``--picture map.png`` saves the mapped scene and
+draws it (``leovl-scene show``).
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 
 from leovl_ros.msg import SceneStatus
-from leovl_ros.srv import AskScene, PlanTask
+from leovl_ros.srv import AskScene, PlanTask, SaveScene
 
 from ..synth.annotate import annotate_room
 from ..synth.language import PLAN_Q
@@ -35,6 +40,11 @@ from .model_source import BUNDLED_MODEL, TINY_RANDOM, ParameterError, resolve_mo
 
 REPO = Path(__file__).resolve().parents[2]
 QTYPES = ("colour", "count", "existence", "above_below", "left_right", "nearest")
+# Recorded sources have no annotations: questions any indoor scene can answer, and one goal.
+GENERIC_QUESTIONS = ("What kind of room is this?", "What objects are in this room?",
+                     "What is the largest piece of furniture here?", "Where could I sit down?",
+                     "What colour are the walls?", "Is there a table in this room?")
+GENERIC_GOAL = "tidy up this room"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -47,6 +57,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--size", default="448x336", help="camera resolution WxH")
     ap.add_argument("--rate", type=float, default=5.0, help="frame rate (Hz) of the stream")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for start-up and mapping")
+    ap.add_argument("--source", default="", help="play this scan folder or rosbag2 recording instead of a "
+                                                 "synthetic room (generic questions, no ground truth)")
+    ap.add_argument("--stride", type=int, default=10, help="scans: play every n-th frame")
+    ap.add_argument("--picture", default="", help="also save the mapped scene and draw it to this PNG")
     return ap.parse_args(argv)
 
 
@@ -66,6 +80,7 @@ class Demo:
         self.node.create_subscription(SceneStatus, "scene_status", self.status.append, 10)
         self.ask = self.node.create_client(AskScene, "ask_scene")
         self.plan = self.node.create_client(PlanTask, "plan_task")
+        self.save = self.node.create_client(SaveScene, "save_scene")
         self.executor = MultiThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         threading.Thread(target=self.executor.spin, daemon=True).start()
@@ -122,7 +137,7 @@ def _goal_of(instruction: str) -> str:
     return instruction
 
 
-def _print_answer(kind: str, asked: str, res, truth: str) -> None:
+def _print_answer(kind: str, asked: str, res, truth: str | None) -> None:
     print(f"\n[{kind}] {asked}")
     if not res.success:
         print(f"  refused: {res.message}")
@@ -130,7 +145,8 @@ def _print_answer(kind: str, asked: str, res, truth: str) -> None:
     answer = res.answer if kind != "plan" else "\n    ".join(
         f"{s.index}. {s.instruction}" for s in res.plan.steps) or res.plan.raw_text
     print(f"  answer : {answer}")
-    print(f"  truth  : {truth}")
+    if truth is not None:
+        print(f"  truth  : {truth}")
     if kind == "plan":
         print(f"  latency {res.latency:.2f} s")
     else:
@@ -150,11 +166,68 @@ def _usable_model(model: str) -> str:
         return TINY_RANDOM
 
 
+def _ask_synthetic(demo: Demo, args: argparse.Namespace, records: list[dict]) -> tuple[int, int, tuple | None]:
+    """Questions of each type, an object caption at an anchor and a plan, next to the ground truth:
+    (requests, failures, the caption's anchor (centre, radius))."""
+    failures = 0
+    for qtype in QTYPES[:args.questions]:
+        rec = next(r for r in records if r.get("qtype") == qtype)
+        res = demo.call(demo.ask, AskScene.Request(question=rec["instruction"], situation=rec.get("situation", "")))
+        shown = (f"({rec['situation']}) " if rec.get("situation") else "") + rec["instruction"]
+        _print_answer(f"qa/{qtype}", shown, res, rec["response"])
+        failures += not res.success
+    cap = next(r for r in records if r["task"] == "object_caption")
+    req = AskScene.Request(question=cap["instruction"], task="object_caption", use_anchor=True,
+                           anchor_radius=float(cap["anchor"]["radius"]))
+    req.anchor_point.x, req.anchor_point.y, req.anchor_point.z = (float(v) for v in cap["anchor"]["center"])
+    res = demo.call(demo.ask, req)
+    centre = ", ".join(f"{v:.2f}" for v in cap["anchor"]["center"])
+    _print_answer("object caption", f"{cap['instruction']} (anchor at {centre} m)", res, cap["response"])
+    failures += not res.success
+    plan = next(r for r in records if r["task"] == "plan")
+    goal = _goal_of(plan["instruction"])
+    res = demo.call(demo.plan, PlanTask.Request(goal=goal))
+    _print_answer("plan", goal, res, plan["response"].replace("\n", "\n           "))
+    failures += not res.success
+    return args.questions + 2, failures, (cap["anchor"]["center"], float(cap["anchor"]["radius"]))
+
+
+def _ask_generic(demo: Demo, args: argparse.Namespace) -> tuple[int, int]:
+    """A recorded source has no ground truth: generic questions and a plan, answers alone."""
+    questions = GENERIC_QUESTIONS[:args.questions]
+    failures = 0
+    for question in questions:
+        res = demo.call(demo.ask, AskScene.Request(question=question))
+        _print_answer("qa", question, res, None)
+        failures += not res.success
+    res = demo.call(demo.plan, PlanTask.Request(goal=GENERIC_GOAL))
+    _print_answer("plan", GENERIC_GOAL, res, None)
+    return len(questions) + 1, failures + (not res.success)
+
+
+def _draw(demo: Demo, picture: str, anchor: tuple | None) -> None:
+    """save_scene, then the top-down picture of the saved map (leovl-scene show)."""
+    from ..scene_picture import draw_scene
+    from ..voxel_map import VoxelMap
+
+    res = demo.call(demo.save, SaveScene.Request(path="demo.safetensors", overwrite=True))
+    if not res.success:
+        raise RuntimeError(f"save_scene failed: {res.message}")
+    centre, radius = anchor if anchor is not None else (None, 0.5)
+    image, shown = draw_scene(VoxelMap.load(demo.workdir / "scenes" / "demo.safetensors"), anchor=centre,
+                              anchor_radius=radius)
+    Path(picture).parent.mkdir(parents=True, exist_ok=True)
+    image.save(picture, format="PNG", optimize=True)
+    print(f"\n      map picture: {picture} ({shown['columns']} columns, {shown['tokens']} tokens, "
+          f"{shown['path_points']} camera positions)")
+
+
 def run(args: argparse.Namespace, workdir: Path) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     args.model = _usable_model(args.model)
-    room = generate_room(args.seed)
-    records = annotate_room(room, seed=args.seed)
+    if args.source and not Path(args.source).expanduser().exists():
+        raise RuntimeError(f"--source {args.source}: no such scan folder or recording")
+    room = None if args.source else generate_room(args.seed)
     demo = Demo(args, workdir)
     try:
         print(f"[1/4] starting leovl_assistant (model={args.model}) on ROS domain {demo.domain_id} ...", flush=True)
@@ -164,11 +237,18 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                     "-p", f"interaction_log:={workdir / 'interactions.jsonl'}"])  # not the robot's own log
         demo.wait(lambda: demo.ask.service_is_ready() and demo.plan.service_is_ready(), args.timeout,
                   "the assistant's services")
-        print(f"[2/4] streaming synthetic room {room.scene_id} ({len(room.objects)} objects, "
-              f"{args.frames} frames {width}x{height} at {args.rate:g} Hz) ...", flush=True)
-        demo.start("player", "leovl_ros.ros.scene_player",
-                   ["-p", f"seed:={args.seed}", "-p", f"num_frames:={args.frames}", "-p", f"width:={width}",
-                    "-p", f"height:={height}", "-p", f"rate:={args.rate}"])
+        if room is None:
+            source = Path(args.source).expanduser().resolve()
+            print(f"[2/4] playing {source} (scans at {args.rate:g} Hz, every {args.stride}. frame; "
+                  "bags as recorded) ...", flush=True)
+            demo.start("player", "leovl_ros.ros.scene_player",
+                       ["-p", f"source:={source}", "-p", f"rate:={args.rate}", "-p", f"stride:={args.stride}"])
+        else:
+            print(f"[2/4] streaming synthetic room {room.scene_id} ({len(room.objects)} objects, "
+                  f"{args.frames} frames {width}x{height} at {args.rate:g} Hz) ...", flush=True)
+            demo.start("player", "leovl_ros.ros.scene_player",
+                       ["-p", f"seed:={args.seed}", "-p", f"num_frames:={args.frames}", "-p", f"width:={width}",
+                        "-p", f"height:={height}", "-p", f"rate:={args.rate}"])
         player = demo.procs["player"]
 
         def settled() -> bool:  # the stream ended and every received pair was fused or dropped
@@ -198,28 +278,13 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
               f"{final.num_tokens} scene tokens (preservation {final.preservation_rate:.2f})")
 
         print("[3/4] asking questions ...", flush=True)
-        failures = 0
-        for qtype in QTYPES[:args.questions]:
-            rec = next(r for r in records if r.get("qtype") == qtype)
-            res = demo.call(demo.ask, AskScene.Request(question=rec["instruction"],
-                                                       situation=rec.get("situation", "")))
-            shown = (f"({rec['situation']}) " if rec.get("situation") else "") + rec["instruction"]
-            _print_answer(f"qa/{qtype}", shown, res, rec["response"])
-            failures += not res.success
-        cap = next(r for r in records if r["task"] == "object_caption")
-        req = AskScene.Request(question=cap["instruction"], task="object_caption", use_anchor=True,
-                               anchor_radius=float(cap["anchor"]["radius"]))
-        req.anchor_point.x, req.anchor_point.y, req.anchor_point.z = (float(v) for v in cap["anchor"]["center"])
-        res = demo.call(demo.ask, req)
-        centre = ", ".join(f"{v:.2f}" for v in cap["anchor"]["center"])
-        _print_answer("object caption", f"{cap['instruction']} (anchor at {centre} m)", res, cap["response"])
-        failures += not res.success
-        plan = next(r for r in records if r["task"] == "plan")
-        goal = _goal_of(plan["instruction"])
-        res = demo.call(demo.plan, PlanTask.Request(goal=goal))
-        _print_answer("plan", goal, res, plan["response"].replace("\n", "\n           "))
-        failures += not res.success
-        print(f"\n[4/4] done: {args.questions + 2 - failures} of {args.questions + 2} requests answered.")
+        if room is None:
+            asked, failures, anchor = *_ask_generic(demo, args), None
+        else:
+            asked, failures, anchor = _ask_synthetic(demo, args, annotate_room(room, seed=args.seed))
+        if args.picture:
+            _draw(demo, args.picture, anchor)
+        print(f"\n[4/4] done: {asked - failures} of {asked} requests answered.")
         return 1 if failures else 0
     finally:
         demo.close()

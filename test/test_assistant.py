@@ -4,6 +4,7 @@ random LEO-VL and a rendered synthetic room."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import threading
 
 import numpy as np
@@ -339,3 +340,33 @@ def test_saves_stay_inside_the_writable_dirs_and_killed_saves_are_cleaned(mapped
     stale = tmp_path / "extra" / f".a.safetensors.999999999.abc{TEMP_SUFFIX}"
     stale.write_bytes(b"x")
     assert mapped.remove_stale_temps() == [stale] and not stale.exists()
+
+
+def test_a_full_map_evicts_counts_warns_once_and_questions_use_the_column_sums(model, frames):
+    logs, grid = [], replace(model.config.grid)  # the session overrides the shared model's token_selection
+    session = SceneSession(model, AssistantConfig(generation=FAST, max_keyframe_rate=0.0, max_voxels=60,
+                                                  eviction="least_recent", token_selection="nearest"),
+                           "tiny-random", log=lambda *a: logs.append(a))
+    try:
+        for f in frames:
+            session.offer(_rgbd(f))
+            assert session.wait_idle(60.0)
+        s = session.stats()
+        assert s.num_voxels <= 60 and s.voxels_evicted > 0 and s.points_dropped_full == 0
+        assert sum("the map is full" in text for _, text in logs) == 1  # throttled: once, not per frame
+        vmap = session.snapshot()
+        assert vmap.columns is not None and vmap.columns.rope  # kept at fusion time
+        last = min(frames, key=lambda f: abs(f.stamp_ns * 1e-9 - s.newest_frame_stamp_s))  # the newest keyframe
+        np.testing.assert_allclose(vmap.viewpoint, last.T_map_camera[:3, 3])  # nearest centres on the camera
+        config = replace(model.config.grid, max_tokens=4)
+        assert config.token_selection == "nearest"
+        fast, ref = build_grid(vmap, config), build_grid(vmap, config, incremental=False)
+        torch.testing.assert_close(fast.features, ref.features, atol=1e-5, rtol=0)
+        assert grid_stats(vmap, config) == (fast.num_tokens, pytest.approx(fast.compression_rate),
+                                            pytest.approx(fast.preservation_rate))
+        assert session.ask("what is here?").success
+    finally:
+        session.close()
+        model.config.grid = grid
+    with pytest.raises(ValueError, match="eviction"):
+        AssistantConfig(eviction="oldest")

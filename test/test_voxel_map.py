@@ -1,11 +1,13 @@
 """VoxelMap: exact running means, caps, reduced-precision storage, atomic safetensors io."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from leovl_ros.voxel_map import VoxelMap
+from leovl_ros.voxel_map import VoxelMap, voxel_keys
 
 
 def frame(seed: int, n: int = 300, d: int = 16, extent: float = 2.0):
@@ -193,3 +195,71 @@ def test_truncated_and_foreign_files_give_clear_errors(tmp_path):
         VoxelMap.load(tmp_path / "model.safetensors")
     with pytest.raises(FileNotFoundError):
         VoxelMap.load(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("eviction", ["least_recent", "farthest"])
+def test_eviction_keeps_memory_flat_keeps_the_current_view_and_counts_what_it_drops(tmp_path, eviction):
+    """A robot walking along x for 30 frames through a map capped at 500 voxels."""
+    vmap = VoxelMap(8, 0.2, max_voxels=500, eviction=eviction)
+    vmap.track_columns()
+    rng = np.random.default_rng(0)
+    created = points = 0
+    sizes = []
+    for i in range(30):
+        pts = rng.uniform([0.3 * i, 0, 0], [0.3 * i + 1.5, 1.5, 1.5], (200, 3)).astype(np.float32)
+        created += vmap.fuse(pts, rng.standard_normal((200, 8)).astype(np.float32), origin=(0.3 * i + 0.7, 0.7, 0.7))
+        points += len(pts)
+        sizes.append(vmap.memory_bytes())
+        assert vmap.num_voxels <= 500
+        here = {tuple(k) for k in np.floor(pts / np.float32(0.2)).astype(int).tolist()}
+        assert here <= {tuple(c) for c in vmap.coords.tolist()}  # the frame just seen is never evicted
+    assert vmap.evicted_voxels > 0 and vmap.dropped_full == 0
+    assert created == vmap.num_voxels + vmap.evicted_voxels  # every voxel made is kept or counted
+    assert points == int(vmap.counts.sum()) + vmap.evicted_points  # every point fused is kept or counted
+    late = sizes[len(sizes) // 2 :]  # full since frame ~8: only the small per-column index tensors still vary
+    assert max(late) <= 1.02 * min(late) and vmap._acc.shape[0] == 500
+    assert vmap.centers[:, 0].min() > 2.0  # what is left is the end of the walk
+    assert torch.equal(voxel_keys(vmap.coords)[vmap._sorted_rows], vmap._sorted_keys)  # index still consistent
+    assert bool((vmap._sorted_keys[1:] > vmap._sorted_keys[:-1]).all())
+    vmap.save(tmp_path / "m.safetensors")
+    back = VoxelMap.load(tmp_path / "m.safetensors")
+    assert (back.eviction, back.evicted_voxels, back.evicted_points, back.viewpoint) == (
+        eviction, vmap.evicted_voxels, vmap.evicted_points, vmap.viewpoint)
+    assert torch.equal(back._last_seen[: back.num_voxels], vmap._last_seen[: vmap.num_voxels])
+
+
+def test_files_saved_before_eviction_existed_still_load(tmp_path):
+    """The first format: three tensors and the header without eviction, counters or viewpoint."""
+    coords = torch.tensor([[0, 0, 0], [3, -1, 2]])
+    header = {"version": "1", "feature_dim": 4, "voxel_size": 0.2, "storage_dtype": "float32", "max_voxels": 100,
+              "bounds": None, "dropped_full": 2, "dropped_out_of_bounds": 0, "metadata": {"encoder_id": "x"}}
+    save_file({"coords": coords, "counts": torch.tensor([1, 2]), "acc": torch.ones(2, 4)},
+              str(tmp_path / "old.safetensors"), metadata={"leovl_ros.voxel_map": json.dumps(header, sort_keys=True)})
+    vmap = VoxelMap.load(tmp_path / "old.safetensors")
+    assert vmap.num_voxels == 2 and vmap.eviction == "none" and vmap.evicted_voxels == 0 and vmap.viewpoint is None
+    assert vmap.dropped_full == 2 and torch.equal(vmap.means()[1], torch.full((4,), 0.5))
+    vmap.fuse(np.array([[0.7, -0.1, 0.5]], np.float32), np.ones((1, 4), np.float32), origin=(0, 0, 1))
+    assert vmap.counts.tolist() == [1, 3] and vmap.viewpoint == (0.0, 0.0, 1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (map_device: cuda for 7B deployments)")
+def test_map_and_column_sums_on_the_gpu_match_the_cpu(tmp_path):
+    from leovl_ros.cfg import GridConfig, build_grid
+
+    maps = [VoxelMap(16, 0.2, max_voxels=400, eviction="least_recent", device=dev) for dev in ("cpu", "cuda")]
+    for vmap in maps:
+        vmap.track_columns()
+        for s in range(6):
+            vmap.fuse(*frame(s, extent=1.5 + 0.3 * s), origin=(0.3 * s, 0.0, 1.0))
+    cpu, gpu = maps
+    assert gpu.coords.is_cuda and gpu.columns.sums(gpu.columns.columns()[3]).is_cuda
+    assert torch.equal(cpu.coords, gpu.coords.cpu()) and cpu.evicted_voxels == gpu.evicted_voxels > 0
+    for policy in ("densest", "nearest", "coarsen"):
+        config = GridConfig(max_tokens=30, token_selection=policy)
+        a, b = build_grid(cpu, config), build_grid(gpu, config, anchor_center=(0.3, 0.1, 0.5), anchor_radius=0.4,
+                                                   anchor_embedding=torch.zeros(16, device="cuda"))
+        assert b.features.is_cuda
+        torch.testing.assert_close(a.features, b.features.cpu(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(b.features, build_grid(gpu, config, incremental=False).features, atol=1e-5, rtol=0)
+    gpu.save(tmp_path / "g.safetensors")
+    assert torch.equal(VoxelMap.load(tmp_path / "g.safetensors").means(), cpu.means())

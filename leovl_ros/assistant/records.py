@@ -10,6 +10,8 @@ import numpy as np
 
 from ..geometry import Intrinsics
 from ..model.config import GenerationConfig
+from ..token_selection import TOKEN_SELECTIONS
+from ..voxel_map import EVICTIONS
 
 __all__ = ["ASK_TASKS", "AssistantConfig", "Interaction", "RGBDFrame", "Reply", "RequestControl", "RequestRefused",
            "SceneStats",
@@ -29,6 +31,9 @@ class AssistantConfig:
     max_voxels: int = 200_000
     voxel_size: float = 0.0  # m, 0 = the model's
     max_tokens: int = 0  # 0 = the model's
+    token_selection: str = ""  # columns kept past max_tokens ('' = the model's): see leovl_ros.token_selection
+    eviction: str = "none"  # at max_voxels: none | least_recent | farthest (see VoxelMap)
+    map_device: str = "cpu"  # torch device of the voxel map and its column sums
     max_question_chars: int = 500
     history_turns: int = 4  # per dialogue session
     max_sessions: int = 32
@@ -49,6 +54,11 @@ class AssistantConfig:
             raise ValueError("max_pending_requests and max_question_chars must be >= 1, history_turns >= 0")
         if self.max_tokens < 0 or self.voxel_size < 0 or not 0 < self.depth_min < self.depth_max:
             raise ValueError("need max_tokens >= 0, voxel_size >= 0 and 0 < depth_min < depth_max")
+        if self.token_selection and self.token_selection not in TOKEN_SELECTIONS:
+            raise ValueError(f"token_selection must be '' or one of {', '.join(TOKEN_SELECTIONS)}, "
+                             f"got {self.token_selection!r}")
+        if self.eviction not in EVICTIONS:
+            raise ValueError(f"eviction must be one of {', '.join(EVICTIONS)}, got {self.eviction!r}")
 
 
 @dataclass
@@ -107,6 +117,8 @@ class SceneStats:
     worker_restarts: int = 0  # mapping worker deaths (restarted)
     gravity_angle_deg: float = -1.0  # estimated up vs the map's z axis; -1 = not estimated yet
     leveled_deg: float = 0.0  # rotation applied to incoming poses by align_gravity
+    voxels_evicted: int = 0  # voxels forgotten by the eviction policy since the map was made
+    points_dropped_full: int = 0  # points not fused because the map was full (eviction none)
 
 
 class RequestRefused(Exception):

@@ -72,7 +72,7 @@ class SceneSession:
         self._encoder_lock = threading.Lock()
         self._map_lock = threading.Lock()  # map, keyframes, counters, snapshot
         self._slots = threading.BoundedSemaphore(config.max_pending_requests)
-        self._map = model.new_voxel_map(max_voxels=config.max_voxels)
+        self._map = model.new_voxel_map(**self._map_options())
         self._keyframes = KeyframeSelector(config.keyframe_translation, config.keyframe_rotation_deg,
                                            config.max_keyframe_rate)
         self._gravity = GravityTracker(config.align_gravity)
@@ -221,12 +221,20 @@ class SceneSession:
         with self._map_lock:
             if epoch != self._epoch:
                 return "scene reset"
-            self._map.fuse(points, features)
+            rope = self.model.config.grid.pos_z == "rope"
+            if self._map.columns is None or self._map.columns.rope != rope:
+                self._map.track_columns(rope)  # a new, loaded or re-levelled map: O(map) once (incremental CFG)
+            full = self._map.num_voxels >= self._map.max_voxels
+            self._map.fuse(points, features, origin=frame.T_map_camera[:3, 3])
             self._version += 1
             self._fused += 1
             self._gravity.add_keyframe(frame.T_map_camera)
             self._camera_path.add(frame.T_map_camera)
             self._newest_stamp = max(self._newest_stamp or -math.inf, frame.stamp_s)
+        if full:
+            self.warn_once("map full", "warn", f"the map is full ({self._map.max_voxels} voxels, parameter "
+                           f"max_voxels): {self._map.evicted_voxels} voxels evicted ({self._map.eviction}), "
+                           f"{self._map.dropped_full} points of new space dropped so far")
         return ""
 
     def wait_idle(self, timeout_s: float) -> bool:
@@ -248,6 +256,12 @@ class SceneSession:
             self.model.config.voxel_size = self.config.voxel_size
         if self.config.max_tokens > 0:
             self.model.config.grid.max_tokens = self.config.max_tokens
+        if self.config.token_selection:
+            self.model.config.grid.token_selection = self.config.token_selection
+
+    def _map_options(self) -> dict:
+        return {"max_voxels": self.config.max_voxels, "eviction": self.config.eviction,
+                "device": self.config.map_device}
 
     def _scene(self) -> tuple[VoxelMap, float | None]:
         """A copy of the map and its newest frame stamp, made once per change: readers never
@@ -274,7 +288,7 @@ class SceneSession:
         if R is not None:
             with self._map_lock:
                 if self._version == version:  # else the next report retries on the newer map
-                    self._map = relevel_map(self._map, R, self.model.new_voxel_map(max_voxels=self.config.max_voxels))
+                    self._map = relevel_map(self._map, R, self.model.new_voxel_map(**self._map_options()))
                     self._gravity.level = R @ self._gravity.level
                     self._camera_path.rotate(R)
                     self._gravity.down_sum = R @ self._gravity.down_sum
@@ -304,7 +318,7 @@ class SceneSession:
                               compression, preservation, self._map.memory_bytes(), self._newest_stamp,
                               self.model_name, dict(self._drops), pending, self.worker_restarts,
                               -1.0 if self._gravity.estimate is None else self._gravity.estimate.angle_deg,
-                              self._gravity.leveled_deg)
+                              self._gravity.leveled_deg, self._map.evicted_voxels, self._map.dropped_full)
 
     def cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The current CFG cells for display, see :func:`grid_cloud`."""
@@ -378,7 +392,7 @@ class SceneSession:
             raise RequestRefused("path is required")
         target = self._resolve(path)
         try:
-            vmap = VoxelMap.load(target)
+            vmap = VoxelMap.load(target, device=self.config.map_device)
             check_map(vmap, self.model.config, self.model.encoder.encoder_id)
             path = CameraPath.from_metadata(vmap.metadata)
         except (ValueError, FileNotFoundError, OSError) as exc:
@@ -575,7 +589,7 @@ class SceneSession:
                         check_map(self._map, self.model.config, self.model.encoder.encoder_id)
                     except ValueError as exc:  # e.g. the bundle was trained at another voxel size
                         self._log("warn", f"the new adapter cannot use the current scene ({exc}); scene reset")
-                        self._map = self.model.new_voxel_map(max_voxels=self.config.max_voxels)
+                        self._map = self.model.new_voxel_map(**self._map_options())
                         self._reset_state()
                     self._snapshot = self._stats_cache = None  # the bundle's grid config may differ
         finally:

@@ -78,8 +78,9 @@ class AssistantNode(Node):
                                           group=MutuallyExclusiveCallbackGroup())
             config = AssistantConfig(**{k: p[k] for k in (
                 "keyframe_translation", "keyframe_rotation_deg", "max_keyframe_rate", "depth_min", "depth_max",
-                "min_valid_fraction", "max_voxels", "voxel_size", "max_tokens", "max_question_chars",
-                "history_turns", "max_sessions", "max_interactions", "default_anchor_radius", "compute_grounding",
+                "min_valid_fraction", "max_voxels", "voxel_size", "max_tokens", "token_selection", "eviction",
+                "map_device", "max_question_chars", "history_turns", "max_sessions", "max_interactions",
+                "default_anchor_radius", "compute_grounding",
                 "max_pending_requests", "request_timeout", "scene_dir", "interaction_log", "gravity_warn_deg",
                 "align_gravity")},
                 scene_write_dirs=tuple(d for d in p["scene_write_dirs"].split(":") if d.strip()))

@@ -46,8 +46,14 @@ ASSISTANT_PARAMETERS: dict[str, tuple[Any, str]] = {
     "pose_timeout": (0.1, "wait up to this many s for a pose at least as new as the image"),
     # mapping
     "voxel_size": (0.0, "voxel edge in m (0 = the model's)"),
-    "max_voxels": (200000, "voxel cap of the map; new space is ignored once full"),
+    "max_voxels": (200000, "voxel cap of the map (what happens once full: eviction)"),
     "max_tokens": (0, "scene-token cap of the condensed feature grid (0 = the model's, 750 in the paper)"),
+    "token_selection": ("", "which columns become tokens when the map has more than max_tokens: densest (the "
+                            "paper's), nearest (around the camera), anchor (around the question's region), "
+                            "coarsen (merge neighbouring columns: nothing dropped); '' = the model's"),
+    "eviction": ("none", "once max_voxels is reached: none (new space is ignored), least_recent (forget the "
+                         "voxels seen longest ago) or farthest (forget the voxels farthest from the camera)"),
+    "map_device": ("cpu", "torch device of the voxel map and its incremental CFG sums, e.g. cuda"),
     "keyframe_translation": (0.1, "fuse a frame when the camera moved at least this many m"),
     "keyframe_rotation_deg": (10.0, "... or turned at least this many degrees since the last keyframe"),
     "max_keyframe_rate": (5.0, "keyframes per second at most (0 = unlimited)"),

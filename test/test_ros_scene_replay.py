@@ -23,12 +23,13 @@ from conftest import next_domain_id, wait_for
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run through `make test`)")
 pytest.importorskip("leovl_ros.msg", reason="interfaces not built (run through `make test`)")
+from rosgraph_msgs.msg import Clock  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from leovl_ros.camera_path import CameraPath  # noqa: E402
 from leovl_ros.scene_cli import main as scene_main  # noqa: E402
 from leovl_ros.srv import SaveScene  # noqa: E402
-from leovl_ros.synth.render import render_frames  # noqa: E402
+from leovl_ros.synth.render import DEFAULT_START_NS, render_frames  # noqa: E402
 from leovl_ros.synth.rooms import generate_room  # noqa: E402
 from leovl_ros.synth.writers import write_bag, write_scannet  # noqa: E402
 from leovl_ros.voxel_map import VoxelMap  # noqa: E402
@@ -130,8 +131,27 @@ def test_a_scannet_export_played_live_maps_like_build_scenes(op, data):
 
 
 def test_a_recorded_bag_played_at_half_speed_maps_like_build_scenes(op, data):
+    clocks: list[Clock] = []
+    op.node.create_subscription(Clock, "/clock", clocks.append, 100)
     node_map, _ = _play_and_save(op, ["-p", f"source:={data['bag']}", "-p", "speed:=0.5", "-p", "clock:=true"],
                                  "bag", data["tmp"])
     _assert_same_map(node_map, data["built"][bag_scene_id(data["bag"])])
     log = (data["tmp"] / "player_bag.log").read_text()
     assert "at 0.5x" in log and f"done: {2 * FRAMES} images sent" in log
+    # /clock runs on the recording's time (frames stamped from DEFAULT_START_NS at 5 Hz), never backwards
+    first, last = DEFAULT_START_NS * 1e-9, DEFAULT_START_NS * 1e-9 + (FRAMES - 1) / 5.0
+    times = [c.clock.sec + c.clock.nanosec * 1e-9 for c in clocks]
+    assert times and all(first - 1e-6 <= t <= last + 1e-6 for t in times), (first, last, times[:3], times[-3:])
+    assert times == sorted(times)
+
+
+def test_an_unplayable_source_stops_the_player_with_one_line(tmp_path):
+    log = tmp_path / "player.log"
+    player = start("leovl_ros.ros.scene_player", ["-p", f"source:={tmp_path}"], next_domain_id(), log)
+    try:
+        assert player.wait(60) == 2
+    finally:
+        stop(player)
+    ours = [line for line in log.read_text().splitlines() if "[rcl]" not in line]  # rcl's environment notices
+    assert len(ours) == 1 and ours[0].startswith("[leovl_scene_player] cannot play:"), ours
+    assert "neither a rosbag2 recording nor a scan folder" in ours[0]

@@ -165,20 +165,16 @@ def voxel_tokens(vmap: VoxelMap, config: GridConfig,
     return col_token[inverse], xy, count
 
 
-def _anchor_term(vmap: VoxelMap, rows: torch.Tensor, token: torch.Tensor, num_tokens: int, rope: bool,
-                 embedding: torch.Tensor) -> torch.Tensor:
-    """(T, d) sum over the anchored voxels ``rows`` (with their ``token``) of R(z) e.
+def _add_anchor(pooled: torch.Tensor, vmap: VoxelMap, rows: torch.Tensor, token: torch.Tensor, rope: bool,
+                embedding: torch.Tensor) -> torch.Tensor:
+    """``pooled`` (T, d) plus R(z) e for each anchored voxel ``rows`` in its ``token``: O(anchored voxels x d).
 
-    The anchor is linear, so its term is added in closed form: sum_l A[t, l] R_l(e) with A
-    the anchored voxel counts per (token, level); this is the only part that carries gradients.
+    The anchor is linear, so its term is added in closed form, one rotated copy of e per
+    anchored voxel; this is the only part that carries gradients.
     """
-    d = vmap.feature_dim
     heights = vmap.coords[rows, 2] if rope else torch.zeros_like(rows)
-    levels, level_of = torch.unique(heights, return_inverse=True)  # (L,), (A,)
-    A = torch.zeros(num_tokens, levels.numel(), device=rows.device).index_put_(
-        (token, level_of), torch.ones(rows.numel(), device=rows.device), accumulate=True)  # (T, L)
-    e = embedding.to(rows.device, torch.float32).expand(levels.numel(), d)  # (L, d)
-    return A @ (rope_height(e, levels) if rope else e)
+    e = embedding.to(pooled.device, torch.float32).expand(rows.numel(), vmap.feature_dim)  # (A, d)
+    return pooled.index_add(0, token, rope_height(e, heights) if rope else e)
 
 
 def _pool(
@@ -214,8 +210,8 @@ def _pool(
             pooled.index_add_(0, token[idx], x)
         start += n
     if anchor is not None and bool(anchor.any()):
-        pooled = pooled + _anchor_term(vmap, rows[anchor], token[anchor], T, rope, anchor_embedding)
-    return pooled / voxel_count.to(torch.float32)[:, None]
+        pooled = _add_anchor(pooled, vmap, rows[anchor], token[anchor], rope, anchor_embedding)
+    return pooled.div_(voxel_count.to(torch.float32)[:, None])
 
 
 def _anchor_candidates(vmap: VoxelMap, ids: torch.Tensor, cols: torch.Tensor, center, radius,
@@ -254,9 +250,8 @@ def _grid_from_columns(vmap: VoxelMap, config: GridConfig, anchor_center, anchor
         rows, token = rows[token >= 0], token[token >= 0]
         inside = _anchor_mask(vmap, rows, anchor_center, anchor_radius, anchor_size)
         if bool(inside.any()):
-            pooled = pooled + _anchor_term(vmap, rows[inside], token[inside], T, config.pos_z == "rope",
-                                           anchor_embedding)
-    return pooled / tcount.to(torch.float32)[:, None], xy, tcount
+            pooled = _add_anchor(pooled, vmap, rows[inside], token[inside], config.pos_z == "rope", anchor_embedding)
+    return pooled.div_(tcount.to(torch.float32)[:, None]), xy, tcount
 
 
 def build_grid(

@@ -10,9 +10,11 @@ One function, used by the batch CFG (from voxel coordinates) and by the incremen
 - ``anchor``: the columns closest to the question's referred region (its centre); without
   an anchor it behaves as ``nearest``.
   ``nearest``/``anchor`` without a focus point fall back to ``densest``.
-- ``coarsen``: nothing is dropped. Columns are merged into k x k blocks of columns (block =
-  floor(column / k), aligned to the map origin so it does not depend on arrival order),
-  with the smallest k >= 1 whose occupied blocks fit in ``max_tokens``. A merged token is
+- ``coarsen``: nothing is dropped. Columns are merged quadtree-wise into aligned 2^j x 2^j
+  blocks of columns (block = floor(column / 2^j), aligned to the map origin so it does not
+  depend on arrival order): level by level, the blocks holding the fewest voxels merge
+  first, and only as many as needed to fit ``max_tokens``, so sparse areas get coarse,
+  dense ones keep single columns and the token budget is used. A merged token is
   the CFG of the block as if it were one column: the mean over all the block's voxels of
   their height-rotated features (so each voxel weighs the same, exactly as in a column),
   and its position is the voxel-weighted centroid of the block's column centres (the
@@ -71,17 +73,41 @@ def _centres(cols: torch.Tensor, voxel_size: float) -> torch.Tensor:
 
 def _coarsen(cols: torch.Tensor, counts: torch.Tensor, max_tokens: int,
              voxel_size: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Smallest k x k merge whose occupied blocks fit; at least C / k^2 blocks, so start there."""
-    k = max(2, math.ceil(math.sqrt(cols.shape[0] / max_tokens)))
-    while True:
-        blocks = torch.div(cols, k, rounding_mode="floor")  # (C, 2)
-        ukeys, col_token = torch.unique(blocks[:, 0] * (1 << 32) + blocks[:, 1], return_inverse=True)  # raster order
-        if ukeys.numel() <= max_tokens:
-            break
-        k += 1
-    T = ukeys.numel()
-    tcount = torch.zeros(T, dtype=torch.int64, device=cols.device).index_add_(0, col_token, counts)
+    """Quadtree merge: level j groups columns in aligned 2^j x 2^j blocks. Per level, the
+    blocks with the fewest voxels merge first (ties: lowest block), only as many as needed:
+    sparse areas get coarse, dense ones keep their columns, and the budget is used."""
+    C, dev = cols.shape[0], cols.device
+    corner = cols.clone()  # min corner (in columns) of each column's group: groups are nested, corners distinct
+    groups, j = C, 0
+    while groups > max_tokens:
+        j += 1
+        block = torch.div(cols, 1 << j, rounding_mode="floor")  # (C, 2)
+        bkeys, binv = torch.unique(_key(block), return_inverse=True)  # raster order of blocks
+        ginv = torch.unique(_key(corner), return_inverse=True)[1]  # current group of each column
+        pairs = torch.unique(binv * C + ginv)  # distinct (block, group)
+        saving = torch.bincount(pairs // C, minlength=bkeys.numel()) - 1  # groups a merge removes, per block
+        voxels = torch.zeros(bkeys.numel(), dtype=torch.int64, device=dev).index_add_(0, binv, counts)
+        need = groups - max_tokens
+        if int(saving.sum()) <= need:
+            merge = saving >= 0  # every block of this level
+        else:
+            order = torch.sort(voxels, stable=True).indices  # sparsest first; stable: ties to the lowest block
+            order = order[saving[order] > 0]
+            upto = int(torch.searchsorted(torch.cumsum(saving[order], 0), need)) + 1  # first prefix saving >= need
+            merge = torch.zeros(bkeys.numel(), dtype=torch.bool, device=dev)
+            merge[order[:upto]] = True
+        groups -= int(saving[merge].sum())
+        into = merge[binv]  # columns whose block merges now
+        corner[into] = block[into] << j
+    tkeys, col_token = torch.unique(_key(corner), return_inverse=True)  # raster order of group corners
+    T = tkeys.numel()
+    tcount = torch.zeros(T, dtype=torch.int64, device=dev).index_add_(0, col_token, counts)
     w = counts.to(torch.float64)[:, None]
-    centroid = torch.zeros(T, 2, dtype=torch.float64, device=cols.device).index_add_(
+    centroid = torch.zeros(T, 2, dtype=torch.float64, device=dev).index_add_(
         0, col_token, (cols.to(torch.float64) + 0.5) * w) / tcount.to(torch.float64)[:, None]  # column units
     return col_token, centroid.to(torch.float32) * voxel_size, tcount
+
+
+def _key(xy: torch.Tensor) -> torch.Tensor:
+    """(N, 2) int64 -> (N,) keys in (x, y) raster order (|y| < 2^31)."""
+    return xy[:, 0] * (1 << 32) + xy[:, 1]

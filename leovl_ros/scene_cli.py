@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .token_selection import TOKEN_SELECTIONS
+
 __all__ = ["main"]
 
 
@@ -29,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("scene", help="a scene file (.safetensors) written by save_scene or build-scenes")
     show.add_argument("--out", required=True, help="PNG to write")
     show.add_argument("--max-tokens", type=int, default=750, help="CFG token budget (the node's max_tokens)")
+    show.add_argument("--token-selection", default="densest", choices=TOKEN_SELECTIONS,
+                      help="which columns become tokens past max_tokens (the node's token_selection)")
     show.add_argument("--cell-px", type=int, default=0, help="pixels per voxel column (0: about 800 px across)")
     show.add_argument("--anchor", type=_point, help="anchor point X,Y[,Z] (m, map frame) to mark")
     show.add_argument("--anchor-radius", type=float, default=0.5, help="anchor radius (m)")
@@ -42,14 +46,14 @@ def _show(args: argparse.Namespace) -> str:
     if args.max_tokens < 1 or args.cell_px < 0 or args.anchor_radius < 0:
         raise ValueError("--max-tokens must be >= 1, --cell-px >= 0 and --anchor-radius >= 0")
     image, shown = draw_scene(VoxelMap.load(args.scene), args.max_tokens, args.cell_px, args.anchor,
-                              args.anchor_radius)
+                              args.anchor_radius, args.token_selection)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     image.save(tmp, format="PNG", optimize=True)
     tmp.replace(out)  # atomic: a reader never sees half a picture
     return (f"wrote {out} ({image.width}x{image.height}): {shown['voxels']} voxels in {shown['columns']} columns, "
-            f"{shown['tokens']} kept as tokens, {shown['path_points']} camera positions")
+            f"{shown['tokens']} tokens, {shown['path_points']} camera positions")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

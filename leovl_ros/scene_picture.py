@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .camera_path import CameraPath
-from .cfg import GridConfig, build_grid
+from .cfg import GridConfig, focus_point, voxel_tokens
 from .voxel_map import VoxelMap
 
 __all__ = ["COLOURS", "LEGEND_PX", "PAD", "SceneLayout", "draw_scene", "scene_layout"]
@@ -76,11 +76,13 @@ def scene_layout(vmap: VoxelMap, cell_px: int, path: np.ndarray | None = None,
 
 
 def draw_scene(vmap: VoxelMap, max_tokens: int = 750, cell_px: int = 0, anchor: Sequence[float] | None = None,
-               anchor_radius: float = 0.5) -> tuple[Image.Image, dict[str, int]]:
-    """The picture and what it shows: voxels, columns, tokens (kept columns), path points.
+               anchor_radius: float = 0.5, token_selection: str = "densest") -> tuple[Image.Image, dict[str, int]]:
+    """The picture and what it shows: voxels, columns, tokens, path points.
 
     ``cell_px`` 0 picks a size that makes the map about 800 px across (2..16 px per column).
-    Kept columns are those of ``build_grid`` with the default CFG settings and ``max_tokens``.
+    Kept columns are those whose voxels reach a token under ``max_tokens`` and ``token_selection``
+    (cfg.voxel_tokens: with ``coarsen`` every column is kept, merged into fewer tokens), centred
+    like the node's on the anchor (``anchor``) or the map's last viewpoint (``nearest``).
     """
     if vmap.num_voxels == 0:
         raise ValueError("the scene has no voxels: nothing to draw")
@@ -92,13 +94,15 @@ def draw_scene(vmap: VoxelMap, max_tokens: int = 750, cell_px: int = 0, anchor: 
     image = Image.new("RGB", layout.size, COLOURS["empty"])
     draw = ImageDraw.Draw(image)
 
-    cols, per_col = torch.unique(vmap.coords[:, :2], dim=0, return_counts=True)
-    grid = build_grid(vmap, GridConfig(max_tokens=max_tokens, pos_z="none"))
-    kept = {tuple(c) for c in torch.floor(grid.xy.cpu() / vmap.voxel_size).to(torch.int64).tolist()}
+    cols, inverse, per_col = torch.unique(vmap.coords[:, :2].cpu(), dim=0, return_inverse=True, return_counts=True)
+    config = GridConfig(max_tokens=max_tokens, pos_z="none", token_selection=token_selection)
+    token, xy, _ = voxel_tokens(vmap, config, focus_point(vmap, config, anchor))
+    kept_col = torch.zeros(len(cols), dtype=torch.bool).index_fill_(0, inverse[token.cpu() >= 0], True)
+    tokens = int(xy.shape[0])
     densest = int(per_col.max())
     light, dark = np.asarray(COLOURS["kept_light"]), np.asarray(COLOURS["kept_dark"])
-    for (cx, cy), n in zip(cols.tolist(), per_col.tolist()):
-        if (cx, cy) in kept:
+    for (cx, cy), n, kept in zip(cols.tolist(), per_col.tolist(), kept_col.tolist()):
+        if kept:
             t = 0.0 if densest == 1 else (n - 1) / (densest - 1)
             colour = tuple(int(v) for v in np.round(light + t * (dark - light)))
         else:
@@ -118,9 +122,8 @@ def draw_scene(vmap: VoxelMap, max_tokens: int = 750, cell_px: int = 0, anchor: 
         for (px, py), colour in ((pts[0], COLOURS["start"]), (pts[-1], COLOURS["path"])):
             draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=colour)
 
-    _legend(draw, layout, grid.num_tokens)
-    return image, {"voxels": vmap.num_voxels, "columns": len(cols), "tokens": grid.num_tokens,
-                   "path_points": len(path)}
+    _legend(draw, layout, tokens)
+    return image, {"voxels": vmap.num_voxels, "columns": len(cols), "tokens": tokens, "path_points": len(path)}
 
 
 def _legend(draw: ImageDraw.ImageDraw, layout: SceneLayout, tokens: int) -> None:

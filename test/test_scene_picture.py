@@ -40,7 +40,7 @@ def test_show_draws_kept_tokens_dropped_columns_path_and_anchor(tmp_path, capsys
     out = tmp_path / "pics" / "map.png"
     assert main(["show", str(scene), "--out", str(out), "--max-tokens", "10", "--cell-px", "12",
                  "--anchor", "2.5,0.5", "--anchor-radius", "0.2"]) == 0
-    assert "50 columns, 10 kept as tokens, 3 camera positions" in capsys.readouterr().out
+    assert "50 columns, 10 tokens, 3 camera positions" in capsys.readouterr().out
     image = Image.open(out).convert("RGB")
     # drawn extent: columns x 0..13 (the anchor circle reaches x = 2.7 m), y -2..4 (the path at y = -0.3 m)
     assert image.size == (14 * 12 + 2 * PAD, 7 * 12 + 2 * PAD + LEGEND_PX)
@@ -56,6 +56,15 @@ def test_show_draws_kept_tokens_dropped_columns_path_and_anchor(tmp_path, capsys
     reds = np.all(pixels == COLOURS["path"], axis=2)
     assert reds.sum() > 20  # the camera path is drawn
     assert np.all(pixels == COLOURS["anchor"], axis=2).sum() > 10
+
+
+def test_coarsen_keeps_every_column_in_the_picture(tmp_path):
+    scene, out = _scene(tmp_path), tmp_path / "coarse.png"
+    assert main(["show", str(scene), "--out", str(out), "--max-tokens", "10", "--cell-px", "12",
+                 "--token-selection", "coarsen"]) == 0
+    image = Image.open(out).convert("RGB")
+    pixels = [_pixel_of(x, y, 12, image, y1=4) for x in range(10) for y in range(5)]
+    assert COLOURS["dropped"] not in pixels and COLOURS["empty"] not in pixels  # merged, never dropped
 
 
 def test_camera_path_thins_evenly_and_round_trips():

@@ -146,6 +146,8 @@ def test_object_caption_uses_the_anchor_and_plans_are_split(mapped):
     reply = mapped.ask("describe this object", task="object_caption", anchor=center, anchor_radius=0.0)
     assert reply.success and reply.interaction.anchor == center
     assert reply.interaction.anchor_radius == mapped.model.config.anchor_radius  # 0 -> the default
+    box = mapped.ask("describe this object", task="object_caption", anchor=center, anchor_size=(0.4, 0.4, 0.6))
+    assert box.success and box.interaction.anchor_size == (0.4, 0.4, 0.6) and box.interaction.anchor_radius == 0.0
     plan = mapped.plan("tidy the room")
     assert plan.success and plan.steps == split_plan_steps(plan.answer) and plan.steps
     assert plan.interaction.kind == "plan" and plan.interaction.instruction == "tidy the room"
@@ -158,6 +160,7 @@ def test_object_caption_uses_the_anchor_and_plans_are_split(mapped):
     (dict(question="q", task="translate"), "unknown task 'translate'"),
     (dict(question="describe it", task="object_caption"), "needs use_anchor"),
     (dict(question="q", anchor=(math.nan, 0.0, 0.0)), "must be finite"),
+    (dict(question="q", anchor=(0.0, 0.0, 0.0), anchor_size=(1.0, -1.0, 1.0)), "sizes >= 0"),
 ])
 def test_bad_requests_are_refused_with_an_actionable_message(mapped, kwargs, match):
     with pytest.raises(RequestRefused, match=match):

@@ -23,7 +23,7 @@ from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 def test_every_interface_has_its_documented_fields():
     expected = {
         AskScene.Request: ["question", "situation", "task", "session_id", "use_anchor",
-                           "anchor_point", "anchor_radius"],
+                           "anchor_point", "anchor_radius", "anchor_size"],
         AskScene.Response: ["success", "message", "answer", "interaction_id", "latency",
                             "scene_tokens", "grounding_score"],
         PlanTask.Request: ["goal", "session_id"],
@@ -40,7 +40,7 @@ def test_every_interface_has_its_documented_fields():
                       "preservation_rate", "memory_bytes", "newest_frame_age", "model", "pending_requests",
                       "worker_restarts", "gravity_angle_deg", "leveled_deg"],
         AskSceneAction.Goal: ["question", "situation", "task", "session_id", "use_anchor", "anchor_point",
-                              "anchor_radius"],
+                              "anchor_radius", "anchor_size"],
         AskSceneAction.Result: ["success", "message", "answer", "interaction_id", "latency", "scene_tokens",
                                 "grounding_score"],
         PlanTaskAction.Goal: ["goal", "session_id"],
@@ -48,7 +48,7 @@ def test_every_interface_has_its_documented_fields():
         AskSceneAction.Feedback: ["state", "queue_position", "partial_answer"],
         PlanTaskAction.Feedback: ["state", "queue_position", "partial_answer"],
         Interaction: ["header", "interaction_id", "session_id", "kind", "task", "instruction",
-                      "situation", "has_anchor", "anchor", "anchor_radius", "answer",
+                      "situation", "has_anchor", "anchor", "anchor_radius", "anchor_size", "answer",
                       "corrected_answer", "comment", "scene_stamp", "scene_tokens", "grounding_score", "latency"],
     }
     for cls, fields in expected.items():

@@ -37,6 +37,8 @@ INTERACTIONS = [
     _interaction(9, "feedback", "object_caption", "Describe this object.", "A red box.", "a red box", iid="o1",
                  has_anchor=True, anchor={"x": 1.0, "y": 2.0, "z": 0.5}, anchor_radius=0.4),
     _interaction(10, "feedback", "qa", "Where is the mug?", "on the desk", "", iid="bad"),
+    _interaction(11, "feedback", "object_caption", "Describe this object.", "A bed.", "a wide bed", iid="o2",
+                 has_anchor=True, anchor={"x": 0.0, "y": 1.0, "z": 0.3}, anchor_size={"x": 2.0, "y": 1.6, "z": 0.6}),
 ]
 
 
@@ -64,14 +66,17 @@ def test_from_bag_yields_expected_sft_and_preference_records(bag, tmp_path, caps
          "history": [["Is there a lamp?", "yes, on the desk"]], "id": "d2"},  # earlier turn, corrected
         {**base, "task": "object_caption", "instruction": "Describe this object.", "response": "a red box",
          "anchor": {"center": [1.0, 2.0, 0.5], "radius": pytest.approx(0.4)}, "id": "o1"},
+        {**base, "task": "object_caption", "instruction": "Describe this object.", "response": "a wide bed",
+         "anchor": {"center": [0.0, 1.0, pytest.approx(0.3)], "size": [2.0, pytest.approx(1.6), pytest.approx(0.6)]},
+         "id": "o2"},  # a box region (AskScene anchor_size) stays a box
     ]
     assert [r.to_dict() for r in read_records(sft)] == expected_sft
     prefs = [r.to_dict() for r in read_records(pref)]
     assert [(p["id"], p["response"], p["rejected"], p["source"]) for p in prefs] == [
         ("q2", "two", "three", "bag_preference"), ("d1", "yes, on the desk", "no", "bag_preference"),
-        ("d2", "green", "blue", "bag_preference")]  # "a red box" equals the answer after cleaning: no pair
+        ("d2", "green", "blue", "bag_preference"), ("o2", "a wide bed", "A bed.", "bag_preference")]  # "a red box" equals the answer after cleaning: no pair
     out = capsys.readouterr().out
-    assert "wrote 4 SFT records" in out and "3 preference pairs" in out
+    assert "wrote 5 SFT records" in out and "4 preference pairs" in out
     assert "unlabelled Q&A (pseudo-labels off" in out and "feedback without a corrected_answer" in out
 
 
@@ -81,7 +86,7 @@ def test_trusted_answers_become_pseudo_labels(bag):
     pseudo = [r for r in sft if r.source == "bag_pseudo"]
     assert [(r.id, r.response) for r in pseudo] == [("id1", "red"), ("p1", "1. pick up the mug.")]
     assert pseudo[1].instruction == "Create a step-by-step plan for the task: tidy the desk"
-    assert len(prefs) == 3 and report.skipped["answer superseded by a correction (kept as the feedback record)"] == 3
+    assert len(prefs) == 4 and report.skipped["answer superseded by a correction (kept as the feedback record)"] == 3
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])

@@ -273,7 +273,10 @@ def interaction_records(interactions: list[dict[str, Any]], scene_id: str, repor
         anchor = None
         if m.get("has_anchor"):
             p, r = m["anchor"], float(m.get("anchor_radius") or 0.0)
-            anchor = Anchor((float(p["x"]), float(p["y"]), float(p["z"])), r if r > 0 else None)
+            size = m.get("anchor_size") or {}  # absent in bags recorded before boxes
+            extents = tuple(float(size.get(k, 0.0)) for k in "xyz")
+            center = (float(p["x"]), float(p["y"]), float(p["z"]))
+            anchor = (Anchor(center, size=extents) if any(extents) else Anchor(center, r if r > 0 else None))
         rec = Record(scene_id=scene_id, task=task, instruction=instruction, response=response, source=source,
                      situation=_text(m.get("situation")), anchor=anchor,
                      history=history(m) if task == "dialogue" else None, id=m["interaction_id"])

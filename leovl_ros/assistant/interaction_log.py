@@ -42,10 +42,12 @@ def interaction_to_dict(record: Interaction, stamp_s: float, frame_id: str = "")
     """``record`` as the Interaction message fields (see msg/Interaction.msg), stamped ``stamp_s``."""
     fields = asdict(record)
     anchor = fields.pop("anchor")
+    size = fields.pop("anchor_size")
     scene_stamp = fields.pop("scene_stamp_s")
     return {"header": {"stamp": _time(stamp_s), "frame_id": frame_id}, **fields,
             "has_anchor": anchor is not None,
             "anchor": dict(zip("xyz", (float(v) for v in anchor or (0.0, 0.0, 0.0)))),
+            "anchor_size": dict(zip("xyz", (float(v) for v in size or (0.0, 0.0, 0.0)))),
             "scene_stamp": _time(scene_stamp)}
 
 

@@ -34,6 +34,12 @@ class GravityTracker:
         """Total rotation applied to incoming poses so far, degrees."""
         return float(np.degrees(np.arccos(np.clip((np.trace(self.level) - 1) / 2, -1, 1))))
 
+    def plane_angle_deg(self) -> float:
+        """The tilt of the map frame as reported: -1 until a horizontal plane confirmed it (the
+        camera prior alone is off by the camera's pitch)."""
+        e = self.estimate
+        return e.angle_deg if e is not None and e.source == "horizontal plane" else -1.0
+
     def level_pose(self, T: np.ndarray) -> np.ndarray:
         if not self.align or np.array_equal(self.level, np.eye(3)):
             return T

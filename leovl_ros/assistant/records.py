@@ -89,6 +89,7 @@ class Interaction:
     grounding_score: float = 0.0
     latency: float = 0.0
     comment: str = ""
+    anchor_size: tuple[float, float, float] | None = None  # a box region (then anchor_radius is 0)
 
 
 @dataclass

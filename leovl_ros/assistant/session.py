@@ -298,7 +298,8 @@ class SceneSession:
                     self._gravity.estimate = None
             self.warn_once("gravity", "info", f"levelled the map by {e.angle_deg:.1f} deg (align_gravity; "
                                               f"{self._gravity.leveled_deg:.1f} deg in all): up from a {e.source}")
-        elif e is not None and e.angle_deg > self.config.gravity_warn_deg and not self._gravity.warned:
+        elif e is not None and e.source == "horizontal plane" and e.angle_deg > self.config.gravity_warn_deg \
+                and not self._gravity.warned:  # the camera prior alone is no evidence: cameras are pitched
             self._gravity.warned = True
             self.warn_once("gravity", "warn", (
                 f"the map frame is tilted {e.angle_deg:.0f} deg from gravity (estimated from a {e.source}): "
@@ -317,7 +318,7 @@ class SceneSession:
             return SceneStats(self._received, sum(self._drops.values()), self._fused, self._map.num_voxels, tokens,
                               compression, preservation, self._map.memory_bytes(), self._newest_stamp,
                               self.model_name, dict(self._drops), pending, self.worker_restarts,
-                              -1.0 if self._gravity.estimate is None else self._gravity.estimate.angle_deg,
+                              self._gravity.plane_angle_deg(),
                               self._gravity.leveled_deg, self._map.evicted_voxels, self._map.dropped_full)
 
     def cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -440,8 +441,12 @@ class SceneSession:
 
     def ask(self, question: str, situation: str = "", task: str = "", session_id: str = "",
             anchor: tuple[float, float, float] | None = None, anchor_radius: float = 0.0,
-            control: RequestControl | None = None) -> Reply:
-        """Answer a question / dialogue turn / caption request; raises RequestRefused."""
+            control: RequestControl | None = None, anchor_size: tuple[float, float, float] | None = None) -> Reply:
+        """Answer a question / dialogue turn / caption request; raises RequestRefused.
+
+        The referred region is a box (``anchor`` centre + ``anchor_size`` extents, when any
+        extent is > 0: an object's box, as the paper marks it) or else a sphere of
+        ``anchor_radius`` around ``anchor``."""
         task = task.strip() or ("dialogue" if session_id else "qa")
         if task not in ASK_TASKS:
             raise RequestRefused(f"unknown task {task!r}; use one of {', '.join(ASK_TASKS)} (or '' for qa)")
@@ -449,16 +454,21 @@ class SceneSession:
         self._check_text("situation", situation, required=False)
         if task == "object_caption" and anchor is None:
             raise RequestRefused("object_caption needs use_anchor=true and anchor_point (the object to describe)")
-        radius = None
+        radius = size = None
         if anchor is not None:
-            if not all(math.isfinite(v) for v in anchor) or not (anchor_radius >= 0 and math.isfinite(anchor_radius)):
-                raise RequestRefused(f"anchor_point {anchor} and anchor_radius {anchor_radius} must be finite "
-                                     "(radius >= 0)")
-            radius = anchor_radius or self.config.default_anchor_radius or self.model.config.anchor_radius
+            extents = tuple(float(v) for v in anchor_size or (0.0, 0.0, 0.0))
+            if not all(math.isfinite(v) for v in (*anchor, anchor_radius, *extents)) or anchor_radius < 0 \
+                    or min(extents) < 0:
+                raise RequestRefused(f"anchor_point {anchor}, anchor_radius {anchor_radius} and anchor_size "
+                                     f"{extents} must be finite (radius and sizes >= 0)")
+            if any(extents):
+                size = extents
+            else:
+                radius = anchor_radius or self.config.default_anchor_radius or self.model.config.anchor_radius
         query = SceneQuery(task, question.strip(), situation.strip() or None, self.history(session_id),
-                           tuple(float(v) for v in anchor) if anchor is not None else None, radius)
+                           tuple(float(v) for v in anchor) if anchor is not None else None, radius, size)
         record = Interaction(uuid.uuid4().hex, session_id, "ask", task, question.strip(), situation.strip(),
-                             query.anchor_center, radius or 0.0)
+                             query.anchor_center, radius or 0.0, anchor_size=size)
         return self._answer(query, record, control)
 
     def plan(self, goal: str, session_id: str = "", control: RequestControl | None = None) -> Reply:

@@ -272,6 +272,8 @@ class AssistantNode(Node):
             scene_tokens=r.scene_tokens, grounding_score=float(r.grounding_score), latency=float(r.latency))
         if r.anchor is not None:
             msg.anchor.x, msg.anchor.y, msg.anchor.z = (float(v) for v in r.anchor)
+        if r.anchor_size is not None:
+            msg.anchor_size.x, msg.anchor_size.y, msg.anchor_size.z = (float(v) for v in r.anchor_size)
         return msg
 
     def _ask(self, req: AskScene.Request, res: AskScene.Response) -> AskScene.Response:
@@ -279,10 +281,11 @@ class AssistantNode(Node):
 
     def _fill_ask(self, req, res, control: RequestControl | None):
         """Answer an AskScene request or action goal into its response or result (same fields)."""
-        a = req.anchor_point
+        a, e = req.anchor_point, req.anchor_size
         anchor = (a.x, a.y, a.z) if req.use_anchor else None
         reply = self._serve(res, "ask_scene", lambda: self.session.ask(
-            req.question, req.situation, req.task, req.session_id, anchor, req.anchor_radius, control))
+            req.question, req.situation, req.task, req.session_id, anchor, req.anchor_radius, control,
+            (e.x, e.y, e.z)))
         if reply is not None:
             r = reply.interaction
             res.success, res.message, res.answer, res.interaction_id = reply.success, reply.message, reply.answer, \

@@ -35,7 +35,7 @@ $(STAMPS)/apt:
 	fi
 	@touch $@
 
-$(VENV_STAMP): $(LOCK) | $(STAMPS)/apt
+$(VENV_STAMP): $(LOCK) pyproject.toml | $(STAMPS)/apt  # pyproject: console scripts and extras
 	@echo "[setup] python venv $(VENV) <- $(LOCK)"
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r $(LOCK)

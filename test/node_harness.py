@@ -36,6 +36,14 @@ def start(module: str, args: list[str], domain_id: int, log: Path) -> subprocess
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
+def start_assistant(domain_id: int, log: Path, **params) -> subprocess.Popen:
+    """The node with the shipped params file and the tiny random model, plus ``params`` overrides."""
+    args = ["--params-file", str(REPO / "config" / "assistant.yaml"), "-p", "model:=tiny-random"]
+    for name, value in params.items():
+        args += ["-p", f"{name}:={value}"]
+    return start("leovl_ros.ros.assistant_node", args, domain_id, log)
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)

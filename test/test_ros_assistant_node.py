@@ -27,7 +27,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from leovl_ros.ros.conversions import matrix_to_pose, numpy_to_image, seconds_to_stamp  # noqa: E402
 from leovl_ros.srv import AskScene, Feedback, LoadAdapter, LoadScene, PlanTask, SaveScene  # noqa: E402
 
-from node_harness import Operator, REPO, start as _start, stop as _stop  # noqa: E402
+from node_harness import Operator, REPO, start as _start, start_assistant, stop as _stop  # noqa: E402
 
 PLAYER_FRAMES = 30
 
@@ -39,12 +39,8 @@ def operator(tmp_path_factory):
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id)
     node_log = tmp / "node.log"
-    node = _start("leovl_ros.ros.assistant_node", [
-        "--params-file", str(REPO / "config" / "assistant.yaml"),
-        "-p", "model:=tiny-random", "-p", "num_beams:=1", "-p", "max_new_tokens:=8",
-        "-p", f"scene_dir:={tmp / 'scenes'}", "-p", "status_rate:=5.0", "-p", "request_timeout:=60.0",
-        "-p", f"interaction_log:={tmp / 'interactions.jsonl'}",
-    ], domain_id, node_log)
+    node = start_assistant(domain_id, node_log, num_beams=1, max_new_tokens=8, scene_dir=tmp / "scenes",
+                           status_rate=5.0, request_timeout=60.0, interaction_log=tmp / "interactions.jsonl")
     op = Operator(context, node, node_log)
     player = None
     try:

@@ -38,7 +38,7 @@ from leovl_ros.ros.conversions import matrix_to_pose, numpy_to_image, seconds_to
 from leovl_ros.srv import AskScene, LoadAdapter, LoadScene, SaveScene  # noqa: E402
 from leovl_ros.voxel_map import TEMP_SUFFIX, VoxelMap  # noqa: E402
 
-from node_harness import REPO, Operator, start, stop  # noqa: E402
+from node_harness import Operator, start, start_assistant, stop  # noqa: E402
 
 W, H = 224, 168  # a 8x6 feature grid for the tiny model
 K = [160.0, 0.0, 111.5, 0.0, 160.0, 83.5, 0.0, 0.0, 1.0]
@@ -113,12 +113,8 @@ def op(tmp_path_factory):
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id)
     log = tmp / "node.log"
-    node = start("leovl_ros.ros.assistant_node", [
-        "--params-file", str(REPO / "config" / "assistant.yaml"),
-        "-p", "model:=tiny-random", "-p", "num_beams:=1", "-p", "max_new_tokens:=256",
-        "-p", "compute_grounding:=false", "-p", f"scene_dir:={scenes}", "-p", "status_rate:=5.0",
-        "-p", "log_throttle:=0.0", "-p", f"interaction_log:={tmp / 'log.jsonl'}",
-    ], domain_id, log)
+    node = start_assistant(domain_id, log, num_beams=1, max_new_tokens=256, compute_grounding="false",
+                           scene_dir=scenes, status_rate=5.0, log_throttle=0.0, interaction_log=tmp / "log.jsonl")
     operator = Operator(context, node, log)
     operator.tmp, operator.scenes, operator.temps, operator.domain_id = tmp, scenes, (dead, live), domain_id
     operator.diagnostics = []

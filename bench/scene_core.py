@@ -1,4 +1,4 @@
-"""Scene-core benchmark: keyframe fusion, incremental vs batch voxelisation, CFG build, memory.
+"""Scene-core benchmark: keyframe fusion, incremental vs batch voxelisation, CFG build, token selection, memory.
 
 Run from the repo root: ``.venv/bin/python -m bench.scene_core``. Threads: OMP_NUM_THREADS /
 OPENBLAS_NUM_THREADS, default 1 (on a shared 2-core box two spinning thread pools made every
@@ -6,6 +6,13 @@ op up to 50x slower; set both to 2 on an idle machine). All figures in the table
 measured in this run, on 100 synthetic 640x480 keyframes of an analytic room (depth by exact
 ray casting against the room box and a few furniture boxes) with a 23x17 feature map per
 keyframe (Qwen2.5-VL's 28-px cells) and random d-dim features.
+
+(c) CFG per question at 10k / 50k / 200k voxels: the incremental CFG (per-column sums kept
+at fusion time, ``VoxelMap.track_columns``) against the batch CFG (``incremental=False``,
+streams every voxel) and the direct formula, all three checked equal first.
+(e) Token selection on the same maps (a square floor plan, columns of 1-24 voxels): per
+policy the tokens, the voxels represented (preservation) and the occupied columns
+represented; camera (``nearest``) at the floor's centre, anchor at a corner.
 
 (b) The peer baseline is Open3D's tensor ``PointCloud.voxel_down_sample`` (mean over a
 feature attribute), the batch way to voxelise features, re-run over all points accumulated
@@ -27,8 +34,9 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from leovl_ros.cfg import GridConfig, _select_columns, build_grid, rope_height  # noqa: E402
+from leovl_ros.cfg import GridConfig, build_grid, rope_height, voxel_tokens  # noqa: E402
 from leovl_ros.geometry import Intrinsics, cell_points, depth_to_metres  # noqa: E402
+from leovl_ros.token_selection import TOKEN_SELECTIONS, select_tokens  # noqa: E402
 from leovl_ros.voxel_map import VoxelMap  # noqa: E402
 
 ROOM = np.array([[0.0, 0.0, 0.0], [6.0, 5.0, 3.0]])
@@ -74,15 +82,17 @@ def render_depth_mm(T: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(depth * 1000, 0, 65535).astype(np.uint16)
 
 
-def fuse_sequence(depths, poses, feats: np.ndarray, storage=torch.float32):
+def fuse_sequence(depths, poses, feats: np.ndarray, storage=torch.float32, columns: bool = False):
     """Fuse all keyframes with the same (h*w, d) features; returns the map and per-keyframe times."""
     vmap = VoxelMap(feats.shape[1], VOXEL, storage)
+    if columns:
+        vmap.track_columns()
     cell_s, fuse_s = [], []
     for depth, T in zip(depths, poses, strict=True):
         t0 = time.perf_counter()
         pts, idx = cell_points(depth_to_metres(depth), INTR, T, GRID_HW)
         t1 = time.perf_counter()
-        vmap.fuse(pts, feats[idx])
+        vmap.fuse(pts, feats[idx], origin=T[:3, 3])
         cell_s.append(t1 - t0)
         fuse_s.append(time.perf_counter() - t1)
     return vmap, np.array(cell_s), np.array(fuse_s)
@@ -117,34 +127,62 @@ def synthetic_map(num_voxels: int, d: int, rng: np.random.Generator, storage=tor
     coords = coords[rng.permutation(len(coords))[:num_voxels]]
     for chunk in np.array_split(np.arange(len(coords)), max(1, num_voxels // 5000)):
         vmap.fuse((coords[chunk] + 0.5) * VOXEL, rng.standard_normal((len(chunk), d)).astype(np.float32))
+    vmap.track_columns()  # the incremental CFG's column sums (one pass; kept per keyframe from then on)
+    vmap.viewpoint = (side * VOXEL / 2, side * VOXEL / 2, 1.2)  # the camera over the floor's centre
     return vmap
 
 
 def naive_cfg(vmap: VoxelMap, max_tokens: int) -> torch.Tensor:
     """The CFG written directly (materialises V x d means and rotated copies): baseline and check."""
-    token, _, count = _select_columns(vmap.coords, max_tokens)
+    token, _, count = voxel_tokens(vmap, GridConfig(max_tokens=max_tokens))
     keep = token >= 0
     rotated = rope_height(vmap.means()[keep], vmap.coords[keep, 2])
     return torch.zeros(count.numel(), vmap.feature_dim).index_add_(0, token[keep], rotated) / count[:, None]
 
 
-def cfg_row(vmap: VoxelMap, has_target: bool) -> tuple:
-    """Time build_grid against naive_cfg on one map, after checking they agree."""
+def cfg_rows(vmap: VoxelMap, target_ms: float | None) -> list:
+    """Time the incremental CFG against the batch CFG and the direct formula, after checking all agree."""
     config = GridConfig()
     g = build_grid(vmap, config)
+    batch = build_grid(vmap, config, incremental=False)
     check = naive_cfg(vmap, config.max_tokens)
-    assert torch.allclose(g.features, check, atol=1e-5), "streamed CFG differs from the direct computation"
-    t = median_time(lambda: build_grid(vmap, config), repeats=5)
-    tn = median_time(lambda: naive_cfg(vmap, config.max_tokens), repeats=3)
+    assert torch.allclose(g.features, batch.features, atol=1e-5), "incremental CFG differs from the batch CFG"
+    assert torch.allclose(batch.features, check, atol=1e-5), "streamed CFG differs from the direct computation"
+    t = median_time(lambda: build_grid(vmap, config), repeats=20)
+    tb = median_time(lambda: build_grid(vmap, config, incremental=False), repeats=3)
+    tn = median_time(lambda: naive_cfg(vmap, config.max_tokens), repeats=1 if vmap.num_voxels > 60_000 else 3)
+    c = vmap.centers[vmap.num_voxels // 2]
+    anchored = dict(anchor_center=c.tolist(), anchor_radius=0.5, anchor_embedding=torch.randn(vmap.feature_dim))
+    ga, gb = build_grid(vmap, config, **anchored), build_grid(vmap, config, incremental=False, **anchored)
+    assert torch.allclose(ga.features, gb.features, atol=1e-5), "incremental anchored CFG differs from the batch one"
+    ta = median_time(lambda: build_grid(vmap, config, **anchored), repeats=20)
     dtype = str(vmap.storage_dtype).removeprefix("torch.")
-    return (
-        "c",
-        f"CFG build {vmap.num_voxels} voxels d={vmap.feature_dim} {dtype} -> {g.num_tokens} tokens, "
-        f"pres {g.preservation_rate:.3f}",
-        f"{1e3 * t:.1f} ms",
-        f"direct {1e3 * tn:.1f} ms",
-        f"{tn / t:.1f}x" + (" (target <= 5 ms)" if has_target else ""),
-    )
+    what = f"CFG {vmap.num_voxels} voxels d={vmap.feature_dim} {dtype} -> {g.num_tokens} tok, pres {g.preservation_rate:.3f}"
+    goal = f" (target <= {target_ms:.0f} ms)" if target_ms else ""
+    return [
+        ("c", f"{what}: incremental vs batch", f"{1e3 * t:.2f} ms", f"batch {1e3 * tb:.1f} ms", f"{tb / t:.0f}x{goal}"),
+        ("c", f"{what}: incremental vs direct", f"{1e3 * t:.2f} ms", f"direct {1e3 * tn:.1f} ms", f"{tn / t:.0f}x"),
+        ("c", f"{what}: incremental + anchor r 0.5 m", f"{1e3 * ta:.2f} ms", f"batch {1e3 * tb:.1f} ms",
+         f"{tb / ta:.0f}x{goal}"),
+    ]
+
+
+def selection_rows(vmap: VoxelMap, max_tokens: int = 750) -> list:
+    """(e) tokens, voxel preservation and occupied columns represented per token_selection policy."""
+    _, cols, counts, _ = vmap.columns.columns()
+    corner = (cols.min(0).values.float() + 2) * VOXEL  # anchor: a region near the floor's corner
+    rows = []
+    for policy in TOKEN_SELECTIONS:
+        focus = corner.tolist() if policy == "anchor" else vmap.viewpoint
+        t0 = time.perf_counter()
+        col_token, _, tcount = select_tokens(cols, counts, max_tokens, policy, VOXEL, focus)
+        dt = time.perf_counter() - t0
+        represented = float((col_token >= 0).float().mean())
+        rows.append(("e", f"{policy:8s} {vmap.num_voxels} voxels, {cols.shape[0]} columns -> {tcount.numel()} tokens",
+                     f"pres {int(tcount.sum()) / vmap.num_voxels:.3f}", f"columns {represented:.3f}",
+                     f"select {1e3 * dt:.1f} ms" + (" (target: columns 1.000 at <= 750 tokens)"
+                                                    if policy == "coarsen" else "")))
+    return rows
 
 
 def median_time(fn, repeats: int) -> float:
@@ -168,6 +206,11 @@ def bench_fusion(depths, poses, rng) -> tuple[list, dict]:
         kfs = n / (cell_s.sum() + fuse_s.sum())
         what = f"fuse keyframe d={d} (cell pts {1e3 * cell_s.mean():.2f} ms + fuse {1e3 * fuse_s.mean():.2f} ms)"
         rows.append(("a", what, f"{kfs:.0f} kf/s", "target 50 kf/s", f"{kfs / 50:.1f}x"))
+        if d == 2048:  # the price of the incremental CFG: column sums refreshed per keyframe
+            _, cell_c, fuse_c = fuse_sequence(depths, poses, feats, columns=True)
+            kfc = n / (cell_c.sum() + fuse_c.sum())
+            rows.append(("a", f"fuse keyframe d={d} + column sums (fuse {1e3 * fuse_c.mean():.2f} ms)",
+                         f"{kfc:.0f} kf/s", f"without {kfs:.0f} kf/s", f"{kfc / kfs:.2f}x"))
     return rows, maps
 
 
@@ -226,7 +269,7 @@ def bench_memory(depths, poses, maps: dict) -> list:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keyframes", type=int, default=100)
-    ap.add_argument("--cfg-sizes", type=int, nargs="+", default=[1_000, 10_000, 50_000])
+    ap.add_argument("--cfg-sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
     ap.add_argument("--cfg-dim", type=int, default=2048)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -236,9 +279,16 @@ def main() -> None:
 
     rows, maps = bench_fusion(depths, poses, rng)
     rows += bench_incremental_vs_batch(depths, poses, rng)
-    # (c) CFG build time vs the direct way (all means, all rotated copies, then pooling)
-    rows += [cfg_row(synthetic_map(nv, args.cfg_dim, rng), nv == 10_000) for nv in args.cfg_sizes]
-    rows.append(cfg_row(synthetic_map(10_000, args.cfg_dim, rng, torch.float16), True))
+    # (c) CFG per question: incremental vs batch vs the direct way; (e) token selection policies
+    targets = {10_000: 5.0, 200_000: 10.0}
+    selection = []
+    for nv in args.cfg_sizes:
+        vmap = synthetic_map(nv, args.cfg_dim, rng)
+        rows += cfg_rows(vmap, targets.get(nv))
+        selection += selection_rows(vmap)
+        del vmap
+    rows += cfg_rows(synthetic_map(10_000, args.cfg_dim, rng, torch.float16), targets[10_000])
+    rows += selection
     rows += bench_memory(depths, poses, maps)
 
     head = ("", "measure", "ours", "baseline / target", "ratio")

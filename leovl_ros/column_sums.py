@@ -17,6 +17,8 @@ the map's ``max_voxels`` however long the robot runs.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .voxel_map import _BITS, _OFFSET, VoxelMap
@@ -61,7 +63,13 @@ class ColumnSums:
         self._count = torch.zeros(0, dtype=torch.int64, device=dev)  # (capacity,) voxels; 0 = free row
         self._free = torch.zeros(0, dtype=torch.int64, device=dev)  # storage rows to reuse
         self._top = 0  # storage rows handed out so far (used or free)
+        self._shared = False  # a snapshot reads _sums/_count: copy them before the next write
         self.refresh(vmap, vmap._sorted_keys)
+
+    def snapshot(self) -> "ColumnSums":
+        """A copy sharing the sums until this object next writes them (see VoxelMap.snapshot)."""
+        self._shared = True
+        return copy.copy(self)
 
     @property
     def num_columns(self) -> int:
@@ -99,6 +107,8 @@ class ColumnSums:
         self._store(ids, fresh, n)
 
     def _store(self, ids: torch.Tensor, fresh: torch.Tensor, n: torch.Tensor) -> None:
+        if self._shared:
+            self._sums, self._count, self._shared = self._sums.clone(), self._count.clone(), False
         C = self._ids.numel()
         pos = torch.searchsorted(self._ids, ids).clamp_(max=max(C - 1, 0))
         found = (self._ids[pos] == ids) if C else torch.zeros_like(ids, dtype=torch.bool)

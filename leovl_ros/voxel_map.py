@@ -9,6 +9,7 @@ no per-point loop).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -154,6 +155,7 @@ class VoxelMap:
         self._n = 0
         dev = self._device
         self._acc = torch.zeros(0, self._d, dtype=self._dtype, device=dev)  # (capacity, d) sums or means
+        self._acc_shared = False  # a snapshot reads _acc: copy it before the next write
         self._counts = torch.zeros(0, dtype=torch.int64, device=dev)  # (capacity,) points per voxel
         self._coords = torch.zeros(0, 3, dtype=torch.int64, device=dev)  # (capacity, 3) voxel indices
         self._last_seen = torch.zeros(0, dtype=torch.int64, device=dev)  # (capacity,) keyframe that last touched it
@@ -166,6 +168,28 @@ class VoxelMap:
         self.evicted_voxels = self.evicted_points = 0
         if self.columns is not None:
             self.track_columns(self.columns.rope)
+
+    def snapshot(self) -> "VoxelMap":
+        """A consistent copy for readers (never modify it) that costs O(V) integers, not V x d floats.
+
+        Counts, coordinates and stamps are copied; the features and the column sums are shared
+        until this map next writes them, when this map copies them first (copy on write, paid
+        by the fusing thread, not by the reader).
+        """
+        snap = copy.copy(self)
+        snap.metadata = dict(self.metadata)
+        n = self._n
+        snap._counts, snap._coords, snap._last_seen = (t[:n].clone() for t in (self._counts, self._coords,
+                                                                                  self._last_seen))
+        snap._acc = self._acc[:n]
+        self._acc_shared = True
+        if self.columns is not None:
+            snap.columns = self.columns.snapshot()
+        return snap
+
+    def _own_acc(self) -> None:
+        if self._acc_shared:
+            self._acc, self._acc_shared = self._acc.clone(), False
 
     def track_columns(self, rope: bool = True) -> None:
         """Keep per-column CFG sums (height-rotated with ``rope``) up to date from now on."""
@@ -301,6 +325,7 @@ class VoxelMap:
         # Sum the frame per voxel first, then add once per voxel: fusing the same frame twice
         # then gives exactly 2*sum / 2*count, i.e. bit-identical means.
         batch = torch.zeros(ukeys.shape[0], self._d, device=self._device).index_add_(0, inverse, feats)[live]
+        self._own_acc()
         if self._dtype in _HALF_DTYPES:
             m = self._acc[rows].to(torch.float32)  # (U', d) current means
             n = self._counts[rows].unsqueeze(1)
@@ -356,6 +381,7 @@ class VoxelMap:
         renumbered (O(V) integers), so no full re-sort and no copy of the whole map.
         """
         n, dev = self._n, self._device
+        self._own_acc()
         if self._eviction == "least_recent":
             order_key = self._last_seen[:n].to(torch.float64)  # oldest first; stable: ties to the oldest row
         else:
@@ -406,6 +432,7 @@ class VoxelMap:
             g[: self._n] = t[: self._n]
             grown.append(g)
         self._acc, self._counts, self._coords, self._last_seen = grown
+        self._acc_shared = False
 
     # ------------------------------------------------------------------ io
     def _header(self) -> dict:

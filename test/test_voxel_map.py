@@ -1,5 +1,6 @@
 """VoxelMap: exact running means, caps, reduced-precision storage, atomic safetensors io."""
 
+import copy
 import json
 
 import numpy as np
@@ -263,3 +264,29 @@ def test_map_and_column_sums_on_the_gpu_match_the_cpu(tmp_path):
         torch.testing.assert_close(b.features, build_grid(gpu, config, incremental=False).features, atol=1e-5, rtol=0)
     gpu.save(tmp_path / "g.safetensors")
     assert torch.equal(VoxelMap.load(tmp_path / "g.safetensors").means(), cpu.means())
+
+
+@pytest.mark.parametrize("eviction", ["none", "least_recent"])
+def test_a_snapshot_stays_as_it_was_while_the_map_keeps_fusing_and_evicting(eviction):
+    """Copy on write: the snapshot shares the features until the map writes them."""
+    from leovl_ros.cfg import GridConfig, build_grid
+
+    vmap = VoxelMap(8, 0.2, max_voxels=300, eviction=eviction)
+    vmap.track_columns()
+    for s in range(3):
+        vmap.fuse(*frame(s, d=8, extent=1.0))
+    snap, frozen = vmap.snapshot(), copy.deepcopy(vmap)
+    before = build_grid(frozen, GridConfig(max_tokens=20))
+    for s in range(3, 8):  # existing voxels change, rows move (eviction) or new space is dropped
+        vmap.fuse(*frame(s, d=8, extent=1.0 + 0.3 * s))
+    assert vmap.evicted_voxels > 0 or vmap.dropped_full > 0
+    for a, b in [(snap.coords, frozen.coords), (snap.counts, frozen.counts), (snap.means(), frozen.means())]:
+        assert torch.equal(a, b)
+    after = build_grid(snap, GridConfig(max_tokens=20))
+    assert torch.equal(after.features, before.features) and torch.equal(after.xy, before.xy)
+    fresh = VoxelMap(8, 0.2)  # and the live map is still right: its column sums match a rebuild
+    fresh._acc, fresh._counts, fresh._coords, fresh._n = vmap._acc, vmap._counts, vmap._coords, vmap.num_voxels
+    fresh._sorted_keys, fresh._sorted_rows, fresh._last_seen = vmap._sorted_keys, vmap._sorted_rows, vmap._last_seen
+    fresh.track_columns()
+    torch.testing.assert_close(build_grid(vmap, GridConfig(max_tokens=20)).features,
+                               build_grid(fresh, GridConfig(max_tokens=20)).features, atol=1e-6, rtol=0)

@@ -268,7 +268,7 @@ class SceneSession:
         see a half-fused frame and fusion never waits for a reader."""
         with self._map_lock:
             if self._snapshot is None or self._snapshot[0] != self._version:
-                self._snapshot = (self._version, copy.deepcopy(self._map), self._newest_stamp)
+                self._snapshot = (self._version, self._map.snapshot(), self._newest_stamp)  # copy on write
             return self._snapshot[1], self._snapshot[2]
 
     def snapshot(self) -> VoxelMap:

@@ -156,6 +156,11 @@ def cfg_rows(vmap: VoxelMap, target_ms: float | None) -> list:
     ga, gb = build_grid(vmap, config, **anchored), build_grid(vmap, config, incremental=False, **anchored)
     assert torch.allclose(ga.features, gb.features, atol=1e-5), "incremental anchored CFG differs from the batch one"
     ta = median_time(lambda: build_grid(vmap, config, **anchored), repeats=20)
+    coarse = GridConfig(token_selection="coarsen")  # every column kept: all column sums add into their blocks
+    gc, gcb = build_grid(vmap, coarse), build_grid(vmap, coarse, incremental=False)
+    assert torch.allclose(gc.features, gcb.features, atol=1e-5), "incremental coarsened CFG differs from the batch one"
+    tc = median_time(lambda: build_grid(vmap, coarse), repeats=5)
+    tcb = median_time(lambda: build_grid(vmap, coarse, incremental=False), repeats=3)
     dtype = str(vmap.storage_dtype).removeprefix("torch.")
     what = f"CFG {vmap.num_voxels} voxels d={vmap.feature_dim} {dtype} -> {g.num_tokens} tok, pres {g.preservation_rate:.3f}"
     goal = f" (target <= {target_ms:.0f} ms)" if target_ms else ""
@@ -164,6 +169,8 @@ def cfg_rows(vmap: VoxelMap, target_ms: float | None) -> list:
         ("c", f"{what}: incremental vs direct", f"{1e3 * t:.2f} ms", f"direct {1e3 * tn:.1f} ms", f"{tn / t:.0f}x"),
         ("c", f"{what}: incremental + anchor r 0.5 m", f"{1e3 * ta:.2f} ms", f"batch {1e3 * tb:.1f} ms",
          f"{tb / ta:.0f}x{goal}"),
+        ("c", f"CFG {vmap.num_voxels} voxels coarsen -> {gc.num_tokens} tok, pres {gc.preservation_rate:.3f}: "
+              "incremental vs batch", f"{1e3 * tc:.2f} ms", f"batch {1e3 * tcb:.1f} ms", f"{tcb / tc:.0f}x"),
     ]
 
 

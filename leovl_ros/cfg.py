@@ -127,18 +127,20 @@ def _anchor_mask(vmap: VoxelMap, rows: torch.Tensor, center: Sequence[float], ra
     """(S,) bool: selected voxels inside the referred box (``size``) or sphere (``radius``),
     plus the one holding its centre."""
     c = torch.as_tensor(center, dtype=torch.float32).reshape(-1).to(vmap.device)
+    coords = vmap.coords[rows]  # (S, 3)
+    centers = (coords.to(torch.float32) + 0.5) * vmap.voxel_size  # as VoxelMap.centers, for these rows only
     if c.shape != (3,) or not bool(torch.isfinite(c).all()):
         raise ValueError(f"anchor_center must be 3 finite coordinates in metres, got {center}")
     if size is not None:
         half = torch.as_tensor(size, dtype=torch.float32).reshape(-1).to(vmap.device) / 2
         if half.shape != (3,) or not bool(torch.isfinite(half).all()) or bool((half < 0).any()):
             raise ValueError(f"anchor_size must be 3 finite extents >= 0 metres, got {size}")
-        inside = ((vmap.centers[rows] - c).abs() <= half).all(1)
+        inside = ((centers - c).abs() <= half).all(1)
     elif radius is None or not (radius >= 0 and math.isfinite(radius)):
         raise ValueError(f"anchor_center needs a finite anchor_radius >= 0 metres, got {radius}")
     else:
-        inside = (vmap.centers[rows] - c).norm(dim=1) <= radius
-    holder = (vmap.coords[rows] == torch.floor(c / vmap.voxel_size).to(torch.int64)).all(1)
+        inside = (centers - c).norm(dim=1) <= radius
+    holder = (coords == torch.floor(c / vmap.voxel_size).to(torch.int64)).all(1)
     return inside | holder
 
 
@@ -241,9 +243,9 @@ def _grid_from_columns(vmap: VoxelMap, config: GridConfig, anchor_center, anchor
     T = tcount.numel()
     if T == ids.numel() or config.token_selection != "coarsen":  # one column per token, raster order
         pooled = vmap.columns.sums(srows[col_token >= 0])  # (T, d)
-    else:  # merged blocks: every column adds into its block
-        pooled = torch.zeros(T, vmap.feature_dim, device=vmap.device).index_add_(
-            0, col_token, vmap.columns.sums(srows))
+    else:  # merged blocks: every column adds into its block (O(columns x d))
+        pooled = vmap.columns.pool_into(torch.zeros(T + 1, vmap.feature_dim, device=vmap.device), srows,
+                                        col_token)[:T]
     if anchor_center is not None:
         rows, col = _anchor_candidates(vmap, ids, cols, anchor_center, anchor_radius, anchor_size)
         token = col_token[col]

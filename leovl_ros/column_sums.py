@@ -88,6 +88,16 @@ class ColumnSums:
         """(K, d) S of the given storage rows."""
         return self._sums.index_select(0, rows)
 
+    def pool_into(self, out: torch.Tensor, rows: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """Add the sums of storage ``rows`` into ``out[token]`` (out: (T + 1, d), row T a scratch row).
+
+        Straight from storage, no gathered (C, d) copy: at 200k voxels a fresh 130 MB copy
+        costs more in page faults than the additions themselves.
+        """
+        row_token = torch.full((self._top,), out.shape[0] - 1, dtype=torch.int64, device=out.device)
+        row_token[rows] = token
+        return out.index_add_(0, row_token, self._sums[: self._top])
+
     def refresh(self, vmap: VoxelMap, voxel_keys: torch.Tensor) -> None:
         """Recompute the columns holding ``voxel_keys`` (any voxel keys, present or evicted)."""
         ids = torch.unique(voxel_keys >> _BITS)  # (K,)

@@ -69,6 +69,6 @@ def relevel_map(vmap: VoxelMap, R: np.ndarray, new_map: VoxelMap) -> VoxelMap:
     Each old voxel enters with its mean feature as one observation, so its history counts
     once from then on (VoxelMap keeps no per-observation weights to carry over)."""
     if vmap.num_voxels:
-        centers = vmap.centers.numpy().astype(np.float64) @ R.T
+        centers = vmap.centers.cpu().numpy().astype(np.float64) @ R.T
         new_map.fuse(centers.astype(np.float32), vmap.means())
     return new_map

@@ -221,9 +221,7 @@ class SceneSession:
         with self._map_lock:
             if epoch != self._epoch:
                 return "scene reset"
-            rope = self.model.config.grid.pos_z == "rope"
-            if self._map.columns is None or self._map.columns.rope != rope:
-                self._map.track_columns(rope)  # a new, loaded or re-levelled map: O(map) once (incremental CFG)
+            self._track_columns()
             full = self._map.num_voxels >= self._map.max_voxels
             self._map.fuse(points, features, origin=frame.T_map_camera[:3, 3])
             self._version += 1
@@ -259,6 +257,13 @@ class SceneSession:
         if self.config.token_selection:
             self.model.config.grid.token_selection = self.config.token_selection
 
+    def _track_columns(self) -> None:
+        """Keep the incremental CFG's column sums on the live map (caller holds the map lock): a new,
+        loaded or re-levelled map, or another pos_z after an adapter swap, pays one pass over the map."""
+        rope = self.model.config.grid.pos_z == "rope"
+        if self._map.columns is None or self._map.columns.rope != rope:
+            self._map.track_columns(rope)
+
     def _map_options(self) -> dict:
         return {"max_voxels": self.config.max_voxels, "eviction": self.config.eviction,
                 "device": self.config.map_device}
@@ -268,6 +273,7 @@ class SceneSession:
         see a half-fused frame and fusion never waits for a reader."""
         with self._map_lock:
             if self._snapshot is None or self._snapshot[0] != self._version:
+                self._track_columns()
                 self._snapshot = (self._version, self._map.snapshot(), self._newest_stamp)  # copy on write
             return self._snapshot[1], self._snapshot[2]
 
@@ -281,7 +287,7 @@ class SceneSession:
         with self._map_lock:
             if not self._gravity.due(self._version):
                 return
-            version, centers = self._version, self._map.centers.numpy()
+            version, centers = self._version, self._map.centers.cpu().numpy()
             down = self._gravity.down_sum.copy()
         R = self._gravity.update(version, centers, down, self._map.voxel_size)
         e = self._gravity.estimate

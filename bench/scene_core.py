@@ -162,7 +162,8 @@ def cfg_rows(vmap: VoxelMap, target_ms: float | None) -> list:
     tc = median_time(lambda: build_grid(vmap, coarse), repeats=5)
     tcb = median_time(lambda: build_grid(vmap, coarse, incremental=False), repeats=3)
     dtype = str(vmap.storage_dtype).removeprefix("torch.")
-    what = f"CFG {vmap.num_voxels} voxels d={vmap.feature_dim} {dtype} -> {g.num_tokens} tok, pres {g.preservation_rate:.3f}"
+    what = (f"CFG {vmap.num_voxels} voxels d={vmap.feature_dim} {dtype} -> {g.num_tokens} tok, "
+            f"pres {g.preservation_rate:.3f}")
     goal = f" (target <= {target_ms:.0f} ms)" if target_ms else ""
     return [
         ("c", f"{what}: incremental vs batch", f"{1e3 * t:.2f} ms", f"batch {1e3 * tb:.1f} ms", f"{tb / t:.0f}x{goal}"),

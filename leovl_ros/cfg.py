@@ -157,7 +157,7 @@ def focus_point(vmap: VoxelMap, config: GridConfig, anchor_center) -> Sequence[f
 
 
 def voxel_tokens(vmap: VoxelMap, config: GridConfig,
-                    focus: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 focus: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per voxel its token (-1 if its column was cut), per token its xy (T, 2) and voxel count (T,)."""
     coords = vmap.coords
     ckeys, inverse, ccount = torch.unique(_column_keys(coords), return_inverse=True, return_counts=True)  # (C,)

@@ -25,7 +25,6 @@ raster order of their column (block), so token order never depends on frame orde
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch

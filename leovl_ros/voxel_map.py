@@ -140,7 +140,8 @@ class VoxelMap:
             if b.shape != (2, 3) or not (b[0] < b[1]).all():
                 raise ValueError(f"bounds must be ((xmin, ymin, zmin), (xmax, ymax, zmax)), min < max; got {bounds}")
             self._bounds = (tuple(b[0].tolist()), tuple(b[1].tolist()))
-            self._bounds_t = torch.as_tensor(b, dtype=torch.float32, device=self._device)  # (2, 3), compared with float32 points
+            # (2, 3), compared with float32 points
+            self._bounds_t = torch.as_tensor(b, dtype=torch.float32, device=self._device)
         self._d = int(feature_dim)
         self._voxel_size = float(voxel_size)
         self._dtype = storage_dtype
@@ -519,7 +520,8 @@ class VoxelMap:
             or counts.shape != (n,)
             or acc.shape != (n, vmap.feature_dim)
             or last_seen.shape != (n,)
-            or (coords.dtype, counts.dtype, acc.dtype, last_seen.dtype) != (torch.int64, torch.int64, dtype, torch.int64)
+            or (coords.dtype, counts.dtype, acc.dtype, last_seen.dtype)
+            != (torch.int64, torch.int64, dtype, torch.int64)
         ):
             raise ValueError(
                 f"{path}: inconsistent voxel map tensors coords={tuple(coords.shape)} counts={tuple(counts.shape)} "
@@ -530,8 +532,8 @@ class VoxelMap:
         if not bool(torch.isfinite(acc).all()) or bool((counts <= 0).any()):
             raise ValueError(f"{path}: voxel map has non-finite features or empty voxels (corrupted)")
         dev = vmap.device
-        vmap._acc, vmap._counts, vmap._coords = acc.to(dev, copy=True), counts.to(dev, copy=True), coords.to(dev, copy=True)
-        vmap._last_seen, vmap._n = last_seen.to(dev, copy=True), n
+        vmap._acc, vmap._counts = acc.to(dev, copy=True), counts.to(dev, copy=True)
+        vmap._coords, vmap._last_seen, vmap._n = coords.to(dev, copy=True), last_seen.to(dev, copy=True), n
         keys = voxel_keys(vmap._coords)
         vmap._sorted_keys, vmap._sorted_rows = torch.sort(keys)
         if n > 1 and bool((vmap._sorted_keys[1:] == vmap._sorted_keys[:-1]).any()):

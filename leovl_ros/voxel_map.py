@@ -1,8 +1,8 @@
 """Sparse voxel map of 2D-encoder features with an exact running mean per voxel.
 
 Voxels are kept in rows (storage only grows, by doubling, up to ``max_voxels``; eviction
-moves the last rows into the freed ones); a sorted array of packed voxel keys maps a voxel to its row with
-``torch.searchsorted``, so fusing a frame is a few vectorised ops: one scatter-add of its
+moves the last rows into the freed ones); a sorted array of packed voxel keys maps a voxel
+to its row with ``torch.searchsorted``, so fusing a frame is a few vectorised ops: one scatter-add of its
 points per voxel, then one indexed add into storage, whatever the map size (no Python dict,
 no per-point loop).
 """
@@ -10,27 +10,19 @@ no per-point loop).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+
+from .voxel_map_io import TEMP_SUFFIX, read_map, remove_stale_temps, write_map
 
 __all__ = ["EVICTIONS", "TEMP_SUFFIX", "VoxelMap", "remove_stale_temps", "voxel_keys"]
 
 EVICTIONS = ("none", "least_recent", "farthest")
 
-_FORMAT = "leovl_ros.voxel_map"
-# Temp files of a save are ".<name>.<pid>.<random>.leovl-tmp": the writer's pid tells a
-# killed save's leftovers (removed at start-up) from a save in progress.
-TEMP_SUFFIX = ".leovl-tmp"
-_VERSION = "1"
 # Voxel coordinates are packed into one int64 key with 21 bits per axis (signed by an
 # offset): +-2^20 voxels = +-209 km at 0.2 m, far beyond any robot map.
 _BITS = 21
@@ -55,27 +47,6 @@ def _unpack(keys: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`voxel_keys`: (N,) keys -> (N, 3) int64 voxel coords."""
     mask = (1 << _BITS) - 1
     return torch.stack([(keys >> (2 * _BITS)) & mask, (keys >> _BITS) & mask, keys & mask], 1) - _OFFSET
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete the temp files that killed saves left in ``directory``; returns what was removed."""
-    removed = []
-    for tmp in Path(directory).glob(f".*{TEMP_SUFFIX}"):
-        parts = tmp.name[: -len(TEMP_SUFFIX)].rsplit(".", 2)  # ['.<name>', '<pid>', '<random>']
-        if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])) and tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
 
 
 class VoxelMap:
@@ -436,106 +407,12 @@ class VoxelMap:
         self._acc_shared = False
 
     # ------------------------------------------------------------------ io
-    def _header(self) -> dict:
-        return {
-            "version": _VERSION,
-            "feature_dim": self._d,
-            "voxel_size": self._voxel_size,
-            "storage_dtype": _DTYPE_NAMES[self._dtype],
-            "max_voxels": self._max_voxels,
-            "bounds": self.bounds,
-            "dropped_full": self.dropped_full,
-            "dropped_out_of_bounds": self.dropped_out_of_bounds,
-            "metadata": self.metadata,
-            # since eviction (absent from older files: read with these defaults)
-            "eviction": self._eviction,
-            "evicted_voxels": self.evicted_voxels,
-            "evicted_points": self.evicted_points,
-            "frames": self._frames,
-            "viewpoint": self.viewpoint,
-        }
-
     def save(self, path: str | os.PathLike) -> None:
-        """Write the map to one safetensors file atomically (temp file in the same dir + os.replace).
-
-        The header is one sorted-JSON metadata entry: safetensors stores metadata in a hash
-        map, so several entries would make the bytes of identical maps differ between saves.
-        """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "coords": self.coords.contiguous(),
-            "counts": self.counts.contiguous(),
-            "acc": self._acc[: self._n].contiguous(),
-            "last_seen": self._last_seen[: self._n].contiguous(),
-        }
-        tensors = {k: v.cpu() for k, v in tensors.items()}
-        header = {_FORMAT: json.dumps(self._header(), sort_keys=True)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the map to one safetensors file atomically (see :mod:`leovl_ros.voxel_map_io`)."""
+        write_map(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "VoxelMap":
         """Read a map written by :meth:`save` (any version of it) onto ``device``; ``ValueError``
         on truncated or foreign files."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"voxel map file {path} does not exist")
-        try:
-            with safe_open(path, framework="pt") as f:
-                raw = (f.metadata() or {}).get(_FORMAT)
-                if raw is None:
-                    raise ValueError(f"{path} is a safetensors file but not a leovl_ros voxel map (no {_FORMAT})")
-                tensors = {k: f.get_tensor(k) for k in ("coords", "counts", "acc", "last_seen") if k in f.keys()}
-        except SafetensorError as e:
-            raise ValueError(f"{path} is not a readable safetensors voxel map (truncated or corrupted?): {e}") from e
-        try:
-            header = json.loads(raw)
-            if header["version"] != _VERSION:
-                raise ValueError(f"{path}: voxel map version {header['version']!r} unsupported (expected {_VERSION})")
-            dtype = {v: k for k, v in _DTYPE_NAMES.items()}[header["storage_dtype"]]
-            vmap = cls(header["feature_dim"], header["voxel_size"], dtype, header["bounds"], header["max_voxels"],
-                       header.get("eviction", "none"), device)
-            vmap.metadata = {str(k): str(v) for k, v in header["metadata"].items()}
-            vmap.dropped_full = int(header["dropped_full"])
-            vmap.dropped_out_of_bounds = int(header["dropped_out_of_bounds"])
-            vmap.evicted_voxels = int(header.get("evicted_voxels", 0))
-            vmap.evicted_points = int(header.get("evicted_points", 0))
-            vmap._frames = int(header.get("frames", 0))
-            view = header.get("viewpoint")
-            vmap.viewpoint = None if view is None else tuple(float(v) for v in view)
-        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: voxel map header is incomplete or malformed ({e!r})") from e
-        coords, counts, acc = tensors["coords"], tensors["counts"], tensors["acc"]
-        n = coords.shape[0]
-        last_seen = tensors.get("last_seen", torch.zeros(n, dtype=torch.int64))  # older files: all equally old
-        if (
-            coords.shape != (n, 3)
-            or counts.shape != (n,)
-            or acc.shape != (n, vmap.feature_dim)
-            or last_seen.shape != (n,)
-            or (coords.dtype, counts.dtype, acc.dtype, last_seen.dtype)
-            != (torch.int64, torch.int64, dtype, torch.int64)
-        ):
-            raise ValueError(
-                f"{path}: inconsistent voxel map tensors coords={tuple(coords.shape)} counts={tuple(counts.shape)} "
-                f"acc={tuple(acc.shape)} {acc.dtype} for feature_dim={vmap.feature_dim} {header['storage_dtype']}"
-            )
-        if n > vmap.max_voxels:
-            raise ValueError(f"{path}: {n} voxels exceed its max_voxels={vmap.max_voxels}")
-        if not bool(torch.isfinite(acc).all()) or bool((counts <= 0).any()):
-            raise ValueError(f"{path}: voxel map has non-finite features or empty voxels (corrupted)")
-        dev = vmap.device
-        vmap._acc, vmap._counts = acc.to(dev, copy=True), counts.to(dev, copy=True)
-        vmap._coords, vmap._last_seen, vmap._n = coords.to(dev, copy=True), last_seen.to(dev, copy=True), n
-        keys = voxel_keys(vmap._coords)
-        vmap._sorted_keys, vmap._sorted_rows = torch.sort(keys)
-        if n > 1 and bool((vmap._sorted_keys[1:] == vmap._sorted_keys[:-1]).any()):
-            raise ValueError(f"{path}: voxel map has duplicate voxel coordinates")
-        return vmap
+        return read_map(cls, path, device)

@@ -88,9 +88,11 @@ class HealthMonitor:
     def _memory(self, s: SceneStats) -> Check:
         rss = process_rss_bytes()
         values = {"rss_bytes": str(rss), "map_bytes": str(s.memory_bytes), "num_voxels": str(s.num_voxels),
-                  "max_voxels": str(self.max_voxels)}
-        if s.num_voxels >= self.max_voxels:
-            return Check("memory", WARN, "the voxel map is full (max_voxels): new space is not mapped", values)
+                  "max_voxels": str(self.max_voxels), "voxels_evicted": str(s.voxels_evicted),
+                  "points_dropped_full": str(s.points_dropped_full)}
+        if s.points_dropped_full:
+            return Check("memory", WARN, "the voxel map is full (max_voxels) and eviction is off: new space is "
+                                         "not mapped", values)
         return Check("memory", OK, f"{rss / 2**20:.0f} MiB resident, map {s.memory_bytes / 2**20:.1f} MiB", values)
 
     def _model(self, s: SceneStats) -> Check:

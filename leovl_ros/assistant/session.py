@@ -14,16 +14,18 @@ around them; the ROS node only converts messages. Concurrency design (the paper 
   wait for it (or time out with a clear message). If loading fails the old adapter stays.
 - Lock order: model lock -> encoder lock -> map lock, and mailbox -> map lock; the map
   lock is never held while waiting for another lock.
+
+Parts with no lock of their own here live beside it (request_queue, interaction_book,
+scene_files, leveling, grid_view); what stays is everything that takes these locks, kept in
+one file so the lock order above can be checked in one read.
 """
 from __future__ import annotations
 
 import copy
 import math
-import os
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -35,10 +37,12 @@ from ..camera_path import CAMERA_PATH_KEY, CameraPath
 from ..geometry import KeyframeSelector, cell_points, depth_to_metres
 from ..model.prompts import SceneQuery, plan_instruction
 from ..model.scene_tokens import check_map
-from ..voxel_map import VoxelMap, remove_stale_temps
+from ..voxel_map import VoxelMap
+from . import scene_files
 from .grid_view import grid_cloud, grid_stats
 from .leveling import GravityTracker, relevel_map
-from .interaction_log import InteractionLog
+from .request_queue import RequestQueue
+from .interaction_book import InteractionBook
 from .records import (ASK_TASKS, AssistantConfig, Interaction, RGBDFrame, Reply, RequestControl, RequestRefused,
                       SceneStats, split_plan_steps)
 
@@ -68,21 +72,16 @@ class SceneSession:
         self._log = log or (lambda level, text: None)
         self._throttle = _Throttle(log_period_s)
         self._apply_overrides()
-        self._model_lock = threading.Lock()
+        self._requests = RequestQueue(config.max_pending_requests, config.request_timeout)
         self._encoder_lock = threading.Lock()
         self._map_lock = threading.Lock()  # map, keyframes, counters, snapshot
-        self._slots = threading.BoundedSemaphore(config.max_pending_requests)
         self._map = model.new_voxel_map(**self._map_options())
         self._keyframes = KeyframeSelector(config.keyframe_translation, config.keyframe_rotation_deg,
                                            config.max_keyframe_rate)
         self._gravity = GravityTracker(config.align_gravity)
         self._epoch = self._version = 0
         self._reset_state()
-        self._sessions: OrderedDict[str, deque] = OrderedDict()
-        self._interactions: OrderedDict[str, Interaction] = OrderedDict()
-        self._book_lock = threading.Lock()  # sessions + interactions + request queue
-        self._interaction_log = InteractionLog(config.interaction_log) if config.interaction_log else None
-        self._queue: dict[object, None] = {}  # requests answered or waiting, oldest first
+        self._book = InteractionBook(config, self.warn_once)
         self._mailbox: tuple[RGBDFrame, int] | None = None
         self._busy = False  # the worker is encoding/fusing a keyframe
         self._wake = threading.Condition()
@@ -245,8 +244,7 @@ class SceneSession:
             self._closed = True
             self._wake.notify_all()
         self._worker.join(timeout=30.0)
-        if self._interaction_log is not None:
-            self._interaction_log.close()
+        self._book.close()
 
     # ------------------------------------------------------------------ scene state
     def _apply_overrides(self) -> None:
@@ -315,8 +313,7 @@ class SceneSession:
         """Counters and CFG size now (coordinates only, no copy: cheap enough for ~1 Hz)."""
         self._check_worker()
         self._check_gravity()
-        with self._book_lock:
-            pending = len(self._queue)
+        pending = self._requests.pending()
         with self._map_lock:
             if self._stats_cache is None or self._stats_cache[0] != self._version:
                 self._stats_cache = (self._version, grid_stats(self._map, self.model.config.grid))
@@ -346,43 +343,14 @@ class SceneSession:
             self._reset_state()
         return dropped
 
-    def _resolve(self, path: str) -> Path:
-        p = Path(path.strip()).expanduser()
-        return (p if p.is_absolute() else Path(self.config.scene_dir).expanduser() / p).resolve()
-
-    def writable_dirs(self) -> list[Path]:
-        """Where save_scene may write: scene_dir and the scene_write_dirs allow-list."""
-        return [Path(d).expanduser().resolve() for d in (self.config.scene_dir, *self.config.scene_write_dirs) if d]
-
     def remove_stale_temps(self) -> list[Path]:
         """Delete temp files of saves killed mid-write (start-up clean-up of every writable dir)."""
-        return [p for d in self.writable_dirs() if d.is_dir() for p in remove_stale_temps(d)]
-
-    def _save_target(self, path: str, overwrite: bool) -> Path:
-        """The file a save writes: inside a writable dir, never over a non-scene without ``overwrite``."""
-        stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
-        default_name = f"scene_{stamp}.safetensors"
-        if not path.strip():
-            path = default_name
-        target = self._resolve(path)
-        if path.strip().endswith(("/", os.sep)) or target.is_dir():
-            target = target / default_name
-        allowed = self.writable_dirs()
-        if not any(target.is_relative_to(d) for d in allowed):
-            raise RequestRefused(f"refusing to write {target}: scenes are saved only under "
-                                 f"{', '.join(map(str, allowed))} (parameters scene_dir, scene_write_dirs)")
-        if target.exists() and not overwrite:
-            try:
-                VoxelMap.load(target)
-            except (ValueError, OSError) as exc:
-                raise RequestRefused(f"refusing to replace {target}: it is not a readable scene ({exc}); "
-                                     "set overwrite=true to replace it anyway") from exc
-        return target
+        return scene_files.remove_killed_saves(self.config)
 
     def save(self, path: str = "", overwrite: bool = False) -> tuple[Path, int]:
         """Write the scene atomically; '' = <scene_dir>/scene_<time>.safetensors, relative = under
         scene_dir, a directory (or a path ending in '/') = a new scene_<time> file in it."""
-        target = self._save_target(path, overwrite)
+        target = scene_files.save_target(self.config, path, overwrite)
         shared, newest = self._scene()
         vmap = copy.copy(shared)  # same tensors (save only reads them), own metadata dict
         vmap.metadata = {**shared.metadata, "scene_stamp": "" if newest is None else repr(newest),
@@ -397,7 +365,7 @@ class SceneSession:
         """Replace the scene by a saved one; on any error the current scene is unchanged."""
         if not path.strip():
             raise RequestRefused("path is required")
-        target = self._resolve(path)
+        target = scene_files.resolve(self.config, path)
         try:
             vmap = VoxelMap.load(target, device=self.config.map_device)
             check_map(vmap, self.model.config, self.model.encoder.encoder_id)
@@ -417,33 +385,7 @@ class SceneSession:
     # ------------------------------------------------------------------ questions
     def history(self, session_id: str) -> list[tuple[str, str]] | None:
         """The remembered (question, answer) turns of a dialogue session, oldest first."""
-        with self._book_lock:
-            turns = self._sessions.get(session_id)
-            return list(turns) if turns else None
-
-    def _remember(self, record: Interaction) -> None:
-        with self._book_lock:
-            self._interactions[record.interaction_id] = record
-            while len(self._interactions) > self.config.max_interactions:
-                self._interactions.popitem(last=False)
-            if record.session_id and self.config.history_turns > 0 and record.answer:
-                turns = self._sessions.pop(record.session_id, None) or deque(maxlen=self.config.history_turns)
-                turns.append((record.instruction, record.answer))
-                self._sessions[record.session_id] = turns  # most recently used last
-                while len(self._sessions) > self.config.max_sessions:
-                    self._sessions.popitem(last=False)
-        self._log_interaction(record)
-
-    def _log_interaction(self, record: Interaction) -> None:
-        """Append to the durable log; a failing disk is reported, never fails the request."""
-        if self._interaction_log is None:
-            return
-        try:
-            self._interaction_log.append(record)
-        except (OSError, ValueError) as exc:
-            if self._throttle("interaction log"):
-                self._log("error", f"cannot append to the interaction log {self._interaction_log.path}: {exc}; "
-                                   "the interaction is only published on interactions")
+        return self._book.history(session_id)
 
     def ask(self, question: str, situation: str = "", task: str = "", session_id: str = "",
             anchor: tuple[float, float, float] | None = None, anchor_radius: float = 0.0,
@@ -499,46 +441,13 @@ class SceneSession:
         if self.stats().num_voxels == 0:
             raise RequestRefused("the scene is empty: no keyframe has been fused yet; check that rgb, depth, "
                                  "camera_info and poses arrive (see scene_status), or load_scene a saved one")
-        if not self._slots.acquire(blocking=False):
-            raise RequestRefused(f"busy: {self.config.max_pending_requests} requests are already being answered "
-                                 "or waiting (parameter max_pending_requests); retry shortly")
-        ticket = object()
-        with self._book_lock:
-            self._queue[ticket] = None
-        try:
-            self._wait_for_model(ticket, control)
-            try:
-                answer, grounding, newest, tokens = self._generate(query, record, control)
-            finally:
-                self._model_lock.release()
-        finally:
-            with self._book_lock:
-                del self._queue[ticket]
-            self._slots.release()
+        with self._requests.turn(control):
+            answer, grounding, newest, tokens = self._generate(query, record, control)
         record.answer, record.scene_stamp_s, record.scene_tokens = answer, newest, tokens
         record.grounding_score, record.latency = float(grounding), time.monotonic() - start
-        self._remember(record)
+        self._book.remember(record)
         message = "" if answer else "the model wrote an empty answer; give the right one with scene_feedback"
         return Reply(bool(answer), message, answer, record)
-
-    def _wait_for_model(self, ticket: object, control: RequestControl) -> None:
-        """Take the model lock, reporting the queue position; RequestRefused on timeout or cancel."""
-        deadline = time.monotonic() + self.config.request_timeout
-        reported = None
-        while not self._model_lock.acquire(timeout=0.05):
-            if control.cancel.is_set():
-                raise RequestRefused("cancelled while waiting for the model")
-            if time.monotonic() > deadline:
-                raise RequestRefused(f"the model stayed busy for {self.config.request_timeout:.0f} s (long answers "
-                                     "or an adapter swap); retry later")
-            with self._book_lock:
-                position = list(self._queue).index(ticket)
-            if control.progress is not None and position != reported:
-                reported = position
-                control.progress("queued", position, "")
-        if control.cancel.is_set():
-            self._model_lock.release()
-            raise RequestRefused("cancelled while waiting for the model")
 
     def _generate(self, query: SceneQuery, record: Interaction,
                   control: RequestControl) -> tuple[str, float, float | None, int]:
@@ -570,18 +479,8 @@ class SceneSession:
         return answer, grounding, newest, tokens
 
     def feedback(self, interaction_id: str, corrected_answer: str, comment: str = "") -> Interaction:
-        """The feedback record for an earlier interaction (to publish); raises RequestRefused."""
-        if not corrected_answer.strip():
-            raise RequestRefused("corrected_answer is empty")
-        with self._book_lock:
-            original = self._interactions.get(interaction_id.strip())
-        if original is None:
-            raise RequestRefused(f"unknown interaction_id {interaction_id!r} (only the last "
-                                 f"{self.config.max_interactions} interactions are kept)")
-        record = replace(original, kind="feedback", corrected_answer=corrected_answer.strip(), latency=0.0,
-                         comment=comment.strip())
-        self._log_interaction(record)
-        return record
+        """The feedback record for an earlier interaction (logged; to publish); raises RequestRefused."""
+        return self._book.feedback(interaction_id, corrected_answer, comment)
 
     # ------------------------------------------------------------------ adapters
     def load_adapter(self, bundle_path: str) -> str:
@@ -589,7 +488,7 @@ class SceneSession:
         path = Path(bundle_path.strip()).expanduser()
         if not bundle_path.strip() or not path.is_dir():
             raise RequestRefused(f"bundle_path {bundle_path!r} is not a bundle directory")
-        if not self._model_lock.acquire(timeout=self.config.request_timeout):
+        if not self._requests.model_lock.acquire(timeout=self.config.request_timeout):
             raise RequestRefused(f"the model stayed busy for {self.config.request_timeout:.0f} s; retry later")
         try:
             with self._encoder_lock:
@@ -609,5 +508,5 @@ class SceneSession:
                         self._reset_state()
                     self._snapshot = self._stats_cache = None  # the bundle's grid config may differ
         finally:
-            self._model_lock.release()
+            self._requests.model_lock.release()
         return self.model_name

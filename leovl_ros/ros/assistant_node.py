@@ -235,7 +235,8 @@ class AssistantNode(Node):
         msg = SceneStatus(
             header=self._header(), frames_received=s.frames_received, frames_dropped=s.frames_dropped,
             drop_reasons=reasons, drop_counts=[s.drops[r] for r in reasons], images_unpaired=self._pairer.discarded,
-            keyframes_fused=s.keyframes_fused, num_voxels=s.num_voxels, num_tokens=s.num_tokens,
+            keyframes_fused=s.keyframes_fused, num_voxels=s.num_voxels, voxels_evicted=s.voxels_evicted,
+            points_dropped_full=s.points_dropped_full, num_tokens=s.num_tokens,
             compression_rate=s.compression_rate, preservation_rate=s.preservation_rate,
             memory_bytes=s.memory_bytes, model=s.model, pending_requests=s.pending_requests,
             worker_restarts=s.worker_restarts, gravity_angle_deg=s.gravity_angle_deg, leveled_deg=s.leveled_deg,

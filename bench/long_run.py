@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from leovl_ros.assistant import AssistantConfig, RGBDFrame, SceneSession  # noqa: E402
 from leovl_ros.cfg import build_grid  # noqa: E402
-from leovl_ros.geometry import Intrinsics  # noqa: E402
+from leovl_ros.geometry import Intrinsics, look_at  # noqa: E402
 from leovl_ros.model.config import LeoVLConfig  # noqa: E402
 from leovl_ros.model.encoder import EncodedImage  # noqa: E402
 from leovl_ros.model.leovl import LeoVL  # noqa: E402
@@ -70,14 +70,7 @@ def camera_pose(t: float) -> np.ndarray:
     pos = np.r_[corners[i] + s0 * direction, 1.2]
     turn = np.clip((s0 - (legs[i] - 1.0)), 0.0, 1.0) * np.pi / 2  # turn left over the leg's last metre
     yaw = np.arctan2(direction[1], direction[0]) + turn
-    fwd = np.array([np.cos(yaw), np.sin(yaw), -0.1])
-    fwd /= np.linalg.norm(fwd)
-    right = np.cross(fwd, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([right, np.cross(fwd, right), fwd], 1)
-    T[:3, 3] = pos
-    return T
+    return look_at(pos, np.array([np.cos(yaw), np.sin(yaw), -0.1]))
 
 
 _U, _V = np.meshgrid(np.arange(INTR.width), np.arange(INTR.height))

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from leovl_ros.cfg import GridConfig, build_grid, rope_height, voxel_tokens  # noqa: E402
-from leovl_ros.geometry import Intrinsics, cell_points, depth_to_metres  # noqa: E402
+from leovl_ros.geometry import Intrinsics, cell_points, depth_to_metres, look_at  # noqa: E402
 from leovl_ros.token_selection import TOKEN_SELECTIONS, select_tokens  # noqa: E402
 from leovl_ros.voxel_map import VoxelMap  # noqa: E402
 
@@ -53,14 +53,7 @@ def camera_pose(i: int, n: int) -> np.ndarray:
     a = 2 * np.pi * i / n
     pos = np.array([3.0 + 1.6 * np.cos(a), 2.5 + 1.2 * np.sin(a), 1.4 + 0.2 * np.sin(3 * a)])
     yaw = a + 0.6 * np.sin(2 * a)
-    fwd = np.array([np.cos(yaw), np.sin(yaw), -0.25])
-    fwd /= np.linalg.norm(fwd)
-    right = np.cross(fwd, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([right, np.cross(fwd, right), fwd], 1)
-    T[:3, 3] = pos
-    return T
+    return look_at(pos, np.array([np.cos(yaw), np.sin(yaw), -0.25]))
 
 
 def render_depth_mm(T: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -21,6 +21,7 @@ __all__ = [
     "backproject",
     "cell_points",
     "depth_to_metres",
+    "look_at",
 ]
 
 
@@ -277,3 +278,16 @@ class KeyframeSelector:
                 return False
         self._last_T, self._last_stamp = T, float(stamp_s)
         return True
+
+
+def look_at(eye: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """(4, 4) camera-to-map pose of an optical frame at `eye` looking along `forward`."""
+    f = forward / np.linalg.norm(forward)
+    r = np.cross(f, [0.0, 0.0, 1.0])  # x right = forward x up (z-up map)
+    if np.linalg.norm(r) < 1e-6:
+        raise ValueError("camera cannot look straight up or down")
+    r /= np.linalg.norm(r)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([r, np.cross(f, r), f], axis=1)  # columns: x right, y down, z forward
+    T[:3, 3] = eye
+    return T

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
+from ..geometry import look_at
 from .catalog import CATEGORY_NAMES
 from .rooms import Room, generate_room
 from .shapes import raycasting_scene
@@ -55,19 +56,6 @@ def intrinsics_matrix(width: int, height: int, hfov_deg: float = 60.0) -> np.nda
         raise ValueError(f"hfov_deg must be within [10, 170], got {hfov_deg}")
     f = width / 2 / math.tan(math.radians(hfov_deg) / 2)
     return np.array([[f, 0.0, (width - 1) / 2], [0.0, f, (height - 1) / 2], [0.0, 0.0, 1.0]])
-
-
-def look_at(eye: np.ndarray, forward: np.ndarray) -> np.ndarray:
-    """(4, 4) camera-to-map pose of an optical frame at `eye` looking along `forward`."""
-    f = forward / np.linalg.norm(forward)
-    r = np.cross(f, [0.0, 0.0, 1.0])  # x right = forward x up (z-up map)
-    if np.linalg.norm(r) < 1e-6:
-        raise ValueError("camera cannot look straight up or down")
-    r /= np.linalg.norm(r)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([r, np.cross(f, r), f], axis=1)  # columns: x right, y down, z forward
-    T[:3, 3] = eye
-    return T
 
 
 OUTWARD_PITCH = 0.5  # outward views look down by atan(0.5) = 27 deg, at desk and cabinet tops

@@ -116,7 +116,7 @@ def train_ablations(steps: int, out_dir: Path) -> None:
 
 def fmt_table(rows: list[tuple[str, dict[str, dict[str, float]]]]) -> str:
     cols = list(TARGET_TYPES) + ["target", "all", "scene-acc"]
-    lines = [f"| model | condition | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    lines = ["| model | condition | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for name, res in rows:
         for cond, row in res.items():
             lines.append(f"| {name} | {cond} | " + " | ".join(f"{row[c]:.1f}" if c in row else "" for c in cols) + " |")

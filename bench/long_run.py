@@ -30,6 +30,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.table import print_table  # noqa: E402
 from leovl_ros.assistant import AssistantConfig, RGBDFrame, SceneSession  # noqa: E402
 from leovl_ros.cfg import build_grid  # noqa: E402
 from leovl_ros.geometry import Intrinsics, look_at  # noqa: E402
@@ -145,14 +146,9 @@ def main() -> None:
     rows = [r for policy in args.eviction for r in run(model, policy, args)]
     head = ("eviction", "min", "keyframes", "voxels", "evicted", "pts dropped", "map MiB", "RSS MiB",
             "snapshot ms", "CFG ms", "batch CFG ms", "pres", "wall s")
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     print(f"long run: {args.minutes:g} min at {FPS:g} Hz, {SPEED:g} m/s laps of a 60 x 30 m corridor loop, "
           f"max_voxels {args.max_voxels}, d {qwen.text_config.hidden_size}, torch threads {torch.get_num_threads()}")
-    line = " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print(" | ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)))
+    print_table(head, rows)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from leovl_ros.geometry import Intrinsics, cell_points, depth_to_metres  # noqa: E402

@@ -34,6 +34,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.table import print_table  # noqa: E402
 from leovl_ros.cfg import GridConfig, build_grid, rope_height, voxel_tokens  # noqa: E402
 from leovl_ros.geometry import Intrinsics, cell_points, depth_to_metres, look_at  # noqa: E402
 from leovl_ros.token_selection import TOKEN_SELECTIONS, select_tokens  # noqa: E402
@@ -293,16 +294,11 @@ def main() -> None:
     rows += bench_memory(depths, poses, maps)
 
     head = ("", "measure", "ours", "baseline / target", "ratio")
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(5)]
-    line = " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
     print(
         f"scene core bench: {args.keyframes} keyframes 640x480, grid {GRID_HW[1]}x{GRID_HW[0]}, voxel {VOXEL} m, "
         f"torch threads {torch.get_num_threads()}"
     )
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print(" | ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)))
+    print_table(head, rows)
 
 
 if __name__ == "__main__":

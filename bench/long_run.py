@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.table import print_table  # noqa: E402
+from bench.timing import median_time  # noqa: E402
 from leovl_ros.assistant import AssistantConfig, RGBDFrame, SceneSession  # noqa: E402
 from leovl_ros.cfg import build_grid  # noqa: E402
 from leovl_ros.geometry import Intrinsics, look_at  # noqa: E402
@@ -49,15 +50,6 @@ SPEED, FPS = 1.0, 15.0  # m/s, camera frames per second
 def rss_mib() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
-def median_s(fn, repeats: int = 5) -> float:
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return float(np.median(samples))
 
 
 def camera_pose(t: float) -> np.ndarray:
@@ -120,8 +112,8 @@ def run(model: LeoVL, eviction: str, args) -> list[tuple]:
                 scene = session.snapshot()
                 t_snap = time.perf_counter() - t0
                 grid = build_grid(scene, model.config.grid)
-                t_inc = median_s(lambda: build_grid(scene, model.config.grid))
-                t_batch = median_s(lambda: build_grid(scene, model.config.grid, incremental=False))
+                t_inc = median_time(lambda: build_grid(scene, model.config.grid))
+                t_batch = median_time(lambda: build_grid(scene, model.config.grid, incremental=False))
                 rows.append((eviction, f"{t / 60:.0f}", s.keyframes_fused, s.num_voxels, s.voxels_evicted,
                              s.points_dropped_full, f"{s.memory_bytes / 2**20:.1f}", f"{rss_mib():.0f}",
                              f"{1e3 * t_snap:.1f}", f"{1e3 * t_inc:.2f}", f"{1e3 * t_batch:.1f}",

@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.table import print_table  # noqa: E402
+from bench.timing import median_time  # noqa: E402
 from leovl_ros.cfg import GridConfig, build_grid, rope_height, voxel_tokens  # noqa: E402
 from leovl_ros.geometry import Intrinsics, cell_points, depth_to_metres, look_at  # noqa: E402
 from leovl_ros.token_selection import TOKEN_SELECTIONS, select_tokens  # noqa: E402
@@ -185,16 +186,6 @@ def selection_rows(vmap: VoxelMap, max_tokens: int = 750) -> list:
                      f"select {1e3 * dt:.1f} ms" + (" (target: columns 1.000 at <= 750 tokens)"
                                                     if policy == "coarsen" else "")))
     return rows
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return float(np.median(samples))
 
 
 def bench_fusion(depths, poses, rng) -> tuple[list, dict]:

@@ -42,9 +42,9 @@ from leovl_ros.model.tiny import qwen25vl_7b_config  # noqa: E402
 from leovl_ros.synth.render import render_frames  # noqa: E402
 from leovl_ros.synth.rooms import generate_room  # noqa: E402
 from leovl_ros.synth.writers import write_scannet  # noqa: E402
-from training.scenes import ScenesConfig, SceneStore  # noqa: E402
+from leovl_ros.training.scenes import ScenesConfig, SceneStore  # noqa: E402
 
-TINY = Path(__file__).resolve().parents[1] / "leovl_ros" / "models" / "leovl-tiny"
+TINY = Path(__file__).resolve().parents[1] / "leovl_ros" / "bundled_models" / "leovl-tiny"
 SCANS = 5000  # LEO-VL's four domains: ~1.5k ScanNet + ~1.4k 3RScan + ~0.3k MultiScan + ~1.6k ARKitScenes (rounded up)
 
 

@@ -13,7 +13,7 @@ same in all three. "scene-acc" is the paper's scene-preference accuracy (Fig. 8)
 the true answer is more likely given the room than given another room.
 
 Ablations (paper §4.2) at this scale branch off the shared stage-2b model (object maps, see
-training/tiny_model.py): each is a stage-3 SFT run (configs/leovl_tiny_sft.yaml) of the same
+training/tiny_model.py): each is a stage-3 SFT run (recipes/leovl_tiny_sft.yaml) of the same
 reduced budget that changes one thing: ``grid.pos_z: none`` (no height RoPE),
 ``grid.grid: voxel_sample`` (a uniform voxel sample instead of the CFG), against the CFG
 itself at that budget; plus the shipped SFT model vs SFT + SceneDPO, whose pairs of each kind
@@ -39,7 +39,7 @@ ABLATIONS = {"cfg (same budget)": [], "pos_z: none": ["model.leovl.grid.pos_z=no
 
 
 def qa_records(path: str, per_room: int | None = None):
-    from training.records import read_records
+    from leovl_ros.training.records import read_records
 
     records = [r for r in read_records([path]) if r.task == "qa" and r.answers]
     if per_room is None:
@@ -57,7 +57,7 @@ def qa_records(path: str, per_room: int | None = None):
 def scene_conditions(model, store, records, batch_size: int = 16) -> dict[str, dict[str, float]]:
     """{condition: {qtype | 'target' | 'all': EM}} for greedy answers."""
     from leovl_ros.model.config import GenerationConfig
-    from training.metrics import exact_match_scores
+    from leovl_ros.training.metrics import exact_match_scores
 
     gen = GenerationConfig(num_beams=1, max_new_tokens=8, repetition_penalty=1.0)
     rooms = sorted({r.scene_id for r in records})
@@ -93,10 +93,10 @@ def load(path: Path):
 
 
 def store_for(model, cache_dir: str):
-    from training.config import load_config
-    from training.scenes import SceneStore
+    from leovl_ros.training.config import load_config
+    from leovl_ros.training.scenes import SceneStore
 
-    cfg = load_config("configs/leovl_tiny_sft.yaml")
+    cfg = load_config("recipes/leovl_tiny_sft.yaml")
     cfg.scenes.cache_dir = cache_dir
     return SceneStore(model, cfg.scenes)
 
@@ -108,7 +108,7 @@ def train_ablations(steps: int, out_dir: Path) -> None:
             continue
         print(f"training ablation {name!r} for {steps} steps -> {target}", flush=True)
         sets = [f"output_dir={target}", f"optim.max_steps={steps}", "eval.every=0", "save_every=0"] + overrides
-        cmd = [sys.executable, "-m", "training.train_cli", "sft", "--config", "configs/leovl_tiny_sft.yaml"]
+        cmd = [sys.executable, "-m", "leovl_ros.training.train_cli", "sft", "--config", "recipes/leovl_tiny_sft.yaml"]
         for s in sets:
             cmd += ["--set", s]
         subprocess.run(cmd, check=True)
@@ -125,7 +125,7 @@ def fmt_table(rows: list[tuple[str, dict[str, dict[str, float]]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="leovl_ros/models/leovl-tiny", help="the model to check (full bundle)")
+    p.add_argument("--model", default="leovl_ros/bundled_models/leovl-tiny", help="the model to check (full bundle)")
     p.add_argument("--dpo", default="runs/leovl-tiny/dpo/bundle", help="the SFT + SceneDPO bundle (SFT vs +SceneDPO)")
     p.add_argument("--eval", default="runs/leovl-tiny/data/eval.jsonl", help="held-out QA records")
     p.add_argument("--cache-dir", default="runs/leovl-tiny/scenes")
@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.learning: no model at {args.model}: run `make tiny-model`", file=sys.stderr)
         return 2
     if not Path(args.eval).is_file():  # the held-out records are cheap to regenerate
-        from training.data_cli import main as data_main
-        from training.tiny_model import SEEDS
+        from leovl_ros.training.data_cli import main as data_main
+        from leovl_ros.training.tiny_model import SEEDS
 
         data_main(["convert", "synthetic", "--seeds", SEEDS["eval"], "--out", args.eval])
     if args.train_ablations:

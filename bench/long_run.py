@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from bench.table import print_table  # noqa: E402
 from bench.timing import median_time  # noqa: E402
 from leovl_ros.assistant import AssistantConfig, RGBDFrame, SceneSession  # noqa: E402
-from leovl_ros.cfg import build_grid  # noqa: E402
+from leovl_ros.condensed_grid import build_grid  # noqa: E402
 from leovl_ros.geometry import Intrinsics, look_at  # noqa: E402
 from leovl_ros.model.config import LeoVLConfig  # noqa: E402
 from leovl_ros.model.encoder import EncodedImage  # noqa: E402

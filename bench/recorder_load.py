@@ -1,7 +1,7 @@
 """Recorder benchmark: does ``leovl_recorder`` keep up with a camera, and what does a crash lose?
 
 Run from the repo root through the ROS environment:
-``tools/ros_env.sh ~/.cache/leovl_ros/venv python -m bench.recorder_load [--seconds 8]``.
+``env/ros_env.sh ~/.cache/leovl_ros/venv python -m bench.recorder_load [--seconds 8]``.
 
 This process streams to a recorder process either a camera (640x480 ``rgb8`` + ``16UC1`` +
 camera_info at 15 Hz, best effort, as a driver does; the large-image Fast DDS profile is set for
@@ -44,9 +44,9 @@ from leovl_ros.ros.dds import use_large_image_profile
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "test"))
 from conftest import next_domain_id, wait_for  # noqa: E402
-from node_harness import start  # noqa: E402
+from support.node_harness import start  # noqa: E402
 
-from training.bags import BagTopics, _open  # noqa: E402
+from leovl_ros.scans.bag_reader import BagTopics, _open  # noqa: E402
 
 W, H, RATE = 640, 480, 15.0
 

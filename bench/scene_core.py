@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from bench.table import print_table  # noqa: E402
 from bench.timing import median_time  # noqa: E402
-from leovl_ros.cfg import GridConfig, build_grid, rope_height, voxel_tokens  # noqa: E402
+from leovl_ros.condensed_grid import GridConfig, build_grid, rope_height, voxel_tokens  # noqa: E402
 from leovl_ros.geometry import Intrinsics, cell_points, depth_to_metres, look_at  # noqa: E402
 from leovl_ros.token_selection import TOKEN_SELECTIONS, select_tokens  # noqa: E402
 from leovl_ros.voxel_map import VoxelMap  # noqa: E402

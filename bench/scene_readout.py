@@ -74,9 +74,9 @@ def oracle_tokens(objects: list, num_tokens: int, seed: int) -> torch.Tensor:
 
 def load_rooms(cache_dir: Path, grid) -> dict[str, list[Room]]:
     """{token set: rooms} for every cached map of a training or held-out room."""
-    from leovl_ros.cfg import build_grid
+    from leovl_ros.condensed_grid import build_grid
     from leovl_ros.voxel_map import VoxelMap
-    from training.tiny_model import SEEDS
+    from leovl_ros.training.tiny_model import SEEDS
 
     lo, hi = (int(s) for s in SEEDS["train"].split(":"))
     elo, ehi = (int(s) for s in SEEDS["eval"].split(":"))
@@ -102,7 +102,7 @@ def load_rooms(cache_dir: Path, grid) -> dict[str, list[Room]]:
 
 
 def split(rooms: list[Room]) -> tuple[list[Room], list[Room]]:
-    from training.tiny_model import SEEDS
+    from leovl_ros.training.tiny_model import SEEDS
 
     elo = int(SEEDS["eval"].split(":")[0])
     return [r for r in rooms if r.seed < elo], [r for r in rooms if r.seed >= elo]
@@ -171,7 +171,7 @@ def decoder_steps(rooms: list[Room], steps: int, seed: int = 0, every: int = 50)
     named category with >= 50 % held-out accuracy; None if it does not within ``steps``."""
     from transformers import Qwen2Config, Qwen2Model
 
-    from training.tiny_model import TINY_ARCH
+    from leovl_ros.training.tiny_model import TINY_ARCH
 
     train, held = split(rooms)
     h = TINY_ARCH["hidden_size"]
@@ -220,7 +220,7 @@ def decoder_steps(rooms: list[Room], steps: int, seed: int = 0, every: int = 50)
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="leovl_ros/models/leovl-tiny", help="bundle whose grid config is read")
+    p.add_argument("--model", default="leovl_ros/bundled_models/leovl-tiny", help="bundle whose grid config is read")
     p.add_argument("--cache-dir", default="runs/leovl-tiny/scenes", type=Path, help="voxel maps of make tiny-model")
     p.add_argument("--probe-steps", type=int, default=600)
     p.add_argument("--decoder-steps", type=int, default=0, metavar="N", help="also train decoders for up to N steps")

@@ -38,7 +38,7 @@ def load_tower(path: str) -> nn.Module:
 
     if path == "random":
         from leovl_ros.model.tiny import tiny_qwen25vl_config
-        from training.tiny_model import TINY_ARCH
+        from leovl_ros.training.tiny_model import TINY_ARCH
 
         torch.manual_seed(0)
         return Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(**TINY_ARCH)).model.visual.eval()
@@ -55,7 +55,7 @@ def load_tower(path: str) -> nn.Module:
 
 def fit_probe(visual: nn.Module, frames: list) -> nn.Linear:
     """Linear category probe on the frozen tower's cell features."""
-    from training.vision_pretrain import cell_features, fit_linear_probe
+    from leovl_ros.training.vision_pretrain import cell_features, fit_linear_probe
 
     return fit_linear_probe(cell_features(visual, frames), torch.from_numpy(np.concatenate([f[1] for f in frames])))
 
@@ -63,7 +63,7 @@ def fit_probe(visual: nn.Module, frames: list) -> nn.Linear:
 @torch.no_grad()
 def cell_recall(visual: nn.Module, probe: nn.Linear, frames: list) -> tuple[np.ndarray, np.ndarray]:
     """(C,) per-category recall over cells mostly showing it (NaN where none) and (C,) cell counts."""
-    from training.vision_pretrain import cell_features
+    from leovl_ros.training.vision_pretrain import cell_features
 
     pred = probe(cell_features(visual, frames)).argmax(-1)
     label = torch.from_numpy(np.concatenate([f[1] for f in frames])).argmax(-1)
@@ -82,8 +82,8 @@ def room_presence(visual: nn.Module, probe: nn.Linear, cache_dirs: list[Path], s
     from leovl_ros.synth.catalog import CATEGORY_NAMES
     from leovl_ros.synth.rooms import generate_room
     from leovl_ros.voxel_map import VoxelMap
-    from training.scenes import synthetic_view_recipe
-    from training.tiny_model import SEEDS
+    from leovl_ros.training.scenes import synthetic_view_recipe
+    from leovl_ros.training.tiny_model import SEEDS
 
     encoder_id = VisionEncoder(visual, max_pixels=150528).encoder_id  # the id ignores the pixel cap
     frames_recipe = synthetic_view_recipe(*size, outward_every) + "|"
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from leovl_ros.synth.catalog import CATEGORY_NAMES
-    from training.vision_pretrain import VisionPretrainConfig, labelled_frames
+    from leovl_ros.training.vision_pretrain import VisionPretrainConfig, labelled_frames
 
     paths = ["random"] + (args.tower or ["runs/leovl-tiny/base"])
     try:  # all of them before the minutes of rendering and probing

@@ -26,7 +26,7 @@ PACKAGE = "leovl_ros"
 # Install-tree files this launch file uses (test/test_ros_launch.py checks they are installed).
 REFERENCED_FILES = (
     "share/leovl_ros/config/assistant.yaml",
-    "share/leovl_ros/config/assistant.rviz",
+    "share/leovl_ros/rviz/assistant.rviz",
     "share/leovl_ros/config/fastdds_large_images.xml",
     "lib/leovl_ros/assistant",
     "lib/leovl_ros/recorder",
@@ -108,7 +108,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("bag_dir", default_value="~/.ros/leovl_bags",
                               description="directory for recorded bags (one leovl_<time> bag per launch)"),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz with the scene grid and camera"),
-        DeclareLaunchArgument("rviz_config", default_value=os.path.join(share, "config", "assistant.rviz"),
+        DeclareLaunchArgument("rviz_config", default_value=os.path.join(share, "rviz", "assistant.rviz"),
                               description="RViz configuration file"),
         DeclareLaunchArgument("log_level", default_value="info", description="logging level of the assistant"),
         DeclareLaunchArgument("dds_profile", default_value=os.path.join(share, "config", "fastdds_large_images.xml"),

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .camera_path import CameraPath
-from .cfg import GridConfig, focus_point, voxel_tokens
+from .condensed_grid import GridConfig, focus_point, voxel_tokens
 from .voxel_map import VoxelMap
 
 __all__ = ["COLOURS", "LEGEND_PX", "PAD", "SceneLayout", "draw_scene", "scene_layout"]

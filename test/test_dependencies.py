@@ -44,7 +44,7 @@ USES = {
     "scene player (synthetic rooms, scans, bags)": (["leovl_ros.ros.scene_player"], {"synth", "training"}),
     "launch file": (["launch/assistant.launch.py"], set()),
     "synthetic rooms": (["leovl_ros.synth.cli"], {"synth"}),
-    "training": (["training.train_cli", "training.eval_cli", "training.data_cli", "training.tiny_model"],
+    "training": (["leovl_ros.training.train_cli", "leovl_ros.training.eval_cli", "leovl_ros.training.data_cli", "leovl_ros.training.tiny_model"],
                  {"training", "runtime", "synth"}),
 }
 
@@ -114,7 +114,7 @@ def _third_party_imports(entries: list[str]) -> set[str]:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top in ("leovl_ros", "training"):
+                if top == "leovl_ros":
                     todo.append((name, _module_file(name)))
                 elif top and top not in sys.stdlib_module_names:
                     found.add(top)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from leovl_ros.cfg import GridConfig
+from leovl_ros.condensed_grid import GridConfig
 from leovl_ros.model.bundle import ADAPTER_WEIGHTS, CONFIG_FILE, HEADS_FILE
 from leovl_ros.model.config import LeoVLConfig
 from leovl_ros.model.leovl import LeoVL

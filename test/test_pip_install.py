@@ -21,10 +21,10 @@ ROS_PREFIXES = ("rclpy", "rcl", "rmw", "rosidl", "rpyutils", "ros_", "ros-", "bu
 CHECK = r"""
 import importlib, importlib.util, pkgutil, sys
 assert importlib.util.find_spec("rclpy") is None, "rclpy should be absent here"
-import leovl_ros, training
+import leovl_ros
 assert "site-packages" in leovl_ros.__file__, leovl_ros.__file__
 names = []
-for pkg in (leovl_ros, training):
+for pkg in (leovl_ros,):
     for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
         if info.name.startswith("leovl_ros.ros"):
             continue
@@ -62,8 +62,8 @@ def test_pip_install_imports_without_ros(tmp_path):
                          timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     imported = run.stdout.split()
-    for module in ("leovl_ros.geometry", "leovl_ros.voxel_map", "leovl_ros.cfg", "leovl_ros.model.leovl",
-                   "leovl_ros.synth.rooms", "training.scene_dpo"):
+    for module in ("leovl_ros.geometry", "leovl_ros.voxel_map", "leovl_ros.condensed_grid", "leovl_ros.model.leovl",
+                   "leovl_ros.synth.rooms", "leovl_ros.training.scene_dpo"):
         assert module in imported, f"{module} missing from the installed package"
     for script in ("leovl-synth", "leovl-data", "leovl-train", "leovl-eval"):
         assert (venv / "bin" / script).exists(), f"console script {script} not installed"

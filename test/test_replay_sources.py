@@ -10,9 +10,9 @@ from leovl_ros.ros.replay_sources import bag_messages, bag_topics, detect_kind, 
 from leovl_ros.synth.render import render_frames
 from leovl_ros.synth.rooms import generate_room
 from leovl_ros.synth.writers import write_bag, write_scannet
-from native_scans import Z_UP_TO_Y_UP, rigid, write_3rscan, write_arkitscenes, write_multiscan
-from training.frames import FrameReport
-from training.scan_sources import KINDS, ScanSource
+from support.native_scans import Z_UP_TO_Y_UP, rigid, write_3rscan, write_arkitscenes, write_multiscan
+from leovl_ros.scans.frames import FrameReport
+from leovl_ros.scans.scan_sources import KINDS, ScanSource
 
 WRITERS = {  # kind: (writer, scan id, room map -> the dataset's world frame)
     "scannet": (lambda frames, path, native: write_scannet(frames, path), "scene0000_00", None),
@@ -28,7 +28,7 @@ def frames():
 
 
 def test_every_registered_scan_kind_has_a_fixture_here():
-    assert set(WRITERS) == set(KINDS)  # a new reader in training.scan_sources gets a case here
+    assert set(WRITERS) == set(KINDS)  # a new reader in leovl_ros.scans.scan_sources gets a case here
 
 
 @pytest.mark.parametrize("kind", list(WRITERS))

@@ -27,7 +27,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from leovl_ros.ros.conversions import matrix_to_pose, numpy_to_image, seconds_to_stamp  # noqa: E402
 from leovl_ros.srv import AskScene, Feedback, LoadAdapter, LoadScene, PlanTask, SaveScene  # noqa: E402
 
-from node_harness import Operator, REPO, start as _start, start_assistant, stop as _stop  # noqa: E402
+from support.node_harness import Operator, REPO, start as _start, start_assistant, stop as _stop  # noqa: E402
 
 PLAYER_FRAMES = 30
 
@@ -129,7 +129,7 @@ def test_feedback_is_published_and_bad_requests_are_refused(operator):
 
 
 def test_save_reset_load_restores_the_same_grid(operator):
-    from leovl_ros.cfg import GridConfig, build_grid
+    from leovl_ros.condensed_grid import GridConfig, build_grid
     from leovl_ros.voxel_map import VoxelMap
 
     saved = operator.call("save_scene", SaveScene.Request(path="before.safetensors"))

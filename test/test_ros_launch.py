@@ -58,7 +58,7 @@ def test_files_the_launch_file_references_are_installed():
         assert (prefix / rel).is_file(), f"{rel} is not installed under {prefix}: run `make setup`"
     for exe in ("assistant", "scene_player"):
         assert os.access(prefix / "lib" / "leovl_ros" / exe, os.X_OK), f"lib/leovl_ros/{exe} is not executable"
-    for rel in ("share/leovl_ros/config/assistant.yaml", "share/leovl_ros/config/assistant.rviz",
+    for rel in ("share/leovl_ros/config/assistant.yaml", "share/leovl_ros/rviz/assistant.rviz",
                 "share/leovl_ros/launch/assistant.launch.py"):
         source = REPO / rel.removeprefix("share/leovl_ros/")
         assert (prefix / rel).read_bytes() == source.read_bytes(), f"installed {rel} is stale: run `make setup`"
@@ -73,7 +73,7 @@ def test_params_file_sets_exactly_the_node_parameters_with_their_defaults():
 
 
 def test_rviz_config_shows_the_grid_and_the_camera():
-    rviz = yaml.safe_load((REPO / "config" / "assistant.rviz").read_text())["Visualization Manager"]
+    rviz = yaml.safe_load((REPO / "rviz" / "assistant.rviz").read_text())["Visualization Manager"]
     enabled = [d for d in rviz["Displays"] if d["Enabled"]]
     topics = {(d["Class"], d.get("Topic", {}).get("Value")): d for d in enabled}
     grid = topics[("rviz_default_plugins/PointCloud2", "scene_grid")]

@@ -38,7 +38,7 @@ from leovl_ros.ros.conversions import matrix_to_pose, numpy_to_image, seconds_to
 from leovl_ros.srv import AskScene, LoadAdapter, LoadScene, SaveScene  # noqa: E402
 from leovl_ros.voxel_map import TEMP_SUFFIX, VoxelMap  # noqa: E402
 
-from node_harness import Operator, start, start_assistant, stop  # noqa: E402
+from support.node_harness import Operator, start, start_assistant, stop  # noqa: E402
 
 W, H = 224, 168  # a 8x6 feature grid for the tiny model
 K = [160.0, 0.0, 111.5, 0.0, 160.0, 83.5, 0.0, 0.0, 1.0]

@@ -12,14 +12,14 @@ from conftest import next_domain_id, wait_for
 pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run through `make test`)")
 pytest.importorskip("leovl_ros.msg", reason="interfaces not built (run through `make test`)")
-from node_harness import REPO, Operator, start  # noqa: E402
+from support.node_harness import REPO, Operator, start  # noqa: E402
 
 from leovl_ros.assistant.interaction_log import read_interaction_log  # noqa: E402
 from leovl_ros.srv import AskScene, Feedback  # noqa: E402
-from training.bag_files import mcap_is_finished  # noqa: E402
-from training.bags import BagTopics, bag_frames, scan_bag  # noqa: E402
-from training.data_cli import main as data_main  # noqa: E402
-from training.records import read_records  # noqa: E402
+from leovl_ros.scans.bag_files import mcap_is_finished  # noqa: E402
+from leovl_ros.scans.bag_reader import BagTopics, bag_frames, scan_bag  # noqa: E402
+from leovl_ros.training.data_cli import main as data_main  # noqa: E402
+from leovl_ros.training.records import read_records  # noqa: E402
 
 # The player sends poses on /tf where tf2_msgs is installed, else as Odometry on `pose`.
 TOPICS = (BagTopics() if importlib.util.find_spec("tf2_msgs") else

@@ -33,11 +33,11 @@ from leovl_ros.synth.render import DEFAULT_START_NS, render_frames  # noqa: E402
 from leovl_ros.synth.rooms import generate_room  # noqa: E402
 from leovl_ros.synth.writers import write_bag, write_scannet  # noqa: E402
 from leovl_ros.voxel_map import VoxelMap  # noqa: E402
-from training.bags import bag_scene_id  # noqa: E402
-from training.data_cli import main as data_main  # noqa: E402
-from training.modeling import create_random_base  # noqa: E402
+from leovl_ros.scans.bag_reader import bag_scene_id  # noqa: E402
+from leovl_ros.training.data_cli import main as data_main  # noqa: E402
+from leovl_ros.training.modeling import create_random_base  # noqa: E402
 
-from node_harness import Operator, start, stop  # noqa: E402
+from support.node_harness import Operator, start, stop  # noqa: E402
 
 FRAMES = 6
 

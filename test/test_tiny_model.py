@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from leovl_ros.model.encoder import CELL_PX
-from training.vision_pretrain import (CATEGORY_CLASSES, COLOUR_CLASSES, VisionPretrainConfig, align_word_embeddings,
+from leovl_ros.training.vision_pretrain import (CATEGORY_CLASSES, COLOUR_CLASSES, VisionPretrainConfig, align_word_embeddings,
                                       calibrate_output, cell_label_shares, class_directions, class_weights,
                                       class_words, labelled_frames, pretrain_vision_tower, soft_cross_entropy)
 
-BUNDLED = Path(__file__).resolve().parents[1] / "leovl_ros" / "models" / "leovl-tiny"
+BUNDLED = Path(__file__).resolve().parents[1] / "leovl_ros" / "bundled_models" / "leovl-tiny"
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +126,7 @@ def test_vision_pretraining_on_the_gpu_lowers_the_loss_and_calibrates_in_place()
 def test_base_command_builds_the_tower_size_asked_for_and_records_it(tmp_path, capsys):
     from transformers import AutoConfig
 
-    from training.tiny_model import TINY_ARCH, main
+    from leovl_ros.training.tiny_model import TINY_ARCH, main
 
     args = ["base", "--out", str(tmp_path / "base"), "--seeds", "0:2", "--frames-per-room", "2", "--width", "112",
             "--height", "84", "--steps", "2", "--frames-per-step", "2", "--vision-hidden", "48", "--vision-depth", "1"]
@@ -145,7 +145,7 @@ def test_export_writes_float16_weights_that_answer_like_the_original(tmp_path):
     from leovl_ros.model.leovl import LeoVL
     from leovl_ros.model.prompts import SceneQuery
     from leovl_ros.model.tiny import random_scene, tiny_leovl
-    from training.tiny_model import export
+    from leovl_ros.training.tiny_model import export
 
     model = tiny_leovl(seed=3, train_mode="full")
     model.save_bundle(tmp_path / "trained")
@@ -168,7 +168,7 @@ def test_export_writes_float16_weights_that_answer_like_the_original(tmp_path):
 
 def test_export_refuses_an_adapter_bundle(tmp_path):
     from leovl_ros.model.tiny import tiny_leovl
-    from training.tiny_model import export
+    from leovl_ros.training.tiny_model import export
 
     tiny_leovl(seed=0).save_bundle(tmp_path / "adapter")
     with pytest.raises(ValueError, match="not a full bundle"):
@@ -183,19 +183,19 @@ def test_class_words_cover_plurals_and_synonyms():
 @pytest.fixture(scope="module")
 def mapped_rooms():
     """The bundled model as the node loads it, and two held-out rooms it mapped the way its
-    training stage did (configs/leovl_tiny_sft.yaml's frames): {seed: (room, voxel map)}."""
+    training stage did (recipes/leovl_tiny_sft.yaml's frames): {seed: (room, voxel map)}."""
     from leovl_ros.ros.model_source import BUNDLED_MODEL, load_model, resolve_model
     from leovl_ros.synth.rooms import generate_room
-    from training.config import load_config
-    from training.frames import synthetic_frames
-    from training.scenes import fuse_frames
-    from training.tiny_model import SEEDS
+    from leovl_ros.training.config import load_config
+    from leovl_ros.scans.frames import synthetic_frames
+    from leovl_ros.training.scenes import fuse_frames
+    from leovl_ros.training.tiny_model import SEEDS
 
-    assert BUNDLED.is_dir(), "leovl_ros/models/leovl-tiny is missing: run `make tiny-model`"
+    assert BUNDLED.is_dir(), "leovl_ros/bundled_models/leovl-tiny is missing: run `make tiny-model`"
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     model = load_model(resolve_model(BUNDLED_MODEL))
-    sc = load_config(Path(__file__).resolve().parents[1] / "configs" / "leovl_tiny_sft.yaml").scenes
+    sc = load_config(Path(__file__).resolve().parents[1] / "recipes" / "leovl_tiny_sft.yaml").scenes
     rooms = {}
     for seed in (int(SEEDS["eval"].split(":")[0]) + i for i in (2, 3)):
         rooms[seed] = (generate_room(seed), model.new_voxel_map())
@@ -212,7 +212,7 @@ def test_the_bundled_model_is_small_documented_and_answers_in_kind(mapped_rooms)
     from leovl_ros.model.prompts import SceneQuery
     from leovl_ros.synth.catalog import CATEGORY_NAMES, COLOURS
     from leovl_ros.synth.qa import qa_records
-    from training.tiny_model import SEEDS
+    from leovl_ros.training.tiny_model import SEEDS
 
     files = list(BUNDLED.iterdir())
     assert sum(f.stat().st_size for f in files) <= 50e6
@@ -240,7 +240,7 @@ def test_the_bundled_model_reads_colours_from_the_room_it_mapped(mapped_rooms):
     from leovl_ros.model.config import GenerationConfig
     from leovl_ros.model.prompts import SceneQuery
     from leovl_ros.synth.qa import colour_qa
-    from training.metrics import exact_match_scores
+    from leovl_ros.training.metrics import exact_match_scores
 
     model, rooms = mapped_rooms
     (a, (room_a, map_a)), (b, (room_b, map_b)) = rooms.items()

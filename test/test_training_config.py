@@ -9,12 +9,12 @@ import torch
 import yaml
 
 from leovl_ros.voxel_map import VoxelMap
-from training.cache import SceneCache
-from training.config import describe, load_config
-from training.records import Record
-from training.sft import task_mix
-from training.train_cli import main as train_main
-from training.train_cli import parse_overrides
+from leovl_ros.training.cache import SceneCache
+from leovl_ros.training.config import describe, load_config
+from leovl_ros.training.records import Record
+from leovl_ros.training.sft import task_mix
+from leovl_ros.training.train_cli import main as train_main
+from leovl_ros.training.train_cli import parse_overrides
 
 
 def _yaml(tmp_path, data) -> str:
@@ -111,7 +111,7 @@ def test_scene_cache_keys_and_recovery(tmp_path, caplog):
         cache.store(VoxelMap(feature_dim=8), "x")
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     cfg = load_config(path)

@@ -26,10 +26,10 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import wait_for
-from training.adapters import convert_synthetic
-from training.data_cli import _shard
-from training.records import ConversionReport, read_records, write_records
-from training.train_cli import main as train_main
+from leovl_ros.training.adapters import convert_synthetic
+from leovl_ros.training.data_cli import _shard
+from leovl_ros.training.records import ConversionReport, read_records, write_records
+from leovl_ros.training.train_cli import main as train_main
 
 pytestmark = pytest.mark.slow  # four 2-process launches: ~1.5 min on 2 cores
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def _torchrun(config: Path, command: str = "sft") -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "training.train_cli", command, "--config", str(config)]
+           "--master_port", str(port), "-m", "leovl_ros.training.train_cli", command, "--config", str(config)]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 

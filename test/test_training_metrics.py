@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from training.eval_cli import main as eval_main
-from training.evaluate import format_table, read_predictions, score_predictions
-from training.metrics import answer_match, answer_match_leo, clean_answer, exact_match_scores
-from training.records import Record
+from leovl_ros.training.eval_cli import main as eval_main
+from leovl_ros.training.evaluate import format_table, read_predictions, score_predictions
+from leovl_ros.training.metrics import answer_match, answer_match_leo, clean_answer, exact_match_scores
+from leovl_ros.training.records import Record
 
 
 @pytest.mark.parametrize("raw, clean", [
@@ -126,10 +126,10 @@ def test_in_domain_score_benchmark_scores_and_overall_average():
 def test_gpt_score_through_a_local_openai_compatible_endpoint(tmp_path, capsys):
     """MSR3D's judging protocol against a real HTTP server on 127.0.0.1: the user message
     "Question/Answer/Ground Truth", score = first integer 1..5, GPT-Score = (s - 1) * 25."""
-    from chat_server import chat_server
+    from support.chat_server import chat_server
 
-    from training.chat_endpoint import ChatClient
-    from training.gpt_score import DEFAULT_SYSTEM_PROMPT, GPTScorer, parse_score
+    from leovl_ros.training.chat_endpoint import ChatClient
+    from leovl_ros.training.gpt_score import DEFAULT_SYSTEM_PROMPT, GPTScorer, parse_score
 
     def judge(messages: list[dict]) -> str:
         q, a, gt = (line.split(": ", 1)[1] for line in messages[-1]["content"].splitlines())

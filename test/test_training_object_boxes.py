@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from leovl_ros.cfg import GridConfig, build_grid
+from leovl_ros.condensed_grid import GridConfig, build_grid
 from leovl_ros.geometry import backproject
 from leovl_ros.synth.render import render_frames
 from leovl_ros.synth.rooms import generate_room
 from leovl_ros.voxel_map import VoxelMap
-from native_scans import (Z_UP_TO_Y_UP, _box_corners, rigid, write_3rscan, write_3rscan_instances, write_arkitscenes,
+from support.native_scans import (Z_UP_TO_Y_UP, _box_corners, rigid, write_3rscan, write_3rscan_instances, write_arkitscenes,
                           write_arkitscenes_annotation, write_multiscan, write_multiscan_annotations,
                           write_scannet_instances)
-from training.data_cli import main as data_main
-from training.object_boxes import object_boxes
-from training.records import ConversionReport, read_records
-from training.scan_readers import ARKitScenes, MultiScan, RScan, scan_alignment, scan_frames
+from leovl_ros.training.data_cli import main as data_main
+from leovl_ros.training.object_boxes import object_boxes
+from leovl_ros.training.records import ConversionReport, read_records
+from leovl_ros.scans.scan_readers import ARKitScenes, MultiScan, RScan, scan_alignment, scan_frames
 
 
 def _excess(points: np.ndarray, box: dict) -> np.ndarray:

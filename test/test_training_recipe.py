@@ -1,5 +1,5 @@
-"""The shipped LEO-VL recipe runs as shipped: ``configs/sft_leovl_7b.yaml`` and
-``configs/dpo_sqa3d_7b.yaml``, byte for byte, in a folder laid out as the README's data
+"""The shipped LEO-VL recipe runs as shipped: ``recipes/sft_leovl_7b.yaml`` and
+``recipes/dpo_sqa3d_7b.yaml``, byte for byte, in a folder laid out as the README's data
 preparation leaves it, with a tiny random Qwen2.5-VL at the config's base path.
 
 Fixtures: four synthetic rooms written as a ScanNet export (+ instance annotation), a 3RScan
@@ -23,14 +23,14 @@ from leovl_ros.model.prompts import SceneQuery
 from leovl_ros.synth.render import render_frames
 from leovl_ros.synth.rooms import generate_room
 from leovl_ros.synth.writers import write_scannet
-from native_scans import (Z_UP_TO_Y_UP, rigid, write_3rscan, write_3rscan_instances, write_arkitscenes,
+from support.native_scans import (Z_UP_TO_Y_UP, rigid, write_3rscan, write_3rscan_instances, write_arkitscenes,
                           write_multiscan, write_scannet_instances)
-from training.config import load_config
-from training.data_cli import main as data_main
-from training.modeling import create_random_base
-from training.records import read_records
-from training.scenes import SceneStore
-from training.train_cli import main as train_main
+from leovl_ros.training.config import load_config
+from leovl_ros.training.data_cli import main as data_main
+from leovl_ros.training.modeling import create_random_base
+from leovl_ros.training.records import read_records
+from leovl_ros.training.scenes import SceneStore
+from leovl_ros.training.train_cli import main as train_main
 
 pytestmark = pytest.mark.slow  # the whole recipe, SFT + SceneDPO: ~70 s on 2 cores
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def _annotations(raw: Path, rooms) -> list[list[str]]:
 def test_the_7b_recipe_runs_as_shipped(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)
-    sft_cfg, dpo_cfg = str(REPO / "configs/sft_leovl_7b.yaml"), str(REPO / "configs/dpo_sqa3d_7b.yaml")
+    sft_cfg, dpo_cfg = str(REPO / "recipes/sft_leovl_7b.yaml"), str(REPO / "recipes/dpo_sqa3d_7b.yaml")
     base = load_config(sft_cfg).model.base
     create_random_base(base, {"hidden_size": 64, "layers": 2})  # the tiny stand-in for Qwen2.5-VL-7B
     data, raw = Path("data"), Path("raw")

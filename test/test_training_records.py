@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from training import adapters, caption_adapters
-from training.data_cli import main as data_main
-from training.records import ConversionReport, Record, RecordError, read_records, write_records
+from leovl_ros.training import adapters, caption_adapters
+from leovl_ros.training.data_cli import main as data_main
+from leovl_ros.training.records import ConversionReport, Record, RecordError, read_records, write_records
 
 
 def _dicts(records):
@@ -108,7 +108,7 @@ def test_sqa3d_as_leo_reads_it():
                                                        "Isn't it red?", "Where is it?")] == \
         ["what", "which", "is", "is", "other"]
     # Training draws among the situations (torch's generator); evaluation uses the first.
-    from training.sft import _training_query
+    from leovl_ros.training.sft import _training_query
 
     torch.manual_seed(0)
     drawn = {_training_query(records[0]).situation for _ in range(40)}

@@ -4,13 +4,13 @@ OpenAI-compatible endpoint (a real HTTP server on 127.0.0.1), and the pairs they
 from __future__ import annotations
 
 import pytest
-from chat_server import chat_server
+from support.chat_server import chat_server
 
-from training.chat_endpoint import ChatClient, ChatError
-from training.metrics import answer_match, clean_answer
-from training.records import Record
-from training.rephrase import DEFAULT_PROMPT, EndpointRephraser, RuleRephraser, SceneVocabulary
-from training.scene_dpo import negative_pairs
+from leovl_ros.training.chat_endpoint import ChatClient, ChatError
+from leovl_ros.training.metrics import answer_match, clean_answer
+from leovl_ros.training.records import Record
+from leovl_ros.training.rephrase import DEFAULT_PROMPT, EndpointRephraser, RuleRephraser, SceneVocabulary
+from leovl_ros.training.scene_dpo import negative_pairs
 
 
 def _rec(scene: str, question: str, answer: str, answers: list[str] | None = None) -> Record:

@@ -19,15 +19,15 @@ from leovl_ros.model.leovl import LeoVL
 from leovl_ros.synth.render import render_frames
 from leovl_ros.synth.rooms import generate_room
 from leovl_ros.synth.writers import write_bag, write_scannet
-from training.adapters import convert_synthetic
-from training.bags import bag_scene_id
-from training.config import ModelSection, load_config
-from training.eval_cli import main as eval_main
-from training.evaluate import answer_nll
-from training.modeling import load_model
-from training.records import ConversionReport, read_records, write_records
-from training.scenes import SceneStore
-from training.train_cli import main as train_main
+from leovl_ros.training.adapters import convert_synthetic
+from leovl_ros.scans.bag_reader import bag_scene_id
+from leovl_ros.training.config import ModelSection, load_config
+from leovl_ros.training.eval_cli import main as eval_main
+from leovl_ros.training.evaluate import answer_nll
+from leovl_ros.training.modeling import load_model
+from leovl_ros.training.records import ConversionReport, read_records, write_records
+from leovl_ros.training.scenes import SceneStore
+from leovl_ros.training.train_cli import main as train_main
 
 LEOVL = {"grid": {"max_tokens": 64, "fourier_features": 16}, "max_pixels": 112 * 84}
 SCENES = {"synthetic_frames": 6, "synthetic_width": 112, "synthetic_height": 84}
@@ -111,7 +111,7 @@ def test_sft_lowers_loss_and_writes_a_bundle_the_node_loads(workdir):
 
 
 def test_sft_loss_per_token_over_the_batch_or_per_sample_mean():
-    from training.sft import sft_loss
+    from leovl_ros.training.sft import sft_loss
 
     logp, tokens = torch.tensor([-2.0, -12.0]), torch.tensor([1.0, 4.0])  # a 1-token answer and a 4-token one
     assert sft_loss(logp, tokens).item() == pytest.approx(14.0 / 5)  # every token weighs the same
@@ -230,7 +230,7 @@ def test_outward_views_are_cached_apart_from_the_inward_loop(workdir, tmp_path):
 
 
 def test_build_scenes_with_worker_processes_fills_the_cache_once(workdir, capsys):
-    from training.data_cli import main as data_main
+    from leovl_ros.training.data_cli import main as data_main
 
     cfg = _config(workdir, "parallel", **{"scenes.cache_dir": str(workdir / "parallel_cache"),
                                           "data.task_repeat": {"qa": 2.0, "plan": 0.5}})
@@ -247,7 +247,7 @@ def test_build_scenes_with_worker_processes_fills_the_cache_once(workdir, capsys
 
 
 def test_object_maps_spell_each_object_in_word_space(workdir):
-    from training.object_maps import word_vector
+    from leovl_ros.training.object_maps import word_vector
 
     cfg = load_config(_config(workdir, "objects", scenes={"cache_dir": str(workdir / "object_cache"),
                                                           "source": "objects"}))

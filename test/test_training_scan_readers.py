@@ -21,14 +21,14 @@ from PIL import Image
 from leovl_ros.geometry import Intrinsics
 from leovl_ros.synth.render import render_frames
 from leovl_ros.synth.rooms import generate_room
-from native_scans import Z_UP_TO_Y_UP, rigid, write_3rscan, write_arkitscenes, write_multiscan
-from training.config import ModelSection
-from training.frames import FrameReport, RGBDFrame
-from training.modeling import load_model
-from training.scan_align import turn_view, upright_turns
-from training.scan_readers import READERS, scan_alignment, scan_frames
-from training.scan_sources import ScanSource
-from training.scenes import FusionConfig, ScenesConfig, SceneStore, fuse_frames
+from support.native_scans import Z_UP_TO_Y_UP, rigid, write_3rscan, write_arkitscenes, write_multiscan
+from leovl_ros.training.config import ModelSection
+from leovl_ros.scans.frames import FrameReport, RGBDFrame
+from leovl_ros.training.modeling import load_model
+from leovl_ros.scans.scan_align import turn_view, upright_turns
+from leovl_ros.scans.scan_readers import READERS, scan_alignment, scan_frames
+from leovl_ros.scans.scan_sources import ScanSource
+from leovl_ros.training.scenes import FusionConfig, ScenesConfig, SceneStore, fuse_frames
 
 W, H, N_FRAMES = 112, 84, 6
 LEOVL = {"grid": {"max_tokens": 64, "fourier_features": 16}, "max_pixels": 112 * 84}

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from training.records import Record
-from training.scene_dpo import NegativeScenes, preference_items, scene_dpo_loss
+from leovl_ros.training.records import Record
+from leovl_ros.training.scene_dpo import NegativeScenes, preference_items, scene_dpo_loss
 
 
 def _softplus(x: float) -> float:  # -log sigmoid(-x)

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.adapters import convert_synthetic
-from training.config import load_config
-from training.records import ConversionReport, Record
-from training.sessions import qa_sessions
+from leovl_ros.training.adapters import convert_synthetic
+from leovl_ros.training.config import load_config
+from leovl_ros.training.records import ConversionReport, Record
+from leovl_ros.training.sessions import qa_sessions
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def test_history_turns_require_the_chat_format(tmp_path: Path):
 
 
 def test_cli_sessions_of_one_question_type_from_more_questions_per_room(records, tmp_path: Path, capsys):
-    from training.data_cli import main
-    from training.records import read_records
+    from leovl_ros.training.data_cli import main
+    from leovl_ros.training.records import read_records
 
     assert main(["convert", "synthetic", "--seeds", "0:2", "--qa-per-type", "12", "--out", str(tmp_path / "r.jsonl")]) == 0
     many = [r for r in read_records([tmp_path / "r.jsonl"]) if r.task == "qa" and r.qtype == "colour"]

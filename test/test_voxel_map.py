@@ -245,7 +245,7 @@ def test_files_saved_before_eviction_existed_still_load(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (map_device: cuda for 7B deployments)")
 def test_map_and_column_sums_on_the_gpu_match_the_cpu(tmp_path):
-    from leovl_ros.cfg import GridConfig, build_grid
+    from leovl_ros.condensed_grid import GridConfig, build_grid
 
     maps = [VoxelMap(16, 0.2, max_voxels=400, eviction="least_recent", device=dev) for dev in ("cpu", "cuda")]
     for vmap in maps:
@@ -269,7 +269,7 @@ def test_map_and_column_sums_on_the_gpu_match_the_cpu(tmp_path):
 @pytest.mark.parametrize("eviction", ["none", "least_recent"])
 def test_a_snapshot_stays_as_it_was_while_the_map_keeps_fusing_and_evicting(eviction):
     """Copy on write: the snapshot shares the features until the map writes them."""
-    from leovl_ros.cfg import GridConfig, build_grid
+    from leovl_ros.condensed_grid import GridConfig, build_grid
 
     vmap = VoxelMap(8, 0.2, max_voxels=300, eviction=eviction)
     vmap.track_columns()

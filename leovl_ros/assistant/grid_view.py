@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ..cfg import GridConfig, build_grid, focus_point, voxel_tokens
+from ..condensed_grid import GridConfig, build_grid, focus_point, voxel_tokens
 from ..token_selection import select_tokens
 from ..voxel_map import VoxelMap, voxel_keys
 

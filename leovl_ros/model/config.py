@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..cfg import GridConfig
+from ..condensed_grid import GridConfig
 
 # LLM projections only: a plain name list would also wrap the vision tower's MLP.
 LLM_LORA_TARGETS = (

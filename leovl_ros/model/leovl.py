@@ -22,7 +22,7 @@ from transformers import (LogitsProcessorList, Qwen2_5_VLConfig, Qwen2_5_VLForCo
                           StoppingCriteriaList)
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from ..cfg import CondensedGrid
+from ..condensed_grid import CondensedGrid
 from ..voxel_map import VoxelMap
 from . import bundle as bundle_io
 from .config import GenerationConfig, LeoVLConfig

@@ -2,7 +2,7 @@
 
 f_Fourier(x, p) = x + MLP([cos 2piWp || sin 2piWp] / sqrt(2F))   (paper §3.1, App. D.2)
 
-The RoPE/pooling come from ``leovl_ros.cfg``; this module owns the learned parts ("heads":
+The RoPE/pooling come from ``leovl_ros.condensed_grid``; this module owns the learned parts ("heads":
 W, the MLP, the anchor), kept in float32 whatever the LLM dtype (they are tiny and fp32
 keeps their updates exact under bf16 LLMs).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..cfg import CondensedGrid, build_grid, fourier_input, fourier_matrix
+from ..condensed_grid import CondensedGrid, build_grid, fourier_input, fourier_matrix
 from ..voxel_map import VoxelMap
 from .config import LeoVLConfig
 from .prompts import SceneQuery

@@ -35,7 +35,7 @@ class ModelSource:
 
 def bundled_model_dirs() -> list[Path]:
     """Where ``leovl-tiny`` may be installed (source tree and install tree, see __init__)."""
-    return [Path(p) / "models" / BUNDLED_MODEL for p in leovl_ros.__path__]
+    return [Path(p) / "bundled_models" / BUNDLED_MODEL for p in leovl_ros.__path__]
 
 
 def resolve_model(model: str, adapter: str = "", allow_network: bool = False) -> ModelSource:

@@ -1,11 +1,9 @@
 """What ``scene_player`` plays: a synthetic room, any scan the training side reads, or a rosbag2 recording.
 
-Import direction: the readers are training's (``training.scan_sources`` for ScanNet, 3RScan,
-MultiScan, ARKitScenes and whatever kind is registered there next; ``training.bags`` /
-``training.bag_files`` for recordings). They are imported here, lazily, and nowhere else under
-``ros/``: the player must replay exactly the frames ``leovl-data build-scenes`` fuses, the
-``training`` package is installed beside ``leovl_ros`` by both CMake and pip, and the node itself
-never imports it. Nothing here imports rclpy.
+Readers: ``leovl_ros.scans`` (``scan_sources`` for ScanNet, 3RScan, MultiScan, ARKitScenes and whatever
+kind is registered there next; ``bag_reader`` / ``bag_files`` for recordings), the same code
+``leovl-data build-scenes`` reads with, so the player replays exactly the frames training fuses.
+They are imported lazily (the node itself never needs them). Nothing here imports rclpy.
 """
 from __future__ import annotations
 
@@ -49,7 +47,7 @@ class BagMessage:
 
 
 def scan_kinds() -> tuple[str, ...]:
-    from training.scan_sources import KINDS
+    from leovl_ros.scans.scan_sources import KINDS
 
     return KINDS
 
@@ -65,7 +63,7 @@ def detect_kind(path: str | os.PathLike) -> str:
     # a rosbag2 folder, or a folder of recorder segments (one rosbag2 folder each: bag_files.py)
     if any(path.glob("metadata.yaml")) or any(p.suffix in BAG_SUFFIXES for p in [*path.glob("*"), *path.glob("*/*")]):
         return "bag"
-    from training.scan_sources import ScanSource
+    from leovl_ros.scans.scan_sources import ScanSource
 
     for kind in scan_kinds():  # the first reader that locates the scan and reads its first frame
         if ScanSource(kind, str(path.parent)).locate(path.name) is not None:
@@ -80,8 +78,8 @@ def detect_kind(path: str | os.PathLike) -> str:
 
 def scan_frames(path: str | os.PathLike, kind: str, stride: int) -> Iterator[CameraFrame]:
     """The frames ``build-scenes`` fuses for this scan (same reader, alignment and stride)."""
-    from training.frames import FrameReport
-    from training.scan_sources import ScanSource
+    from leovl_ros.scans.frames import FrameReport
+    from leovl_ros.scans.scan_sources import ScanSource
 
     path = Path(path)
     if kind not in scan_kinds():
@@ -114,8 +112,8 @@ def bag_messages(path: str | os.PathLike, topics: set[str] | None = None) -> Ite
     """The camera messages of a recording in recorded order (every storage file of it, read as
     training reads bags: bag_files.recording_files, also the files of a killed recorder)."""
     from rosbags.highlevel import AnyReader
-    from training.bag_files import recording_files
-    from training.bags import bag_typestore
+    from leovl_ros.scans.bag_files import recording_files
+    from leovl_ros.scans.bag_reader import bag_typestore
 
     with ExitStack() as stack:
         with AnyReader(recording_files(path, stack), default_typestore=bag_typestore()) as reader:
@@ -131,8 +129,8 @@ def bag_messages(path: str | os.PathLike, topics: set[str] | None = None) -> Ite
 def bag_topics(path: str | os.PathLike) -> dict[str, str]:
     """{topic: type} of the replayable topics of a recording."""
     from rosbags.highlevel import AnyReader
-    from training.bag_files import recording_files
-    from training.bags import bag_typestore
+    from leovl_ros.scans.bag_files import recording_files
+    from leovl_ros.scans.bag_reader import bag_typestore
 
     with ExitStack() as stack:
         with AnyReader(recording_files(path, stack), default_typestore=bag_typestore()) as reader:
@@ -140,7 +138,7 @@ def bag_topics(path: str | os.PathLike) -> dict[str, str]:
 
 
 def bag_poses(path: str | os.PathLike):
-    """The recording's TF (training.tf_buffer.TfBuffer), for players that send poses on a topic."""
-    from training.bags import BagTopics, scan_bag
+    """The recording's TF (leovl_ros.scans.tf_buffer.TfBuffer), for players that send poses on a topic."""
+    from leovl_ros.scans.bag_reader import BagTopics, scan_bag
 
     return scan_bag(path, BagTopics(camera_info="")).tf

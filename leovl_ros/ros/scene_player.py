@@ -4,7 +4,7 @@ Sources (parameter ``source``; ``source_kind`` auto-detects from the folder layo
 
 - '' (default): synthetic room ``seed``, ``num_frames`` views rendered once;
 - a scan folder in any layout the training side reads (ScanNet SensReader export, 3RScan,
-  MultiScan, ARKitScenes, and any reader registered in ``training.scan_sources`` later): the
+  MultiScan, ARKitScenes, and any reader registered in ``leovl_ros.scans.scan_sources`` later): the
   frames ``leovl-data build-scenes`` fuses, with its alignment and ``stride``;
 - a rosbag2 recording (folder or .mcap/.db3 file, read with rosbags, no ROS install needed):
   its Image, CameraInfo, TF and Odometry/PoseStamped messages are sent as recorded (same

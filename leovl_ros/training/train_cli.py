@@ -1,9 +1,9 @@
 """``leovl-train``: instruction tuning and SceneDPO from a YAML config.
 
-    leovl-train sft --config configs/sft.yaml
-    leovl-train dpo --config configs/dpo.yaml --set optim.lr=1e-5 --set dpo.reference=initial
-    torchrun --nproc_per_node 8 -m training.train_cli sft --config configs/sft.yaml   # 8 GPUs
-    accelerate launch -m training.train_cli sft --config configs/sft.yaml     # several GPUs
+    leovl-train sft --config recipes/sft.yaml
+    leovl-train dpo --config recipes/dpo.yaml --set optim.lr=1e-5 --set dpo.reference=initial
+    torchrun --nproc_per_node 8 -m leovl_ros.training.train_cli sft --config recipes/sft.yaml   # 8 GPUs
+    accelerate launch -m leovl_ros.training.train_cli sft --config recipes/sft.yaml     # several GPUs
     leovl-train show-config                                                   # every key, with help
 
 The result is an adapter bundle in ``<output_dir>/bundle`` (checkpoints in

@@ -10,10 +10,11 @@ from scipy.spatial.transform import Rotation
 
 from leovl_ros.synth.render import tiny_scene
 from leovl_ros.synth.writers import BagExtra, write_bag
-from training.bags import BagTopics, bag_frames, bag_scene_id, records_from_bag
-from training.data_cli import main as data_main
-from training.records import ConversionReport, read_records
-from training.tf_buffer import TfBuffer, pose_matrix
+from leovl_ros.scans.bag_reader import BagTopics, bag_frames, bag_scene_id
+from leovl_ros.training.bags import records_from_bag
+from leovl_ros.training.data_cli import main as data_main
+from leovl_ros.training.records import ConversionReport, read_records
+from leovl_ros.scans.tf_buffer import TfBuffer, pose_matrix
 
 MSG = (Path(__file__).resolve().parents[1] / "msg" / "Interaction.msg").read_text()
 T0 = 1_700_000_000 * 10**9

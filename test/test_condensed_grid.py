@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from leovl_ros.cfg import (CondensedGrid, GridConfig, build_grid, fourier_input, fourier_matrix, rope_height,
+from leovl_ros.condensed_grid import (CondensedGrid, GridConfig, build_grid, fourier_input, fourier_matrix, rope_height,
                            voxel_tokens)
 from leovl_ros.voxel_map import VoxelMap
 

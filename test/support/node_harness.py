@@ -18,7 +18,7 @@ from conftest import wait_for
 from leovl_ros.msg import Interaction, Plan, SceneStatus
 from leovl_ros.srv import AskScene, Feedback, LoadAdapter, LoadScene, PlanTask, SaveScene
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SERVICES = {"ask_scene": AskScene, "plan_task": PlanTask, "reset_scene": Trigger, "save_scene": SaveScene,
             "load_scene": LoadScene, "scene_feedback": Feedback, "load_adapter": LoadAdapter}
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)

@@ -15,8 +15,8 @@ scene feature cache.
         --out-sft sft.jsonl --out-pref pref.jsonl
     leovl-data sessions synth.jsonl --size 6 --out synth_sessions.jsonl
     leovl-data sessions synth.jsonl --size 8 --qtypes colour --out colour_sessions.jsonl
-    leovl-data build-scenes --config configs/sft.yaml
-    leovl-data build-scenes --config configs/sft.yaml --shard 3/16     # machine 3 of 16 (0-based)
+    leovl-data build-scenes --config recipes/sft.yaml
+    leovl-data build-scenes --config recipes/sft.yaml --shard 3/16     # machine 3 of 16 (0-based)
 
 Every command prints what it kept and what it skipped, with reasons; a malformed record is
 skipped and counted, never fatal. Exit status 2 means the input itself was unusable.
@@ -28,8 +28,10 @@ import json
 import sys
 from pathlib import Path
 
+from leovl_ros.scans.bag_reader import BagTopics, bag_scene_id, scan_bag
+
 from . import adapters, caption_adapters
-from .bags import BagTopics, bag_scene_id, records_from_scan, scan_bag
+from .bags import records_from_scan
 from .records import ConversionReport, atomic_write_text, read_records, write_records
 
 

@@ -13,7 +13,7 @@ import torch
 
 from leovl_ros.assistant import (AssistantConfig, RGBDFrame, RequestRefused, SceneSession, grid_cloud, grid_stats,
                                  split_plan_steps)
-from leovl_ros.cfg import GridConfig, build_grid
+from leovl_ros.condensed_grid import GridConfig, build_grid
 from leovl_ros.geometry import Intrinsics
 from leovl_ros.model.config import GenerationConfig, LeoVLConfig
 from leovl_ros.model.leovl import LeoVL

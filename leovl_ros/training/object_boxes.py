@@ -35,9 +35,9 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
-from .frames import _axis_alignment
+from leovl_ros.scans.frames import _axis_alignment
 from .records import ConversionReport
-from .scan_readers import ARKitScenes, MultiScan, RScan, scan_alignment
+from leovl_ros.scans.scan_readers import ARKitScenes, MultiScan, RScan, scan_alignment
 
 _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
               "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",

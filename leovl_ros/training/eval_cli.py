@@ -1,7 +1,7 @@
 """``leovl-eval``: EM / EM-LEO / EM-R (per question type), BLEU-4 / METEOR / ROUGE-L / CIDEr,
 optional GPT-Score, per-benchmark scores and their overall average (training/evaluate.py).
 
-    leovl-eval --config configs/sft.yaml --bundle runs/sft/bundle --out report.json
+    leovl-eval --config recipes/sft.yaml --bundle runs/sft/bundle --out report.json
     leovl-eval --predictions preds.jsonl --records sqa3d_test.jsonl --out report.json
     leovl-eval --predictions preds.jsonl --records msqa_test.jsonl --gpt-endpoint http://host:8000/v1
 

@@ -1,14 +1,14 @@
 """``leovl-tiny``: the small model bundled with the package, built by ``make tiny-model``.
 
-    python -m training.tiny_model build      # every stage below, each printed before it runs
-    python -m training.tiny_model base --out runs/leovl-tiny/base                   # 1
+    python -m leovl_ros.training.tiny_model build      # every stage below, each printed before it runs
+    python -m leovl_ros.training.tiny_model base --out runs/leovl-tiny/base                   # 1
     leovl-data convert synthetic ... ; leovl-data sessions ...
-    leovl-train sft --config configs/leovl_tiny_objects.yaml                        # 2
-    leovl-train sft --config configs/leovl_tiny_objects_floor.yaml                  # 2b
-    leovl-data build-scenes --config configs/leovl_tiny_sft.yaml
-    leovl-train sft --config configs/leovl_tiny_sft.yaml                            # 3
-    leovl-train dpo --config configs/leovl_tiny_dpo.yaml                            # 4
-    python -m training.tiny_model export runs/leovl-tiny/<SHIP_STAGE>/bundle leovl_ros/models/leovl-tiny
+    leovl-train sft --config recipes/leovl_tiny_objects.yaml                        # 2
+    leovl-train sft --config recipes/leovl_tiny_objects_floor.yaml                  # 2b
+    leovl-data build-scenes --config recipes/leovl_tiny_sft.yaml
+    leovl-train sft --config recipes/leovl_tiny_sft.yaml                            # 3
+    leovl-train dpo --config recipes/leovl_tiny_dpo.yaml                            # 4
+    python -m leovl_ros.training.tiny_model export runs/leovl-tiny/<SHIP_STAGE>/bundle leovl_ros/bundled_models/leovl-tiny
 
 Stage 1 builds a random Qwen2.5-VL of :data:`TINY_ARCH` and pretrains its vision tower on
 synthetic frames (vision_pretrain.py): a from-scratch LLM needs features that already say
@@ -30,7 +30,7 @@ from pathlib import Path
 # Width / depth chosen so that SFT fits in well under an hour on 2 CPU cores and the float16
 # weights stay under 50 MB (the tied 151,936 x 128 embedding table is 39 MB of it).
 ROOT = Path("runs/leovl-tiny")
-SHIPPED = Path("leovl_ros/models/leovl-tiny")
+SHIPPED = Path("leovl_ros/bundled_models/leovl-tiny")
 # synthetic room seeds; "lookup" rooms are object maps only (stage 2: no rendering)
 SEEDS = {"train": "1000:1300", "dpo": "1000:1100", "eval": "900000:900040", "lookup": "2000:4000",
          "train_lookup": "1000:1300"}
@@ -41,8 +41,8 @@ SEED = 0
 # vs 48.9 on 120 questions per type, 43.9 vs 45.2 on all 1386) and its gains show with
 # another room's map too (it does not read the scene better), so SFT is the default.
 SHIP_STAGE = "sft"
-CONFIGS = ("configs/leovl_tiny_objects.yaml", "configs/leovl_tiny_objects_floor.yaml", "configs/leovl_tiny_sft.yaml",
-           "configs/leovl_tiny_dpo.yaml")
+CONFIGS = ("recipes/leovl_tiny_objects.yaml", "recipes/leovl_tiny_objects_floor.yaml", "recipes/leovl_tiny_sft.yaml",
+           "recipes/leovl_tiny_dpo.yaml")
 TINY_ARCH = dict(hidden_size=128, layers=4, heads=4, kv_heads=2, vision_hidden=96, vision_depth=3,
                  vision_heads=2)
 
@@ -96,31 +96,31 @@ def stages(workers: int) -> list[tuple[str, Path | None, list[str]]]:
     data = ROOT / "data"
 
     def records(split: str, *extra: str) -> tuple[str, None, list[str]]:
-        return (f"{split} records", None, py + ["training.data_cli", "convert", "synthetic", "--seeds", SEEDS[split],
+        return (f"{split} records", None, py + ["leovl_ros.training.data_cli", "convert", "synthetic", "--seeds", SEEDS[split],
                                                 *extra, "--out", str(data / f"{split}.jsonl")])
 
     def sessions(name: str, source: str, size: int, *extra: str) -> tuple[str, None, list[str]]:
-        return (f"sessions {name}", None, py + ["training.data_cli", "sessions", str(data / f"{source}.jsonl"),
+        return (f"sessions {name}", None, py + ["leovl_ros.training.data_cli", "sessions", str(data / f"{source}.jsonl"),
                                                 "--size", str(size), "--seed", str(SEED), *extra, "--out",
                                                 str(data / f"{name}.jsonl")])
 
     return ([("vision-pretrained base", ROOT / "base" / "leovl_tiny_base.json",
-              py + ["training.tiny_model", "base", "--out", str(ROOT / "base"), "--seed", str(SEED),
+              py + ["leovl_ros.training.tiny_model", "base", "--out", str(ROOT / "base"), "--seed", str(SEED),
                     "--seeds", VISION_SEEDS])]
             + [records(split) for split in ("train", "dpo", "eval")]
             + [records(split, "--qa-per-type", "12") for split in ("lookup", "train_lookup")]
             + [sessions("train_sessions", "train", 6), sessions("eval_colour", "eval", 1, "--qtypes", "colour")]
             + [sessions(f"{split}_sessions", split, 8, "--qtypes", "colour") for split in ("lookup", "train_lookup")]
-            + [("SFT on object maps", ROOT / "objects" / "bundle", py + ["training.train_cli", "sft", "--config",
-                                                                         "configs/leovl_tiny_objects.yaml"]),
+            + [("SFT on object maps", ROOT / "objects" / "bundle", py + ["leovl_ros.training.train_cli", "sft", "--config",
+                                                                         "recipes/leovl_tiny_objects.yaml"]),
                ("SFT on object maps with floor", ROOT / "objects_floor" / "bundle",
-                py + ["training.train_cli", "sft", "--config", "configs/leovl_tiny_objects_floor.yaml"]),
-               ("scene cache", None, py + ["training.data_cli", "build-scenes", "--config",
-                                           "configs/leovl_tiny_sft.yaml", "--workers", str(workers)]),
-               ("SFT", ROOT / "sft" / "bundle", py + ["training.train_cli", "sft", "--config",
-                                                      "configs/leovl_tiny_sft.yaml"]),
-               ("SceneDPO", ROOT / "dpo" / "bundle", py + ["training.train_cli", "dpo", "--config",
-                                                           "configs/leovl_tiny_dpo.yaml"])])
+                py + ["leovl_ros.training.train_cli", "sft", "--config", "recipes/leovl_tiny_objects_floor.yaml"]),
+               ("scene cache", None, py + ["leovl_ros.training.data_cli", "build-scenes", "--config",
+                                           "recipes/leovl_tiny_sft.yaml", "--workers", str(workers)]),
+               ("SFT", ROOT / "sft" / "bundle", py + ["leovl_ros.training.train_cli", "sft", "--config",
+                                                      "recipes/leovl_tiny_sft.yaml"]),
+               ("SceneDPO", ROOT / "dpo" / "bundle", py + ["leovl_ros.training.train_cli", "dpo", "--config",
+                                                           "recipes/leovl_tiny_dpo.yaml"])])
 
 
 def build(workers: int) -> int:
@@ -140,7 +140,7 @@ def build(workers: int) -> int:
             print(f"== {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
         ran.append("python " + shown)
     base = json.loads((ROOT / "base" / "leovl_tiny_base.json").read_text())
-    provenance = {"built_by": "make tiny-model (python -m training.tiny_model build)", "commands": ran,
+    provenance = {"built_by": "make tiny-model (python -m leovl_ros.training.tiny_model build)", "commands": ran,
                   "room_seeds": SEEDS, "seed": SEED, "base": base,
                   "configs": {p: Path(p).read_text() for p in CONFIGS}}
     export(ROOT / SHIP_STAGE / "bundle", SHIPPED, {**provenance, "shipped_stage": SHIP_STAGE})
@@ -152,7 +152,7 @@ def build(workers: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     from .vision_pretrain import VisionPretrainConfig
 
-    parser = argparse.ArgumentParser(prog="python -m training.tiny_model", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m leovl_ros.training.tiny_model", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("base", help="random tiny Qwen2.5-VL with a pretrained vision tower")
     b.add_argument("--out", required=True, type=Path)

@@ -13,10 +13,10 @@ from leovl_ros.assistant.interaction_log import InteractionLog, read_interaction
 from leovl_ros.assistant.records import Interaction
 from leovl_ros.synth.render import tiny_scene
 from leovl_ros.synth.writers import BagExtra, write_bag
-from training.bag_files import mcap_is_finished
-from training.bags import bag_frames
-from training.data_cli import main as data_main
-from training.records import read_records
+from leovl_ros.scans.bag_files import mcap_is_finished
+from leovl_ros.scans.bag_reader import bag_frames
+from leovl_ros.training.data_cli import main as data_main
+from leovl_ros.training.records import read_records
 
 MSG = Path(__file__).resolve().parents[1] / "msg" / "Interaction.msg"
 T0 = 1_700_000_000

@@ -27,11 +27,11 @@ import torch
 from leovl_ros.geometry import KeyframeSelector, cell_points
 from leovl_ros.voxel_map import VoxelMap
 
-from .bags import BagTopics, bag_frames, bag_scene_id
+from leovl_ros.scans.bag_reader import BagTopics, bag_frames, bag_scene_id
 from .cache import SceneCache
-from .frames import FrameReport, RGBDFrame, synthetic_frames
+from leovl_ros.scans.frames import FrameReport, RGBDFrame, synthetic_frames
 from .object_maps import object_map, object_map_recipe
-from .scan_sources import ScanSource
+from leovl_ros.scans.scan_sources import ScanSource
 
 log = logging.getLogger(__name__)
 SYNTH_ID = re.compile(r"^synth_(\d+)$")

@@ -3,9 +3,9 @@ dataset's native layout (data-formats.md; the official loaders named per reader)
 
 Every reader lists the scan's views (pose, intrinsics, lazy depth and colour), says where
 its up axis comes from, and :func:`scan_frames` turns the views into z-up, floor-centred
-:class:`~training.frames.RGBDFrame` s (scan_align.py). A view that cannot be used (missing
+:class:`~leovl_ros.scans.frames.RGBDFrame` s (scan_align.py). A view that cannot be used (missing
 file, truncated depth, non-finite pose, no pose for its timestamp...) is skipped and counted
-in a :class:`~training.frames.FrameReport`, never fatal to the scan.
+in a :class:`~leovl_ros.scans.frames.FrameReport`, never fatal to the scan.
 """
 from __future__ import annotations
 

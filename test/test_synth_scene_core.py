@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from leovl_ros.cfg import GridConfig, build_grid
+from leovl_ros.condensed_grid import GridConfig, build_grid
 from leovl_ros.geometry import Intrinsics, KeyframeSelector, cell_points, depth_to_metres
 from leovl_ros.synth.render import render_frames
 from leovl_ros.synth.rooms import generate_room

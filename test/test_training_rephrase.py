@@ -9,7 +9,7 @@ from support.chat_server import chat_server
 from leovl_ros.training.chat_endpoint import ChatClient, ChatError
 from leovl_ros.training.metrics import answer_match, clean_answer
 from leovl_ros.training.records import Record
-from leovl_ros.training.rephrase import DEFAULT_PROMPT, EndpointRephraser, RuleRephraser, SceneVocabulary
+from leovl_ros.training.rephrase import DEFAULT_PROMPT, EndpointRephraser, RuleRephraser, SceneVocabulary, is_wrong
 from leovl_ros.training.scene_dpo import negative_pairs
 
 
@@ -64,6 +64,38 @@ def test_rules_leave_free_form_and_unknown_answers_and_never_give_an_accepted_on
     grey = _rec("s1", "q?", "gray")  # a synonym is not a wrong answer
     vocab = SceneVocabulary.from_records([_rec("s1", "a grey and a gray box", "grey")])
     assert RuleRephraser(vocab).rephrase(grey, "gray") is None
+
+
+@pytest.mark.parametrize("answer, reference", [
+    ("sofa", "couch"), ("carpet", "rug"), ("bin", "trash can"), ("picture", "painting"), ("tv", "television"),
+    ("grey", "gray"), ("a brown couch", "brown sofa"), ("golden", "gold"), ("fridge", "refrigerator")])
+def test_a_synonym_of_a_reference_is_never_a_negative(answer, reference):
+    assert not is_wrong(answer, [reference]) and not is_wrong(reference, [answer])
+    assert is_wrong("chair", [reference])
+    # the model's synonym of the right answer is not a "wrong" pair, and the rules never give one
+    record = _rec("s1", "q?", reference, [reference])
+    vocab = SceneVocabulary.from_records([_rec("s1", f"the {reference} and the {answer}", reference)])
+    assert RuleRephraser(vocab).rephrase(record, reference) is None
+    _, kinds, counts = negative_pairs([record], [answer])
+    assert kinds == [] and counts["correct_not_rephrased"] == 1
+
+
+def test_shades_and_materials_are_not_colours_and_light_is_an_object():
+    scene = [_rec("s3", "Is the light by the grey couch or the sofa? A wooden desk, a dark rug, a carpet, a lamp.",
+                  "the light")]
+    vocab = SceneVocabulary.from_records(scene)
+    assert vocab.colours["s3"] == {"grey"}  # not light, dark or wooden
+    rules = RuleRephraser(vocab)
+    # "light brown": the colour is swapped, the shade kept (never "lamp brown"); with no other colour, nothing
+    assert rules.rephrase(_rec("s3", "q?", "light brown"), "light brown") == "light grey"
+    assert rules.rephrase(_rec("s3", "q?", "dark grey"), "dark grey") is None
+    # the object "light" becomes another object, never a colour, a lamp (its synonym) or its own synonym
+    negatives = {rules.rephrase(_rec("s3", "q?", "light"), "light", index=i) for i in range(20)}
+    assert negatives and negatives <= {"couch", "sofa", "desk", "rug", "carpet"}
+    negatives = {rules.rephrase(_rec("s3", "q?", "couch"), "couch", index=i) for i in range(20)}
+    assert negatives and negatives <= {"light", "lamp", "desk", "rug", "carpet"}  # never sofa
+    assert {rules.rephrase(_rec("s3", "q?", "rug"), "rug", index=i) for i in range(20)} <= {
+        "light", "lamp", "desk", "couch", "sofa"}  # never carpet
 
 
 def test_endpoint_rephraser_over_real_http():

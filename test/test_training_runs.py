@@ -121,7 +121,8 @@ def test_sft_loss_per_token_over_the_batch_or_per_sample_mean():
 
 
 def test_resume_continues_exactly(workdir):
-    straight = _config(workdir, "straight", save_every=2, **{"optim.max_steps": 4})
+    # log_every 10: the first checkpoint comes before any log line (and evaluation is off)
+    straight = _config(workdir, "straight", save_every=2, log_every=10, **{"optim.max_steps": 4})
     assert train_main(["sft", "--config", str(straight)]) == 0
     resumed = _config(workdir, "resumed", resume=str(workdir / "straight" / "checkpoint-2"), **{"optim.max_steps": 4})
     assert train_main(["sft", "--config", str(resumed)]) == 0

@@ -12,8 +12,10 @@ and has GPT-4o "rephrase correct predictions into hard negative samples". Here:
 - :class:`EndpointRephraser`: any OpenAI-compatible chat endpoint (``dpo.rephrase.endpoint``,
   prompt ``dpo.rephrase.prompt``) for answers the rules cannot edit (free-form sentences).
 
-A rephrasing is kept only when it is wrong by EM-R against every accepted answer (a
-synonym or a superset of the right answer is not a negative).
+A rephrasing is kept only when it is wrong by EM-R against every accepted answer, also with
+colour and object synonyms unified (couch / sofa, rug / carpet, trash can / bin, painting /
+picture, grey / gray, ...): a synonym or a superset of the right answer is not a negative.
+Shades and materials (light, dark, wooden) are not colours; "light" is the object (a lamp).
 
 Decisions (paper silent): "short" is at most ``max_rule_words`` words (ScanQA / SQA3D
 answers average 2-3); the scene vocabulary is every word of the scene's records
@@ -42,11 +44,21 @@ _OPPOSITES = [("yes", "no"), ("left", "right"), ("front", "behind"), ("front", "
               ("east", "west"), ("forward", "backward"), ("inside", "outside"), ("near", "far"),
               ("closer", "farther"), ("clockwise", "counterclockwise"), ("leftmost", "rightmost"),
               ("open", "closed")]
-# Colour words; a group holds synonyms, which are never swapped for each other.
-_COLOUR_GROUPS = [{"gray", "grey"}, {"cyan", "turquoise"}] + [{c} for c in COLOURS if c not in ("gray", "cyan")] + [
-    {w} for w in ("beige", "tan", "silver", "gold", "golden", "navy", "cream", "maroon", "wooden", "dark", "light")]
-# Indoor object names: the synthetic catalogue plus the frequent ScanNet / 3RScan categories.
-OBJECT_NAMES = sorted(set(CATEGORY_NAMES) | {
+# A group holds synonyms, which are never swapped for each other and never count as wrong
+# for each other. Shades (light, dark) and materials (wooden) are not colours.
+_COLOUR_GROUPS = [{"gray", "grey"}, {"cyan", "turquoise", "teal"}, {"purple", "violet"}, {"gold", "golden"},
+                  {"beige", "tan", "cream"}, {"maroon", "burgundy"}] + [
+    {w} for w in (*COLOURS, "silver", "navy") if w not in ("gray", "cyan", "purple")]
+_OBJECT_GROUPS = [
+    {"sofa", "couch", "loveseat"}, {"rug", "carpet"}, {"painting", "picture", "artwork", "poster", "photo"},
+    {"trash can", "trash bin", "bin", "garbage can", "garbage bin", "wastebasket", "waste bin", "recycling bin"},
+    {"tv", "television"}, {"refrigerator", "fridge"}, {"nightstand", "night stand", "bedside table", "end table"},
+    {"cabinet", "cupboard"}, {"closet", "wardrobe"}, {"bookshelf", "bookcase", "book shelf", "shelf", "shelves"},
+    {"lamp", "light"}, {"monitor", "screen"}, {"pillow", "cushion"}, {"mug", "cup"},
+    {"stairs", "staircase", "steps"}, {"clothes", "clothing"}, {"dresser", "chest of drawers"},
+    {"bathtub", "tub"}, {"telephone", "phone"}]
+# Indoor object names: the synthetic catalogue, the frequent ScanNet / 3RScan categories and their synonyms.
+OBJECT_NAMES = sorted(set(CATEGORY_NAMES) | set().union(*_OBJECT_GROUPS) | {
     "armchair", "backpack", "bag", "basket", "bathtub", "bed", "bench", "bicycle", "bin", "blanket", "blinds",
     "board", "book", "bookshelf", "bottle", "bowl", "box", "bucket", "cabinet", "calendar", "carpet", "ceiling",
     "chair", "clock", "closet", "clothes", "coat rack", "coffee table", "computer", "couch", "counter", "cup",
@@ -56,6 +68,8 @@ OBJECT_NAMES = sorted(set(CATEGORY_NAMES) | {
     "picture", "pillow", "plant", "printer", "radiator", "recycling bin", "refrigerator", "rug", "shelf", "shoes",
     "shower", "sink", "sofa", "speaker", "stairs", "stand", "stool", "suitcase", "table", "telephone", "toilet",
     "toilet paper", "towel", "trash can", "tv", "vase", "wall", "wardrobe", "washing machine", "whiteboard", "window"})
+_COLOUR_WORDS = set().union(*_COLOUR_GROUPS)
+_SHADES = {"light", "dark"}  # "light brown": a shade of a colour, not the object "light"
 _WORD = re.compile(r"[a-z]+|\d+")
 
 DEFAULT_PROMPT = (
@@ -70,6 +84,21 @@ def _colour_group(word: str) -> frozenset[str] | None:
         if word in group:
             return frozenset(group)
     return None
+
+
+def _object_group(name: str) -> frozenset[str]:
+    return next((frozenset(g) for g in _OBJECT_GROUPS if name in g), frozenset([name]))
+
+
+# Every synonym -> its group's first member (alphabetically), longest phrases first.
+_CANONICAL = {w: min(g) for g in _COLOUR_GROUPS + _OBJECT_GROUPS for w in g}
+_SYNONYM = re.compile(r"\b(" + "|".join(sorted(map(re.escape, _CANONICAL), key=len, reverse=True)) + r")\b",
+                      re.IGNORECASE)  # clean_answer writes "TV"
+
+
+def canonical(text: str) -> str:
+    """``text`` (cleaned) with every colour / object synonym replaced by one name of its group."""
+    return _SYNONYM.sub(lambda m: _CANONICAL[m.group(1).lower()], text)
 
 
 def _texts(record: Record) -> Iterable[str]:
@@ -93,17 +122,20 @@ class SceneVocabulary:
     @classmethod
     def from_records(cls, records: Iterable[Record]) -> "SceneVocabulary":
         vocab = cls()
-        colour_words = set().union(*_COLOUR_GROUPS)
         for r in records:
             for text in _texts(r):
                 low = " " + " ".join(_WORD.findall(text.lower())) + " "
-                vocab.colours[r.scene_id] |= {w for w in low.split() if w in colour_words}
+                vocab.colours[r.scene_id] |= {w for w in low.split() if w in _COLOUR_WORDS}
                 vocab.objects[r.scene_id] |= {o for o in OBJECT_NAMES if f" {o} " in low}
         return vocab
 
 
-def _is_wrong(candidate: str, references: Sequence[str]) -> bool:
-    return answer_match(clean_answer(candidate), [clean_answer(r) for r in references]) == (0, 0)
+def is_wrong(candidate: str, references: Sequence[str]) -> bool:
+    """True when ``candidate`` matches no reference by EM-R, neither as written nor with
+    colour / object synonyms unified (a sofa is not a wrong answer for a couch)."""
+    cand, refs = clean_answer(candidate), [clean_answer(r) for r in references]
+    return (answer_match(cand, refs) == (0, 0)
+            and answer_match(canonical(cand), [canonical(r) for r in refs]) == (0, 0))
 
 
 class RuleRephraser:
@@ -139,8 +171,10 @@ class RuleRephraser:
         for name in sorted(OBJECT_NAMES, key=lambda o: -len(o.split())):  # "coffee table" before "table"
             n = len(name.split())
             for i in range(len(words) - n + 1):
+                if name in _SHADES and i + 1 < len(words) and words[i + 1] in _COLOUR_WORDS:
+                    continue
                 if " ".join(words[i:i + n]) == name and not any(a < i + n and i < b for a, b, _ in spans):
-                    spans += [(i, i + n, alt) for alt in sorted(objects - {name})]
+                    spans += [(i, i + n, alt) for alt in sorted(objects - _object_group(name))]
         yield spans
 
     def rephrase(self, record: Record, answer: str, index: int = 0) -> str | None:
@@ -153,7 +187,7 @@ class RuleRephraser:
             for k in rng.permutation(len(edits)):
                 a, b, alt = edits[k]
                 candidate = " ".join(words[:a] + [alt] + words[b:])
-                if _is_wrong(candidate, record.references):
+                if is_wrong(candidate, record.references):
                     return candidate
         return None
 
@@ -172,7 +206,8 @@ class EndpointRephraser:
         text = self.prompt.format(question=record.instruction, answer=answer, situation=record.situation or "")
         reply = self.client.chat([{"role": "user", "content": text}], max_tokens=128)
         reply = reply.strip().strip('"').strip()
-        return reply if reply and _is_wrong(reply, record.references) else None
+        return reply if reply and is_wrong(reply, record.references) else None
 
 
-__all__ = ["ChatError", "DEFAULT_PROMPT", "EndpointRephraser", "OBJECT_NAMES", "RuleRephraser", "SceneVocabulary"]
+__all__ = ["ChatError", "DEFAULT_PROMPT", "EndpointRephraser", "OBJECT_NAMES", "RuleRephraser", "SceneVocabulary",
+           "canonical", "is_wrong"]

@@ -49,10 +49,9 @@ from leovl_ros.model.config import GenerationConfig
 from .config import DPOSection, TrainConfig
 from .evaluate import generate_predictions
 from .chat_endpoint import ChatClient
-from .metrics import answer_match, clean_answer
 from .modeling import load_model
 from .records import Record, atomic_write_text
-from .rephrase import EndpointRephraser, RuleRephraser, SceneVocabulary
+from .rephrase import EndpointRephraser, RuleRephraser, SceneVocabulary, is_wrong
 from .scenes import SceneStore
 from .sft import load_split, make_eval_fn
 from .trainer import TrainResult, make_accelerator, plan, prefetch_scenes, train_loop
@@ -251,8 +250,9 @@ def _rephrasers(d: DPOSection, records: Sequence[Record], seed: int) -> list[tup
 def negative_pairs(records: Sequence[Record], predictions: Sequence[str],
                    rephrasers: Sequence[tuple[str, object]] = ()) -> tuple[list[Record], list[str], dict[str, int]]:
     """Preference records from the model's answers to ``records`` (§4.4): a wrong answer
-    (EM-R 0 against the record's accepted answers) is the rejected one ("wrong"); a correct
-    one is rephrased into a wrong one by the first of ``rephrasers`` that can ("rephrased_*").
+    (EM-R 0 against the record's accepted answers and their synonyms) is the rejected one
+    ("wrong"); a correct one is rephrased into a wrong one by the first of ``rephrasers``
+    that can ("rephrased_*").
     Returns the records, their kinds and counts (incl. "correct_not_rephrased", "empty")."""
     out, kinds = [], []
     counts = {"wrong": 0, "correct_not_rephrased": 0, "empty": 0, **{k: 0 for k, _ in rephrasers}}
@@ -262,7 +262,7 @@ def negative_pairs(records: Sequence[Record], predictions: Sequence[str],
             counts["empty"] += 1
             continue
         kind, rejected = "wrong", p
-        if answer_match(clean_answer(p), [clean_answer(a) for a in r.references]) != (0, 0):
+        if not is_wrong(p, r.references):  # right, or a synonym of a right answer
             kind, rejected = "correct_not_rephrased", None
             for name, rephraser in rephrasers:
                 rejected = rephraser.rephrase(r, p, i)

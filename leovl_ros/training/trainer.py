@@ -201,13 +201,14 @@ def train_loop(cfg: TrainConfig, accelerator: Accelerator, model: LeoVL, items: 
     window: dict[str, list[float]] = {}
     samples = 0  # this process's samples since the last log entry
     metrics_file = out / "metrics.jsonl"
-    if ckpt is None and accelerator.is_main_process:
-        metrics_file.unlink(missing_ok=True)  # a fresh run starts a fresh log; a resumed one appends
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)  # checkpoints may come before the first log line
+        if ckpt is None:
+            metrics_file.unlink(missing_ok=True)  # a fresh run starts a fresh log; a resumed one appends
 
     def log(entry: dict) -> None:
         state["history"].append(entry)
         if accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
             with metrics_file.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
 

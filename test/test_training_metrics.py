@@ -36,6 +36,9 @@ def test_clean_answer(raw, clean):
     ("table", ["chair", "table"], (1, 1), (1, 1)),  # a non-matching reference first changes nothing
     ("chair", ["table"], (0, 0), (0, 0)),
     ("", ["table"], (0, 0), (0, 0)),  # an empty answer never matches (LEO would give EM-R credit)
+    ("", ["", "table"], (1, 1), (1, 1)),  # both empty: a match, as LEO
+    ("", ["table", ""], (1, 1), (0, 0)),  # LEO's walk: "table" ~ "" would be partial for LEO; ours needs a pred
+    ("chair", ["", "chair"], (1, 1), (0, 1)),  # an empty reference: EM-R credit (LEO stops there)
 ])
 def test_answer_match_among_references_and_as_leo(pred, refs, among, leo):
     assert answer_match(pred, refs) == among

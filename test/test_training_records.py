@@ -69,13 +69,20 @@ def test_scanqa(tmp_path):
          "object_ids": [3], "question_id": "train-0"},
         {"scene_id": "scene0000_00", "question": "Where is the sink?", "answers": [], "object_ids": []},
         {"question": "no scene", "answers": ["x"]},
+        {"scene_id": "scene0000_00", "question": "What is on it?", "answers": ["", "lamp"], "question_id": 7},
+        {"scene_id": "scene0000_00", "question": "Anything?", "answers": [" ", ""]},
     ]
     report = ConversionReport()
     records = list(adapters.convert_scanqa(data, report))
     assert _dicts(records) == [{"scene_id": "scene0000_00", "task": "qa", "instruction": "What color is the chair?",
                                 "response": "brown", "answers": ["brown", "dark brown"], "id": "train-0",
-                                "source": "scanqa"}]
-    assert report.skipped == {"no answers (test split without ground truth?)": 1, "missing key 'scene_id'": 1}
+                                "source": "scanqa"},
+                               # LEO keeps an empty answer (EM-R credit); training uses a non-empty one
+                               {"scene_id": "scene0000_00", "task": "qa", "instruction": "What is on it?",
+                                "response": "lamp", "answers": ["", "lamp"], "id": "7", "source": "scanqa"}]
+    assert report.skipped == {"no answers (test split without ground truth?)": 2, "missing key 'scene_id'": 1}
+    write_records(tmp_path / "q.jsonl", records)
+    assert _dicts(read_records(tmp_path / "q.jsonl")) == _dicts(records)  # the empty answer survives a file
 
 
 def test_sqa3d_as_leo_reads_it():

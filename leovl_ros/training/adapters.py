@@ -59,19 +59,22 @@ def _list(data: Any, what: str) -> list:
     return data
 
 
-def _answers(raw: Any) -> list[str]:
+def _answers(raw: Any) -> tuple[str, list[str]]:
+    """(the first non-empty answer: the training response, every answer in order). Empty
+    answers stay, as LEO keeps them: its EM-R credits any prediction against one."""
     if not isinstance(raw, list):
         raise RecordError("'answers' must be a list")
-    answers = [a.strip() for a in raw if isinstance(a, str) and a.strip()]
-    if not answers:
+    answers = [a.strip() for a in raw if isinstance(a, str)]
+    response = next((a for a in answers if a), None)
+    if response is None:
         raise RecordError("no answers (test split without ground truth?)")
-    return answers
+    return response, answers
 
 
 def convert_scanqa(data: Any, report: ConversionReport, source: str = "scanqa") -> Iterator[Record]:
     def one(item: dict) -> list[Record]:
-        answers = _answers(item["answers"])
-        return [Record(scene_id=item["scene_id"], task="qa", instruction=item["question"], response=answers[0],
+        response, answers = _answers(item["answers"])
+        return [Record(scene_id=item["scene_id"], task="qa", instruction=item["question"], response=response,
                        answers=answers, id=None if item.get("question_id") is None else str(item["question_id"]),
                        source=source)]
     items = ((f"item {i}", it) for i, it in enumerate(_list(data, "ScanQA file")))
@@ -107,12 +110,12 @@ def convert_sqa3d(questions: Any, annotations: Any, report: ConversionReport,
         q = by_id.get(ann["question_id"])
         if q is None:
             raise RecordError("annotation's question_id not in the questions file")
-        answers = _answers([a.get("answer") for a in ann["answers"] if isinstance(a, dict)])
+        response, answers = _answers([a.get("answer") for a in ann["answers"] if isinstance(a, dict)])
         situations = [person_view(s) for s in [q.get("situation")] + list(q.get("alternative_situation") or [])
                       if isinstance(s, str) and s.strip()]
         pos, rot = ann.get("position"), ann.get("rotation")
         return [Record(scene_id=ann["scene_id"], task="qa", instruction=person_view(_str(q["question"])),
-                       response=answers[0], answers=answers, situation=situations[0] if situations else None,
+                       response=response, answers=answers, situation=situations[0] if situations else None,
                        alternative_situations=situations[1:] or None, qtype=sqa3d_question_type(q["question"]),
                        id=str(ann["question_id"]), source=source,
                        location=None if pos is None else (pos["x"], pos["y"], pos["z"]),
@@ -157,10 +160,10 @@ def _facing_quaternion(orientation: Any) -> tuple[float, float, float, float] | 
 
 
 def _situated_qa(scan_id: Any, question: Any, answers: Any, item: dict, source: str) -> Record:
-    answers = _answers(answers if isinstance(answers, list) else [answers])
+    response, answers = _answers(answers if isinstance(answers, list) else [answers])
     situation = item.get("situation")
     location = item.get("location")
-    return Record(scene_id=str(scan_id), task="qa", instruction=_msqa_text(question), response=answers[0],
+    return Record(scene_id=str(scan_id), task="qa", instruction=_msqa_text(question), response=response,
                   answers=answers, situation=_msqa_text(situation) if situation else None,
                   location=None if location is None else tuple(float(v) for v in location),
                   orientation=_facing_quaternion(item.get("orientation")),

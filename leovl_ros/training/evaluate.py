@@ -114,7 +114,7 @@ def score_predictions(records: Sequence[Record], predictions: Sequence[str], ngr
     if judge is not None:  # each answer is judged once, then averaged per task and per benchmark
         ids = [i for i, r in enumerate(records) if r.task in judged_tasks]
         judged = dict(zip(ids, judge.score_each([records[i].instruction for i in ids], [predictions[i] for i in ids],
-                                                [records[i].references[0] for i in ids])))
+                                                [records[i].response for i in ids])))  # its first non-empty answer
     tasks = {task: _metrics(records, predictions, idx, scorer, judged) for task, idx in sorted(by_task.items())}
     benchmarks = {}
     for source, idx in sorted(by_source.items()):

@@ -18,9 +18,11 @@ Two exact-match rules, both reported and labelled:
 
 Two deliberate differences from LEO's code: its "ç"/"’" replacements run after the
 character filter has already deleted those characters, so they are no-ops and are left out
-here; and an empty (cleaned) prediction never matches, where LEO's substring test counts
-"" as contained in every reference and so gives EM-R credit to an empty answer (its EM is
-0 either way, so EM-LEO is exact).
+here; and an empty (cleaned) prediction only matches an empty reference (EM 1, as LEO),
+where LEO's substring test counts "" as contained in every reference and so gives EM-R
+credit to an empty answer (its EM is 0 there either way, so EM-LEO is exact). An empty
+reference (kept at conversion, as LEO keeps it) is contained in every prediction: EM-R 1,
+as LEO.
 
 BLEU-4, METEOR, ROUGE-L and CIDEr come from pycocoevalcap (METEOR runs Java). By default
 the texts are cleaned with ``clean_answer`` first and split on spaces, as LEO scores
@@ -69,8 +71,9 @@ def _contains(pred: str, ref: str) -> bool:
 
 def answer_match(pred: str, refs: Sequence[str]) -> tuple[int, int]:
     """(EM, EM-R) of a cleaned prediction against cleaned references, each 0 or 1:
-    EM when the prediction is among the references, whatever their order."""
-    if pred and pred in refs:
+    EM when the prediction is among the references, whatever their order (an empty
+    prediction matches an empty reference)."""
+    if pred in refs:
         return 1, 1
     return 0, int(any(_contains(pred, r) for r in refs))
 
@@ -79,8 +82,10 @@ def answer_match_leo(pred: str, refs: Sequence[str]) -> tuple[int, int]:
     """(EM, EM-R) as LEO's evaluator computes them: the references in order, the first
     exact (1, 1) or partial (0, 1) match decides (see the module docstring)."""
     for ref in refs:
-        if pred and pred == ref:
+        if pred == ref:  # both empty included, as LEO
             return 1, 1
+        if not pred:  # LEO stops here too, with EM-R credit for the empty answer (see the module docstring)
+            return 0, 0
         if _contains(pred, ref):
             return 0, 1
     return 0, 0

@@ -152,7 +152,7 @@ class Record:
         if answers is not None:
             if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
                 raise RecordError("'answers' must be a list of strings")
-            answers = [a.strip() for a in answers if a.strip()] or None
+            answers = [a.strip() for a in answers] or None  # an empty answer stays: LEO's EM-R credits it
         anchor = data.get("anchor")
         alternatives = data.get("alternative_situations")
         if alternatives is not None:

@@ -120,6 +120,26 @@ def test_sft_loss_per_token_over_the_batch_or_per_sample_mean():
         sft_loss(logp, tokens, "batch")
 
 
+def test_each_visit_trains_on_one_accepted_answer_drawn_at_random():
+    """LEO samples one of ScanQA's accepted answers per visit; always answers[0] would never
+    teach the others. Seeded by (seed, epoch, record): any process count draws the same."""
+    from leovl_ros.training.records import Record
+    from leovl_ros.training.sft import training_response
+
+    rec = Record(scene_id="s", task="qa", instruction="What colour?", response="brown", source="scanqa",
+                 answers=["brown", "", "dark brown", "tan"], id="q1")
+    drawn = [training_response(rec, 0, epoch) for epoch in range(300)]
+    counts = {a: drawn.count(a) for a in set(drawn)}
+    assert set(counts) == {"brown", "dark brown", "tan"}  # never the empty one
+    assert all(70 <= n <= 130 for n in counts.values()), counts  # ~100 each (binomial sd ~8)
+    assert drawn == [training_response(rec, 0, epoch) for epoch in range(300)]  # reproducible
+    assert drawn != [training_response(rec, 1, epoch) for epoch in range(300)]  # the seed decides
+    single = Record(scene_id="s", task="qa", instruction="q?", response="two", source="t", answers=["two"])
+    assert training_response(single, 0, 5) == "two"
+    caption = Record(scene_id="s", task="scene_caption", instruction="Describe.", response="A room.", source="t")
+    assert training_response(caption, 0, 5) == "A room."
+
+
 def test_resume_continues_exactly(workdir):
     # log_every 10: the first checkpoint comes before any log line (and evaluation is off)
     straight = _config(workdir, "straight", save_every=2, log_every=10, **{"optim.max_steps": 4})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from typing import Callable, Sequence
 
 import numpy as np
@@ -61,17 +62,37 @@ def sft_loss(logp: torch.Tensor, tokens: torch.Tensor, norm: str = "token") -> t
 
 class SFTStep:
     """One micro-batch: response-token NLL (see module docstring); with ``history_turns``
-    the earlier assistant turns of chat-format sessions are targets too."""
+    the earlier assistant turns of chat-format sessions are targets too. The trainer calls
+    :meth:`set_epoch` at each epoch's start (answers are drawn per epoch)."""
 
-    def __init__(self, scenes: SceneStore, history_turns: bool = False, loss_norm: str = "token") -> None:
+    def __init__(self, scenes: SceneStore, history_turns: bool = False, loss_norm: str = "token",
+                 seed: int = 0) -> None:
         self.scenes = scenes
         self.history_turns = history_turns
         self.loss_norm = loss_norm
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __call__(self, policy: Callable, batch: list[Record]) -> tuple[torch.Tensor, dict[str, float]]:
         logp, tokens = policy([self.scenes.get(r.scene_id) for r in batch], [_training_query(r) for r in batch],
-                              [r.response for r in batch], self.history_turns)  # (B,), (B,)
+                              [training_response(r, self.seed, self.epoch) for r in batch],
+                              self.history_turns)  # (B,), (B,)
         return sft_loss(logp, tokens, self.loss_norm), {"tokens": float(tokens.sum())}
+
+
+def training_response(record: Record, seed: int, epoch: int) -> str:
+    """The answer a record trains on in ``epoch``: one of its accepted (non-empty) answers drawn
+    at random per visit, as LEO samples ScanQA's answers (not always the first), else its response.
+
+    Decision (paper silent): the draw is seeded by (seed, epoch, the record's text), not by a
+    process's generator, so 1 and n processes and a resumed run train on the same answers."""
+    answers = [a for a in record.answers or [] if a]
+    if len(answers) < 2:
+        return record.response
+    key = zlib.crc32("\x1f".join([record.scene_id, record.id or "", record.instruction]).encode())
+    return answers[int(np.random.default_rng([seed, epoch, key]).integers(len(answers)))]
 
 
 def _training_query(record: Record):
@@ -116,5 +137,5 @@ def run_sft(cfg: TrainConfig) -> TrainResult:
     scenes = SceneStore(model, cfg.scenes)
     prefetch_scenes(accelerator, scenes, {r.scene_id for r in train + evals}, cfg.progress)
     eval_fn = make_eval_fn(model, scenes, evals, cfg) if evals else None
-    step = SFTStep(scenes, cfg.data.history_turns, cfg.optim.loss_norm)
+    step = SFTStep(scenes, cfg.data.history_turns, cfg.optim.loss_norm, cfg.seed)
     return train_loop(cfg, accelerator, model, train, step, eval_fn, kind="sft")

@@ -45,7 +45,7 @@ from typing import Literal, Sequence
 import torch
 
 from .column_sums import column_voxels, rope_phase
-from .token_selection import TOKEN_SELECTIONS, select_tokens
+from .token_selection import TOKEN_SELECTIONS, question_relevance, select_tokens
 from .voxel_map import VoxelMap, voxel_keys
 
 __all__ = ["CondensedGrid", "GridConfig", "build_grid", "focus_point", "fourier_input", "fourier_matrix", "rope_height",
@@ -64,7 +64,7 @@ class GridConfig:
     fourier_features: int | None = None  # rows F of W (the feature has 2F dims); None = d/2 (App. D.2)
     fourier_seed: int = 0
     sample_seed: int = 0
-    token_selection: Literal["densest", "nearest", "anchor", "coarsen"] = "densest"
+    token_selection: Literal["densest", "nearest", "anchor", "coarsen", "question"] = "densest"
 
     def __post_init__(self) -> None:
         if self.max_tokens <= 0:
@@ -156,14 +156,21 @@ def focus_point(vmap: VoxelMap, config: GridConfig, anchor_center) -> Sequence[f
     return vmap.viewpoint
 
 
-def voxel_tokens(vmap: VoxelMap, config: GridConfig,
-                 focus: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per voxel its token (-1 if its column was cut), per token its xy (T, 2) and voxel count (T,)."""
+def voxel_tokens(vmap: VoxelMap, config: GridConfig, focus: Sequence[float] | None = None,
+                 question: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per voxel its token (-1 if its column was cut), per token its xy (T, 2) and voxel count (T,).
+
+    ``question`` (Q, d): the question's token embeddings, for ``token_selection: question``."""
     coords = vmap.coords
     ckeys, inverse, ccount = torch.unique(_column_keys(coords), return_inverse=True, return_counts=True)  # (C,)
     first = torch.zeros_like(ckeys).scatter_(0, inverse, torch.arange(coords.shape[0], device=coords.device))
+    relevance = None
+    if config.token_selection == "question" and question is not None and ckeys.numel() > config.max_tokens:
+        means = _pool(vmap, torch.arange(coords.shape[0], device=coords.device), inverse, ccount,
+                      config.pos_z == "rope", None, None)  # (C, d): what the column sums hold, from the voxels
+        relevance = question_relevance(means, question)
     col_token, xy, count = select_tokens(coords[first, :2], ccount, config.max_tokens, config.token_selection,
-                                         vmap.voxel_size, focus)
+                                         vmap.voxel_size, focus, relevance)
     return col_token[inverse], xy, count
 
 
@@ -235,13 +242,17 @@ def _anchor_candidates(vmap: VoxelMap, ids: torch.Tensor, cols: torch.Tensor, ce
 
 
 def _grid_from_columns(vmap: VoxelMap, config: GridConfig, anchor_center, anchor_radius, anchor_embedding,
-                       anchor_size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(features, xy, voxel_count) of the CFG from the map's column sums: O(tokens x d)."""
+                       anchor_size, question=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features, xy, voxel_count) of the CFG from the map's column sums: O(tokens x d)
+    (``question`` selection: O(columns x d), the relevance of every column)."""
     ids, cols, counts, srows = vmap.columns.columns()  # (C,), (C, 2), (C,), (C,)
+    relevance = None
+    if config.token_selection == "question" and question is not None and ids.numel() > config.max_tokens:
+        relevance = question_relevance(vmap.columns.sums(srows) / counts[:, None].to(torch.float32), question)
     col_token, xy, tcount = select_tokens(cols, counts, config.max_tokens, config.token_selection,
-                                          vmap.voxel_size, focus_point(vmap, config, anchor_center))
+                                          vmap.voxel_size, focus_point(vmap, config, anchor_center), relevance)
     T = tcount.numel()
-    if T == ids.numel() or config.token_selection != "coarsen":  # one column per token, raster order
+    if T == ids.numel() or config.token_selection not in ("coarsen", "question"):  # one column per token
         pooled = vmap.columns.sums(srows[col_token >= 0])  # (T, d)
     else:  # merged blocks: every column adds into its block (O(columns x d))
         pooled = vmap.columns.pool_into(torch.zeros(T + 1, vmap.feature_dim, device=vmap.device), srows,
@@ -264,6 +275,7 @@ def build_grid(
     anchor_embedding: torch.Tensor | None = None,
     anchor_size: Sequence[float] | None = None,
     incremental: bool = True,
+    question: torch.Tensor | None = None,
 ) -> CondensedGrid:
     """CFG (or a voxel-token ablation) of ``vmap``; differentiable w.r.t. ``anchor_embedding``.
 
@@ -272,6 +284,7 @@ def build_grid(
     Tensors come back on the map's device; the model moves them to its own. With
     ``incremental`` (default) a ``cfg`` grid comes from the map's column sums when it tracks
     them with the same ``pos_z``; ``incremental=False`` forces the batch reference.
+    ``question`` (Q, d): the question's token embeddings, read by ``token_selection: question``.
     """
     d, V = vmap.feature_dim, vmap.num_voxels
     dev = vmap.device
@@ -289,10 +302,11 @@ def build_grid(
         if anchor_center is not None:
             _anchor_mask(vmap, coords[:0, 0], anchor_center, anchor_radius, anchor_size)  # validates, as below
         feats, xy, voxel_count = _grid_from_columns(vmap, config, anchor_center, anchor_radius, anchor_embedding,
-                                                    anchor_size)
+                                                    anchor_size, question)
     else:
         if config.grid == "cfg":
-            vox_token, xy, voxel_count = voxel_tokens(vmap, config, focus_point(vmap, config, anchor_center))
+            vox_token, xy, voxel_count = voxel_tokens(vmap, config, focus_point(vmap, config, anchor_center),
+                                                      question)
             rows = torch.nonzero(vox_token >= 0).squeeze(1)  # (S,) voxels that survive the cap
             token = vox_token[rows]  # (S,)
         else:

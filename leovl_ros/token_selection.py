@@ -19,6 +19,10 @@ One function, used by the batch CFG (from voxel coordinates) and by the incremen
   their height-rotated features (so each voxel weighs the same, exactly as in a column),
   and its position is the voxel-weighted centroid of the block's column centres (the
   centre of what is occupied, not of the empty square; one column = its centre).
+- ``question``: the columns most relevant to the question (``question_relevance``) keep a
+  token each (3/4 of the budget), the rest of the map is covered coarsely by ``coarsen`` in
+  the remaining quarter, so nothing is dropped and the asked-about part stays sharp. Ties
+  (and no relevance at all: a question that names nothing) go to the denser column.
 
 Ties in ``nearest``/``anchor`` go to the lowest (x, y); tokens are always emitted in (x, y)
 raster order of their column (block), so token order never depends on frame order.
@@ -29,9 +33,12 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["TOKEN_SELECTIONS", "select_tokens"]
+__all__ = ["QUESTION_SHARE", "TOKEN_SELECTIONS", "question_relevance", "select_tokens"]
 
-TOKEN_SELECTIONS = ("densest", "nearest", "anchor", "coarsen")
+TOKEN_SELECTIONS = ("densest", "nearest", "anchor", "coarsen", "question")
+# Decision (paper silent): 3/4 of the budget for the most relevant columns, 1/4 for a coarse
+# cover of the rest (context for counts and "which room" questions; see docs/design.md).
+QUESTION_SHARE = 0.75
 
 
 def select_tokens(
@@ -41,8 +48,12 @@ def select_tokens(
     policy: str = "densest",
     voxel_size: float = 1.0,
     focus: Sequence[float] | torch.Tensor | None = None,
+    relevance: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tokens for occupied columns ``cols`` (C, 2) int64 in (x, y) raster order with ``counts`` (C,) voxels.
+
+    ``relevance`` (C,) float: per column, how much it matters to the question (``question``
+    only; None = all equal).
 
     Returns per column its token (C,) (-1 if dropped), per token its xy (T, 2) float32 metres
     and its voxel count (T,) int64.
@@ -54,6 +65,8 @@ def select_tokens(
         return torch.arange(C, device=dev), _centres(cols, voxel_size), counts.clone()
     if policy == "coarsen":
         return _coarsen(cols, counts, max_tokens, voxel_size)
+    if policy == "question":
+        return _question(cols, counts, max_tokens, voxel_size, relevance)
     if policy in ("nearest", "anchor") and focus is not None:
         f = torch.as_tensor(focus, dtype=torch.float64).reshape(-1)[:2].to(dev)
         dist = (((cols.to(torch.float64) + 0.5) * voxel_size - f) ** 2).sum(1)  # (C,)
@@ -64,6 +77,60 @@ def select_tokens(
     col_token = torch.full((C,), -1, dtype=torch.int64, device=dev)
     col_token[kept] = torch.arange(kept.numel(), device=dev)
     return col_token, _centres(cols[kept], voxel_size), counts[kept]
+
+
+def question_relevance(features: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """(C,) relevance of columns with (C, d) mean ``features`` to a question's (Q, d) token embeddings.
+
+    Per question token: cosine between each column's feature, centred on the map's mean
+    column (floor and walls, the bulk of every map, score ~0), and the token's embedding,
+    standardised over the columns; a column's relevance is its best token's z-score. Tokens
+    such as "what" or "the" match no column in particular and add noise of z ~ 2-3; a word
+    that names what a column shows stands out above it. O(C x d x Q), no model call.
+    """
+    C = features.shape[0]
+    if C == 0 or queries.shape[0] == 0:
+        return torch.zeros(C, device=features.device)
+    x = torch.nn.functional.normalize(features.float() - features.float().mean(0), dim=1)  # (C, d)
+    q = torch.nn.functional.normalize(queries.to(x.device, torch.float32), dim=1)  # (Q, d)
+    cos = x @ q.T  # (C, Q)
+    if C == 1:
+        return cos.max(1).values
+    z = (cos - cos.mean(0)) / cos.std(0).clamp(min=1e-6)
+    return z.max(1).values
+
+
+def _question(cols: torch.Tensor, counts: torch.Tensor, max_tokens: int, voxel_size: float,
+              relevance: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``QUESTION_SHARE`` most relevant columns one token each, the rest coarsened into what is left."""
+    C, dev = cols.shape[0], cols.device
+    n_keep = max(1, min(max_tokens - 1, round(max_tokens * QUESTION_SHARE))) if max_tokens > 1 else 1
+    order = torch.sort(counts, descending=True, stable=True).indices  # ties of relevance: denser first
+    if relevance is not None:
+        if relevance.shape != (C,):
+            raise ValueError(f"relevance must have one value per column ({C},), got {tuple(relevance.shape)}")
+        score = torch.nan_to_num(relevance.to(dev, torch.float64), nan=float("-inf"))
+        order = order[torch.sort(score[order], descending=True, stable=True).indices]
+    keep = torch.zeros(C, dtype=torch.bool, device=dev)
+    keep[order[:n_keep]] = True
+    if n_keep == max_tokens:  # a budget of one token: nothing left to cover the rest with
+        col_token = torch.where(keep, 0, -1)
+        return col_token, _centres(cols[keep], voxel_size), counts[keep]
+    rest = torch.nonzero(~keep).squeeze(1)  # (R,) raster order
+    rest_token, rest_xy, rest_count = _coarsen(cols[rest], counts[rest], max_tokens - n_keep, voxel_size)
+    # One raster order over kept columns and coarse groups (each group at its first column).
+    first = torch.full((rest_count.numel(),), C, dtype=torch.int64, device=dev).scatter_reduce_(
+        0, rest_token, rest, "amin")
+    anchor_col = torch.cat([torch.nonzero(keep).squeeze(1), first])  # (T,) a column of each token
+    xy = torch.cat([_centres(cols[keep], voxel_size), rest_xy])
+    tcount = torch.cat([counts[keep], rest_count])
+    rank = torch.argsort(anchor_col)  # token order = raster order of that column
+    new_of = torch.empty_like(rank)
+    new_of[rank] = torch.arange(rank.numel(), device=dev)
+    col_token = torch.empty(C, dtype=torch.int64, device=dev)
+    col_token[keep] = new_of[: int(keep.sum())]
+    col_token[rest] = new_of[int(keep.sum()) + rest_token]
+    return col_token, xy[rank], tcount[rank]
 
 
 def _centres(cols: torch.Tensor, voxel_size: float) -> torch.Tensor:

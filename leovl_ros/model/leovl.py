@@ -183,7 +183,21 @@ class LeoVL:
     def scene_grid(self, vmap: VoxelMap | None, query: SceneQuery | None = None) -> CondensedGrid | None:
         if vmap is not None:
             check_map(vmap, self.config, self.encoder.encoder_id)
-        return scene_grid(vmap, query, self.config, self.heads)
+        return scene_grid(vmap, query, self.config, self.heads, self.question_embeddings(query))
+
+    def question_embeddings(self, query: SceneQuery | None) -> torch.Tensor | None:
+        """(Q, d) input embeddings of the question's tokens when the grid selects columns by the
+        question (``token_selection: question``), else None."""
+        if query is None or self.config.grid.token_selection != "question":
+            return None
+        text = " ".join(t for t in (query.situation, query.instruction) if t)
+        ids = torch.tensor(self.tokenizer.encode(text, add_special_tokens=False), device=self.device)
+        return self.model.get_input_embeddings().weight.detach()[ids].float()
+
+    def selection_key(self, query: SceneQuery) -> tuple | None:
+        """What besides scene and region the scene tokens depend on: the question itself under
+        ``token_selection: question`` (a key part for anything that reuses scene tokens)."""
+        return (query.situation, query.instruction) if self.config.grid.token_selection == "question" else None
 
     def scene_tokens(self, vmap: VoxelMap | None, query: SceneQuery | None = None) -> torch.Tensor:
         """(T, d) float32 scene tokens (T = 0 for no / empty scene); differentiable in the heads."""
@@ -205,7 +219,7 @@ class LeoVL:
         tokens = []  # [(T_i, d)]
         for scene, query in zip(scenes, queries):
             center = None if query.anchor_center is None else tuple(map(float, query.anchor_center))
-            key = (id(scene), center, query.anchor_radius, query.anchor_size)
+            key = (id(scene), center, query.anchor_radius, query.anchor_size, self.selection_key(query))
             if key not in memo:
                 memo[key] = self.scene_tokens(scene, query)
             tokens.append(memo[key])

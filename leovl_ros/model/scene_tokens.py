@@ -77,8 +77,9 @@ def check_map(vmap: VoxelMap, config: LeoVLConfig, encoder_id: str) -> None:
 
 
 def scene_grid(vmap: VoxelMap | None, query: SceneQuery | None, config: LeoVLConfig,
-               heads: SceneHeads) -> CondensedGrid | None:
-    """The CFG of ``vmap`` for ``query`` (anchor applied when the query gives a centre)."""
+               heads: SceneHeads, question: torch.Tensor | None = None) -> CondensedGrid | None:
+    """The CFG of ``vmap`` for ``query`` (anchor applied when the query gives a centre;
+    ``question``: its token embeddings, for ``token_selection: question``)."""
     if vmap is None or vmap.num_voxels == 0:
         return None
     center = radius = size = None
@@ -86,4 +87,5 @@ def scene_grid(vmap: VoxelMap | None, query: SceneQuery | None, config: LeoVLCon
         center, size = query.anchor_center, query.anchor_size
         radius = query.anchor_radius if query.anchor_radius is not None else config.anchor_radius
     return build_grid(vmap, config.grid, anchor_center=center, anchor_radius=radius,
-                      anchor_embedding=heads.anchor if center is not None else None, anchor_size=size)
+                      anchor_embedding=heads.anchor if center is not None else None, anchor_size=size,
+                      question=question)

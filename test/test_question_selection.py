@@ -1,0 +1,91 @@
+"""token_selection: question — relevance of columns to a question, the kept/coarse split, and the
+model path (the question's embeddings choose the tokens)."""
+from __future__ import annotations
+
+import torch
+
+from leovl_ros.condensed_grid import GridConfig, build_grid
+from leovl_ros.model.prompts import SceneQuery
+from leovl_ros.model.tiny import tiny_leovl
+from leovl_ros.token_selection import QUESTION_SHARE, question_relevance, select_tokens
+from leovl_ros.voxel_map import VoxelMap
+
+
+def _grid_cols(nx: int, ny: int) -> torch.Tensor:
+    return torch.stack(torch.meshgrid(torch.arange(nx), torch.arange(ny), indexing="ij"), -1).reshape(-1, 2)
+
+
+def test_most_relevant_columns_keep_a_token_each_and_nothing_is_dropped():
+    g = torch.Generator().manual_seed(0)
+    cols = _grid_cols(40, 30)  # 1200 columns, raster order
+    counts = torch.randint(1, 10, (cols.shape[0],), generator=g)
+    relevance = torch.randn(cols.shape[0], generator=g)
+    col_token, xy, tcount = select_tokens(cols, counts, 64, "question", 0.3, None, relevance)
+    assert xy.shape[0] <= 64 and int(col_token.min()) >= 0  # every column lands in some token
+    assert int(tcount.sum()) == int(counts.sum())
+    per_token = torch.bincount(col_token, minlength=xy.shape[0])
+    top = torch.topk(relevance, round(64 * QUESTION_SHARE)).indices
+    assert bool((per_token[col_token[top]] == 1).all())  # the relevant ones are single columns...
+    assert torch.allclose(xy[col_token[top]], (cols[top].float() + 0.5) * 0.3)  # ...at their own centres
+    first = torch.full((xy.shape[0],), cols.shape[0]).scatter_reduce(0, col_token, torch.arange(cols.shape[0]),
+                                                                     "amin")
+    assert bool((first[1:] > first[:-1]).all())  # tokens in raster order of their first column
+
+
+def test_without_relevance_the_kept_part_is_the_densest():
+    cols = _grid_cols(20, 20)
+    counts = torch.arange(400) % 13 + 1
+    col_token, _, _ = select_tokens(cols, counts, 40, "question", 1.0)
+    single = torch.bincount(col_token)[col_token] == 1
+    assert int(counts[single].min()) >= int(counts[~single].max())
+
+
+def test_relevance_finds_the_column_that_shows_the_word():
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(500, 32, generator=g)
+    word = torch.randn(32, generator=g)
+    feats[123] += 3 * word  # the column that shows it
+    filler = torch.randn(4, 32, generator=g)  # "what", "is", "the", "?": match nothing in particular
+    rel = question_relevance(feats, torch.cat([filler, word[None]]))
+    assert int(rel.argmax()) == 123
+    assert question_relevance(feats, torch.zeros(0, 32)).abs().sum() == 0
+
+
+def test_incremental_and_batch_grids_agree_under_question_selection():
+    g = torch.Generator().manual_seed(2)
+    vmap = VoxelMap(feature_dim=16, voxel_size=0.3)
+    vmap.track_columns(rope=True)
+    vmap.fuse(torch.rand(5000, 3, generator=g) * torch.tensor([10.0, 8.0, 2.0]), torch.randn(5000, 16, generator=g))
+    question = torch.randn(3, 16, generator=g)
+    config = GridConfig(max_tokens=100, token_selection="question")
+    inc = build_grid(vmap, config, question=question)
+    ref = build_grid(vmap, config, question=question, incremental=False)
+    assert inc.num_tokens == ref.num_tokens <= 100 and inc.preservation_rate == 1.0
+    assert torch.allclose(inc.xy, ref.xy) and torch.allclose(inc.features, ref.features, atol=1e-5)
+
+
+def test_the_model_selects_tokens_by_the_question_it_is_asked():
+    model = tiny_leovl(hidden_size=32)
+    model.config.grid.max_tokens = 24
+    model.config.grid.token_selection = "question"
+    vmap = model.new_voxel_map()
+    vmap.track_columns(rope=True)
+    g = torch.Generator().manual_seed(3)
+    emb = model.model.get_input_embeddings().weight.detach()
+    ids = {w: model.tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in ("mug", "sofa")}
+    points = torch.rand(3000, 3, generator=g) * torch.tensor([12.0, 9.0, 1.0])
+    feats = torch.randn(3000, 32, generator=g) * 0.1
+    spots = {"mug": (1.0, 1.0), "sofa": (10.0, 8.0)}  # each word shown in one corner column
+    for word, (x, y) in spots.items():
+        near = ((points[:, 0] - x).abs() < 0.3) & ((points[:, 1] - y).abs() < 0.3)
+        feats[near] = emb[ids[word]]
+    vmap.fuse(points, feats)
+    grids = {w: model.scene_grid(vmap, SceneQuery("qa", f"What colour is the {w}?")) for w in spots}
+    for word, (x, y) in spots.items():
+        single = grids[word].voxel_count <= 3  # token of one column: the map holds ~1 m of height, 3 voxels
+        close = ((grids[word].xy - torch.tensor([x, y])).abs() < 0.45).all(1)
+        assert bool((single & close).any()), word
+    assert not torch.equal(grids["mug"].xy, grids["sofa"].xy)
+    batch = model.prepare_batch([vmap, vmap], [SceneQuery("qa", "What colour is the mug?"),
+                                               SceneQuery("qa", "What colour is the sofa?")])
+    assert batch.num_scene_tokens == [grids["mug"].num_tokens, grids["sofa"].num_tokens]

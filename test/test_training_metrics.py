@@ -67,13 +67,15 @@ def test_ngram_metrics_via_eval_cli(tmp_path, capsys):
     captions = ["a bedroom with a white bed", "two blue boxes on the shelf"]
     records += [Record(scene_id="s", task="scene_caption", instruction="Describe the scene.", response=c,
                        source="t", id=f"cap{i}") for i, c in enumerate(captions)]
+    plan = "1. Walk to the desk.\n2. Pick up the mug.\n\n3. Put it in the sink."  # newlines broke METEOR
+    records.append(Record(scene_id="s", task="plan", instruction="Clean up.", response=plan, source="t", id="p0"))
     rec_file = tmp_path / "records.jsonl"
     rec_file.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
     preds = tmp_path / "preds.jsonl"  # joined by id, in another order than the records
     preds.write_text("".join(json.dumps(p) + "\n" for p in [
         {"id": "cap1", "prediction": captions[1]}, {"id": "cap0", "prediction": captions[0]},
         {"id": "1", "prediction": "three"},
-        {"id": "0", "prediction": "Brown."}]))
+        {"id": "0", "prediction": "Brown."}, {"id": "p0", "prediction": plan.replace("\n", " \r\n ")}]))
     out = tmp_path / "report.json"
     assert eval_main(["--predictions", str(preds), "--records", str(rec_file), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -84,9 +86,22 @@ def test_ngram_metrics_via_eval_cli(tmp_path, capsys):
     assert caps["BLEU-4"] == pytest.approx(100.0, abs=1e-3) and caps["CIDEr"] > 0
     assert caps["METEOR"] == pytest.approx(100.0) and caps["ROUGE-L"] == pytest.approx(100.0)
     assert "EM" not in caps
+    plans = report["tasks"]["plan"]  # the same plan, other whitespace: scored as one line, perfect
+    assert plans["METEOR"] == pytest.approx(100.0) and plans["BLEU-4"] == pytest.approx(100.0, abs=1e-3)
     assert qa["METEOR"] < 100.0 and qa["ROUGE-L"] < 100.0  # one of two answers is wrong
     table = capsys.readouterr().out
     assert "qa/colour" in table and "scene_caption" in table
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs Java")
+def test_a_failing_meteor_is_a_clear_error_not_a_hang():
+    from leovl_ros.training.metrics import NgramScorer
+
+    scorer = NgramScorer()
+    scorer._meteor.process.kill()  # METEOR dies (as it did on a line it could not parse)
+    with pytest.raises(RuntimeError, match="METEOR failed: the Java process"):
+        scorer.score({"0": "a red chair"}, {"0": ["a red chair"]})
+    del scorer  # pycocoevalcap's wrapper blocked here (and at interpreter exit) on the lock it kept
 
 
 def test_predictions_join_and_table(tmp_path):

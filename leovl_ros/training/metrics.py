@@ -30,9 +30,13 @@ ScanQA; ``tokenizer="ptb"`` uses the COCO PTB tokenizer instead (Java as well).
 """
 from __future__ import annotations
 
+import os
+import queue
 import re
 import shutil
-from collections import defaultdict
+import subprocess
+import threading
+from collections import defaultdict, deque
 from typing import Literal, Mapping, Sequence
 
 _NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
@@ -118,18 +122,98 @@ def _require_java() -> None:
                            "`apt-get install default-jre-headless`, or drop them with ngram=False")
 
 
+def _one_line(text: str) -> str:
+    """Whitespace (newlines of multi-line plans included) collapsed to single spaces, as LEO's
+    evaluator does before scoring; METEOR's stdin protocol is one command per line."""
+    return " ".join(text.replace("|||", " ").split())
+
+
+class MeteorProcess:
+    """pycocoevalcap's METEOR 1.5 jar over its stdin protocol (``SCORE ||| refs ||| hyp`` per
+    segment, then one ``EVAL`` line), with a read timeout and an error that names METEOR's
+    own message. Hand-written over pycocoevalcap's ``Meteor``: that wrapper keeps its lock
+    after any error, so its ``__del__`` then blocks the interpreter's exit forever, and a read
+    whose line never comes waits forever."""
+
+    def __init__(self, timeout_s: float = 300.0) -> None:
+        import pycocoevalcap.meteor.meteor as coco
+
+        self.timeout_s = timeout_s
+        self.process = subprocess.Popen(["java", "-jar", "-Xmx2G", coco.METEOR_JAR, "-", "-", "-stdio", "-l", "en",
+                                         "-norm"], cwd=os.path.dirname(os.path.abspath(coco.__file__)),
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, bufsize=1)
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._errors: deque[str] = deque(maxlen=5)
+        threading.Thread(target=self._pump, args=(self.process.stdout, self._lines.put), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.process.stderr, self._errors.append), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream, sink) -> None:
+        for line in stream:
+            sink(line.strip())
+        sink(None)  # end of stream: the process ended
+
+    def _fail(self, why: str) -> RuntimeError:
+        self.close()
+        said = "; ".join(e for e in self._errors if e)
+        return RuntimeError(f"METEOR failed: {why}" + (f" (METEOR said: {said})" if said else ""))
+
+    def _ask(self, line: str, answers: int) -> list[str]:
+        if self.process.poll() is not None:
+            raise self._fail(f"the Java process has ended (exit code {self.process.returncode})")
+        try:
+            self.process.stdin.write(line + "\n")
+            self.process.stdin.flush()
+        except OSError as exc:
+            raise self._fail(f"cannot write to the Java process: {exc}") from None
+        out = []
+        for _ in range(answers):
+            try:
+                got = self._lines.get(timeout=self.timeout_s)
+            except queue.Empty:
+                raise self._fail(f"no answer within {self.timeout_s:.0f} s") from None
+            if got is None:
+                raise self._fail("the Java process ended")
+            out.append(got)
+        return out
+
+    def compute_score(self, gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]]) -> float:
+        """Corpus METEOR (0..1) of one hypothesis per id against its references."""
+        stats = [self._ask(" ||| ".join(["SCORE", *map(_one_line, gts[k]), _one_line(res[k][0])]), 1)[0]
+                 for k in res]
+        replies = self._ask(" ||| ".join(["EVAL", *stats]), len(stats) + 1)
+        try:
+            return float(replies[-1])
+        except ValueError:
+            raise self._fail(f"unexpected reply {replies[-1]!r}") from None
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def __del__(self) -> None:
+        if getattr(self, "process", None) is not None:
+            self.close()
+
+
 class NgramScorer:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr (x100). One METEOR Java process serves every
-    ``score`` call of the scorer (starting the JVM is the slow part)."""
+    ``score`` call of the scorer (starting the JVM is the slow part); a METEOR failure is a
+    RuntimeError naming it, never a hang."""
 
     def __init__(self, tokenizer: Literal["clean", "ptb"] = "clean") -> None:
-        from pycocoevalcap.meteor.meteor import Meteor
-
         if tokenizer not in ("clean", "ptb"):
             raise ValueError(f"tokenizer must be 'clean' or 'ptb', got {tokenizer!r}")
         _require_java()
         self.tokenizer = tokenizer
-        self._meteor = Meteor()
+        self._meteor = MeteorProcess()
 
     def _tokenize(self, predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]):
         if self.tokenizer == "ptb":
@@ -139,8 +223,8 @@ class NgramScorer:
             return (ptb.tokenize({k: [{"caption": r} for r in references[k]] for k in predictions}),
                     ptb.tokenize({k: [{"caption": v}] for k, v in predictions.items()}))
         # Empty strings break METEOR's Java protocol; a lone "." scores like an empty answer.
-        return ({k: [clean_answer(r) or "." for r in references[k]] for k in predictions},
-                {k: [clean_answer(v) or "."] for k, v in predictions.items()})
+        return ({k: [_one_line(clean_answer(r)) or "." for r in references[k]] for k in predictions},
+                {k: [_one_line(clean_answer(v)) or "."] for k, v in predictions.items()})
 
     def score(self, predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
         """Corpus-level metrics over the ids of ``predictions``."""
@@ -156,7 +240,7 @@ class NgramScorer:
         gts, res = self._tokenize(predictions, references)
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         out = {f"BLEU-{i + 1}": 100.0 * b for i, b in enumerate(bleu)}
-        out["METEOR"] = 100.0 * self._meteor.compute_score(gts, res)[0]
+        out["METEOR"] = 100.0 * self._meteor.compute_score(gts, res)
         out["ROUGE-L"] = 100.0 * float(Rouge().compute_score(gts, res)[0])
         out["CIDEr"] = 100.0 * float(Cider().compute_score(gts, res)[0])
         return out

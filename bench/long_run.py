@@ -34,7 +34,7 @@ from bench.table import print_table  # noqa: E402
 from bench.timing import median_time  # noqa: E402
 from leovl_ros.assistant import AssistantConfig, RGBDFrame, SceneSession  # noqa: E402
 from leovl_ros.condensed_grid import build_grid  # noqa: E402
-from leovl_ros.geometry import Intrinsics, look_at  # noqa: E402
+from leovl_ros.geometry import Intrinsics, depth_to_metres, look_at  # noqa: E402
 from leovl_ros.model.config import LeoVLConfig  # noqa: E402
 from leovl_ros.model.encoder import EncodedImage  # noqa: E402
 from leovl_ros.model.leovl import LeoVL  # noqa: E402
@@ -104,7 +104,7 @@ def run(model: LeoVL, eviction: str, args) -> list[tuple]:
         for k in range(1, frames + 1):
             t = k / FPS
             T = camera_pose(t)
-            if session.offer(RGBDFrame(rgb, render_depth_mm(T), INTR, T, t)):
+            if session.offer(RGBDFrame(rgb, depth_to_metres(render_depth_mm(T)), INTR, T, t)):
                 session.wait_idle(60.0)
             if k % every == 0:
                 s = session.stats()

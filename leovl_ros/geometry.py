@@ -1,4 +1,4 @@
-"""Pinhole camera geometry: intrinsics, depth decoding, back-projection, keyframes.
+"""Pinhole camera geometry: intrinsics, depth decoding, back-projection, keyframes, poses.
 
 Conventions: pixel (u, v) = (column, row) with integer coordinates at pixel centres (the
 OpenCV / ROS CameraInfo convention); ``T_map_camera`` is a 4x4 camera-to-map transform in
@@ -7,6 +7,7 @@ the optical frame (x right, y down, z forward). Pure numpy/scipy: no rclpy, no t
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +23,8 @@ __all__ = [
     "cell_points",
     "depth_to_metres",
     "look_at",
+    "pose_at",
+    "xyz_quat_to_matrix",
 ]
 
 
@@ -290,4 +293,51 @@ def look_at(eye: np.ndarray, forward: np.ndarray) -> np.ndarray:
     T = np.eye(4)
     T[:3, :3] = np.stack([r, np.cross(f, r), f], axis=1)  # columns: x right, y down, z forward
     T[:3, 3] = eye
+    return T
+
+
+def xyz_quat_to_matrix(xyz: Sequence[float], quat_xyzw: Sequence[float]) -> np.ndarray:
+    """(4, 4) from a translation and a quaternion (x, y, z, w; normalised here). Raises
+    ValueError for non-finite values or an all-zero quaternion (an uninitialised orientation)."""
+    q = np.asarray(quat_xyzw, dtype=np.float64)
+    t = np.asarray(xyz, dtype=np.float64)
+    if q.shape != (4,) or t.shape != (3,) or not (np.isfinite(q).all() and np.isfinite(t).all()):
+        raise ValueError(f"pose needs 3 finite coordinates and 4 quaternion values, got {list(xyz)}, {list(quat_xyzw)}")
+    if np.linalg.norm(q) < 1e-6:
+        raise ValueError("pose quaternion is all zeros (an uninitialised orientation)")
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat(q).as_matrix()
+    T[:3, 3] = t
+    return T
+
+
+def pose_at(stamps: Sequence[float], poses: Sequence[np.ndarray], stamp_s: float, tolerance_s: float = 0.0,
+            max_gap_s: float = math.inf) -> np.ndarray | None:
+    """(4, 4) pose at ``stamp_s`` from ``poses`` at ascending ``stamps`` (a new array), or None.
+
+    Between two poses at most ``max_gap_s`` apart: translation linearly, rotation by slerp.
+    Otherwise (outside the range, or across a wider gap) the nearest pose if it lies within
+    ``tolerance_s``: a pose is never extrapolated.
+    """
+    if not stamps:
+        return None
+    i = bisect.bisect_left(stamps, stamp_s)
+    if i < len(stamps) and stamps[i] == stamp_s:
+        return np.array(poses[i], dtype=np.float64)
+    if 0 < i < len(stamps):
+        t0, t1 = stamps[i - 1], stamps[i]
+        if t1 - t0 <= max_gap_s:
+            return _slerp_pose(np.asarray(poses[i - 1]), np.asarray(poses[i]), (stamp_s - t0) / (t1 - t0))
+        near = i - 1 if stamp_s - t0 <= t1 - stamp_s else i
+    else:
+        near = 0 if i == 0 else len(stamps) - 1
+    return np.array(poses[near], dtype=np.float64) if abs(stamps[near] - stamp_s) <= tolerance_s else None
+
+
+def _slerp_pose(T0: np.ndarray, T1: np.ndarray, a: float) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, 3] = (1.0 - a) * T0[:3, 3] + a * T1[:3, 3]
+    # Slerp as R0 * exp(a * log(R0^-1 R1)): scipy's Slerp result at half its per-call set-up cost.
+    r0, r1 = Rotation.from_matrix(T0[:3, :3]), Rotation.from_matrix(T1[:3, :3])
+    T[:3, :3] = (r0 * Rotation.from_rotvec(a * (r0.inv() * r1).as_rotvec())).as_matrix()
     return T

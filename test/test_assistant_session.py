@@ -14,7 +14,6 @@ import torch
 from leovl_ros.assistant import (AssistantConfig, RGBDFrame, RequestRefused, SceneSession, grid_cloud, grid_stats,
                                  split_plan_steps)
 from leovl_ros.condensed_grid import GridConfig, build_grid
-from leovl_ros.geometry import Intrinsics
 from leovl_ros.model.config import GenerationConfig, LeoVLConfig
 from leovl_ros.model.leovl import LeoVL
 from leovl_ros.model.tiny import tiny_qwen25vl_config
@@ -41,10 +40,10 @@ def frames():
     return tiny_scene(seed=3, num_frames=8)[1]
 
 
-def _rgbd(f, depth=None, T=None) -> RGBDFrame:
-    h, w = f.depth_mm.shape
-    return RGBDFrame(f.rgb, f.depth_mm if depth is None else depth, Intrinsics.from_K(f.K, w, h),
-                     f.T_map_camera if T is None else T, f.stamp_ns * 1e-9)
+def _rgbd(f, depth_m=None, T=None) -> RGBDFrame:
+    base = f.rgbd()
+    return RGBDFrame(base.rgb, base.depth_m if depth_m is None else depth_m, base.intrinsics,
+                     base.T_map_camera if T is None else T, base.stamp_s)
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +112,9 @@ def test_invalid_depth_and_poses_are_dropped_not_fused(model, frames):
     session = _session(model, max_keyframe_rate=0.0)
     try:
         f = frames[0]
-        session.offer(_rgbd(f, depth=np.full(f.depth_mm.shape, np.nan, np.float32)))
+        session.offer(_rgbd(f, depth_m=np.full(f.depth_mm.shape, np.nan, np.float32)))
         assert session.wait_idle(60.0)
-        session.offer(_rgbd(f, depth=np.zeros_like(f.depth_mm), T=frames[4].T_map_camera))
+        session.offer(_rgbd(f, depth_m=np.zeros(f.depth_mm.shape, np.float32), T=frames[4].T_map_camera))
         session.offer(_rgbd(f, T=np.full((4, 4), np.inf)))
         assert session.wait_idle(60.0)
         session.reject_frame("no pose", "no pose within 0.05 s")
@@ -315,7 +314,7 @@ def test_a_logger_that_raises_never_stops_mapping(model, frames):
 
     session = SceneSession(model, AssistantConfig(), "tiny", broken_log, log_period_s=0.0)
     try:
-        bad = _rgbd(frames[0], depth=np.zeros_like(frames[0].depth_mm))  # warned about, with a raising logger
+        bad = _rgbd(frames[0], depth_m=np.zeros(frames[0].depth_mm.shape, np.float32))  # warned about, with a raising logger
         session.offer(bad)
         assert session.wait_idle(30.0)
         session.offer(_rgbd(frames[1]))

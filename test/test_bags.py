@@ -10,11 +10,12 @@ from scipy.spatial.transform import Rotation
 
 from leovl_ros.synth.render import tiny_scene
 from leovl_ros.synth.writers import BagExtra, write_bag
-from leovl_ros.scans.bag_reader import BagTopics, bag_frames, bag_scene_id
+from leovl_ros.geometry import xyz_quat_to_matrix as pose_matrix
+from leovl_ros.scans.bag_reader import BagTopics, bag_frames, bag_scene_id, bag_typestore, scan_bag
 from leovl_ros.training.bags import records_from_bag
 from leovl_ros.training.data_cli import main as data_main
 from leovl_ros.training.records import ConversionReport, read_records
-from leovl_ros.scans.tf_buffer import TfBuffer, pose_matrix
+from leovl_ros.scans.tf_buffer import TfBuffer
 
 MSG = (Path(__file__).resolve().parents[1] / "msg" / "Interaction.msg").read_text()
 T0 = 1_700_000_000 * 10**9
@@ -104,6 +105,40 @@ def test_bag_frames_pair_images_and_poses(tmp_path, storage):
         assert np.allclose(g.intrinsics.K, f.K) and g.stamp_s == pytest.approx(f.stamp_ns * 1e-9)
     with pytest.raises(ValueError, match="no messages on '/cam/info'"):
         list(bag_frames(path, BagTopics(camera_info="/cam/info")))
+
+
+def _depth_msg(stamp_ns: int, depth_mm: np.ndarray) -> tuple[int, dict]:
+    h, w = depth_mm.shape
+    return stamp_ns, {"header": {"stamp": {"sec": stamp_ns // 10**9, "nanosec": stamp_ns % 10**9},
+                                 "frame_id": "camera_optical"},
+                      "height": h, "width": w, "encoding": "16UC1", "step": 2 * w,
+                      "data": depth_mm.astype("<u2").view(np.uint8).reshape(-1)}
+
+
+def test_bag_frames_pair_the_closest_depth_and_skip_invalid_transforms(tmp_path):
+    _, frames = tiny_scene(seed=1, num_frames=3, width=64, height=48)
+    ms = 10**6
+    depth = [m for f in frames for m in (_depth_msg(f.stamp_ns - 15 * ms, np.zeros_like(f.depth_mm)),  # a decoy
+                                          _depth_msg(f.stamp_ns - 2 * ms, f.depth_mm))]  # the closer one
+    bad_tf = {"transforms": [{"header": {"stamp": {"sec": frames[0].stamp_ns // 10**9}, "frame_id": "map"},
+                              "child_frame_id": "imu", "transform": {"rotation": {"w": 0.0}}}]}  # zero quaternion
+    path = write_bag(frames, tmp_path / "b", depth_topic="depth/unused", extra_messages=[
+        BagExtra("depth/image", "sensor_msgs/msg/Image", None, depth),
+        BagExtra("tf_static", "tf2_msgs/msg/TFMessage", None, [(frames[0].stamp_ns, bad_tf)])])
+    scan = scan_bag(path)
+    assert scan.invalid_poses == 1  # skipped and counted; the rest of the TF is read
+    stats: dict[str, int] = {}
+    got = list(bag_frames(path, scan=scan, stats=stats))
+    assert stats == {"frames": 3, "no_pose": 0, "unpaired": 3}  # each decoy was overtaken
+    for f, g in zip(frames, got):  # the first depth within the 20 ms tolerance would be the decoy
+        np.testing.assert_allclose(g.depth_m, f.depth_mm.astype(np.float32) / 1000, rtol=1e-6)
+
+
+def test_one_typestore_knows_every_message_of_the_package():
+    ts = bag_typestore()
+    for name in ("Interaction", "Plan", "PlanStep", "SceneStatus"):
+        assert f"leovl_ros/msg/{name}" in ts.types
+    assert "sensor_msgs/msg/Image" in ts.types
 
 
 def test_pose_topic_with_camera_extrinsic(tmp_path):

@@ -1,12 +1,15 @@
-"""Camera geometry: intrinsics, depth decoding, back-projection, per-cell points, keyframes."""
+"""Camera geometry: intrinsics, depth decoding, back-projection, per-cell points, keyframes, poses;
+the shared frame record."""
 
 import math
 
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
+from scipy.spatial.transform import Rotation, Slerp
 
-from leovl_ros.geometry import Intrinsics, KeyframeSelector, backproject, cell_points, depth_to_metres
+from leovl_ros.geometry import (Intrinsics, KeyframeSelector, backproject, cell_points, depth_to_metres, pose_at,
+                                xyz_quat_to_matrix)
+from leovl_ros.rgbd_frame import RGBDFrame
 
 INTR = Intrinsics(fx=60.0, fy=58.0, cx=31.3, cy=23.7, width=64, height=48)
 
@@ -172,3 +175,49 @@ def test_keyframe_selector_rejects_negative_thresholds():
     with pytest.raises(ValueError, match=">= 0"):
         KeyframeSelector(translation_m=-1.0)
     assert math.isclose(KeyframeSelector(max_rate_hz=0.0).min_interval_s, 0.0)
+
+
+def test_xyz_quat_to_matrix_normalises_and_refuses_invalid_poses():
+    q = np.array([0.1, 0.2, 0.3, 0.9])
+    T = xyz_quat_to_matrix([1.0, -2.0, 0.5], 3 * q)  # a scaled quaternion is the same rotation
+    np.testing.assert_allclose(T[:3, :3], Rotation.from_quat(q / np.linalg.norm(q)).as_matrix(), atol=1e-12)
+    np.testing.assert_allclose(T[:3, 3], [1.0, -2.0, 0.5])
+    with pytest.raises(ValueError, match="all zeros"):
+        xyz_quat_to_matrix([0, 0, 0], [0, 0, 0, 0])  # an orientation that was never set
+    with pytest.raises(ValueError, match="finite"):
+        xyz_quat_to_matrix([0, np.nan, 0], [0, 0, 0, 1])
+    with pytest.raises(ValueError, match="4 quaternion values"):
+        xyz_quat_to_matrix([0, 0, 0], [0, 0, 1])
+
+
+def test_pose_at_interpolates_like_scipy_slerp_and_never_extrapolates():
+    a, b = pose((10, -20, 30), (0, 0, 0)), pose((-40, 15, 100), (2, -1, 4))
+    stamps = [1.0, 3.0]
+    for w in (0.0, 0.25, 0.5, 0.9):
+        T = pose_at(stamps, [a, b], 1.0 + 2.0 * w)
+        truth = Slerp([0.0, 1.0], Rotation.from_matrix(np.stack([a[:3, :3], b[:3, :3]])))([w]).as_matrix()[0]
+        np.testing.assert_allclose(T[:3, :3], truth, atol=1e-9)
+        np.testing.assert_allclose(T[:3, 3], (1 - w) * a[:3, 3] + w * b[:3, 3], atol=1e-12)
+    assert pose_at(stamps, [a, b], 3.05) is None  # past the end, no tolerance
+    np.testing.assert_array_equal(pose_at(stamps, [a, b], 3.05, tolerance_s=0.1), b)  # the end pose, not beyond
+    assert pose_at([], [], 1.0, tolerance_s=1.0) is None
+    # Across a gap wider than max_gap_s only a pose within the tolerance counts.
+    assert pose_at(stamps, [a, b], 2.0, tolerance_s=0.5, max_gap_s=1.0) is None
+    np.testing.assert_array_equal(pose_at(stamps, [a, b], 2.7, tolerance_s=0.5, max_gap_s=1.0), b)
+    got = pose_at(stamps, [a, b], 1.0)
+    got[0, 3] = 99.0  # a new array: the caller's poses stay as they were
+    assert a[0, 3] == 0.0
+
+
+def test_frame_record_refuses_millimetres_and_mismatched_sizes():
+    rgb, depth = np.zeros((48, 64, 3), np.uint8), np.ones((48, 64), np.float32)
+    frame = RGBDFrame(rgb, depth, INTR, np.eye(4), 1.5)
+    assert frame.depth_m is depth and frame.stamp_s == 1.5
+    with pytest.raises(ValueError, match="float32 array of metres.*depth_to_metres"):
+        RGBDFrame(rgb, np.ones((48, 64), np.uint16), INTR, np.eye(4), 0.0)
+    with pytest.raises(ValueError, match="intrinsics are for 64x48"):
+        RGBDFrame(rgb, np.ones((24, 32), np.float32), INTR, np.eye(4), 0.0)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        RGBDFrame(rgb[:, :, 0], depth, INTR, np.eye(4), 0.0)
+    with pytest.raises(ValueError, match="4x4"):
+        RGBDFrame(rgb, depth, INTR, np.eye(3), 0.0)

@@ -1,13 +1,14 @@
 """Up direction of a map: estimated from cameras + horizontal planes, reported, and levelled."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
 from conftest import wait_for
-from leovl_ros.assistant import AssistantConfig, RGBDFrame, SceneSession
-from leovl_ros.geometry import Intrinsics
+from leovl_ros.assistant import AssistantConfig, SceneSession
 from leovl_ros.gravity import estimate_up, leveling_rotation
 from leovl_ros.model.config import GenerationConfig, LeoVLConfig
 from leovl_ros.model.leovl import LeoVL
@@ -52,9 +53,7 @@ def _stream(model, frames, world: np.ndarray, **config) -> SceneSession:
     session = SceneSession(model, AssistantConfig(generation=GenerationConfig(num_beams=1, max_new_tokens=4),
                                                   max_keyframe_rate=0.0, **config), "tiny-random")
     for f in frames:
-        h, w = f.depth_mm.shape
-        session.offer(RGBDFrame(f.rgb, f.depth_mm, Intrinsics.from_K(f.K, w, h), world @ f.T_map_camera,
-                                f.stamp_ns * 1e-9))
+        session.offer(replace(f.rgbd(), T_map_camera=world @ f.T_map_camera))
         assert session.wait_idle(60.0)
     return session
 
@@ -91,9 +90,7 @@ def test_align_gravity_levels_the_map_and_later_poses(model, frames):
         first = session.stats()  # estimates the tilt and levels the map
         assert first.leveled_deg == pytest.approx(20.0, abs=3.0)
         for f in frames[6:]:  # later frames arrive tilted and are levelled on the way in
-            h, w = f.depth_mm.shape
-            session.offer(RGBDFrame(f.rgb, f.depth_mm, Intrinsics.from_K(f.K, w, h),
-                                    _homogeneous(TILT) @ f.T_map_camera, f.stamp_ns * 1e-9))
+            session.offer(replace(f.rgbd(), T_map_camera=_homogeneous(TILT) @ f.T_map_camera))
             assert session.wait_idle(60.0)
         wait_for(lambda: 0 <= session.stats().gravity_angle_deg < 2.0, 15.0, "a level map")
         z, z_ref = session.snapshot().centers[:, 2], upright.snapshot().centers[:, 2]

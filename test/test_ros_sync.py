@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from leovl_ros.ros.sync import ApproximateTimePairer, PoseBuffer, PoseLookupError
+from leovl_ros.ros.sync import PoseBuffer, PoseLookupError
+from leovl_ros.scans.pairing import ApproximateTimePairer
 
 
 def _pose(x: float, yaw_deg: float = 0.0) -> np.ndarray:
@@ -109,6 +110,9 @@ def test_pairer_counts_images_that_never_find_a_partner():
     assert pairer.discarded == 4 and pairer.nearest_miss_s == pytest.approx(0.5)
     assert pairer.add_first(4.5, "rgb-late") == ("rgb-late", "depth4", 4.5)
     assert pairer.discarded == 4 + 3 + 2  # the match overtook 3 waiting colour and 2 depth images
+    assert pairer.unpaired() == 9 + 0  # nothing waits any more
+    pairer.add_second(9.0, "depth-alone")
+    assert pairer.unpaired() == 10
 
 
 def test_camera_info_cache_gives_each_image_the_info_with_its_stamp():

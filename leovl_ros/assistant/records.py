@@ -6,10 +6,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
-from ..geometry import Intrinsics
 from ..model.config import GenerationConfig
+from ..rgbd_frame import RGBDFrame
 from ..token_selection import TOKEN_SELECTIONS
 from ..voxel_map import EVICTIONS
 
@@ -59,15 +57,6 @@ class AssistantConfig:
                              f"got {self.token_selection!r}")
         if self.eviction not in EVICTIONS:
             raise ValueError(f"eviction must be one of {', '.join(EVICTIONS)}, got {self.eviction!r}")
-
-
-@dataclass
-class RGBDFrame:
-    rgb: np.ndarray  # (H, W, 3) uint8, may be a read-only strided view of a message
-    depth: np.ndarray  # (h, w) uint16 mm or float32 m, registered to the RGB camera
-    intrinsics: Intrinsics  # of the depth image
-    T_map_camera: np.ndarray  # (4, 4) optical frame -> map
-    stamp_s: float
 
 
 @dataclass

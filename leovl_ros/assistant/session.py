@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..camera_path import CAMERA_PATH_KEY, CameraPath
-from ..geometry import KeyframeSelector, cell_points, depth_to_metres
+from ..geometry import KeyframeSelector, cell_points
 from ..model.prompts import SceneQuery, plan_instruction
 from ..model.scene_tokens import check_map
 from ..voxel_map import VoxelMap
@@ -191,7 +191,7 @@ class SceneSession:
     def _fuse(self, frame: RGBDFrame, epoch: int) -> str:
         """Encode + back-project + fuse one keyframe; returns a drop reason or ''."""
         cfg = self.config
-        depth_m = depth_to_metres(np.asarray(frame.depth))  # (h, w) float32 copy
+        depth_m = frame.depth_m
         with np.errstate(invalid="ignore"):
             valid = np.count_nonzero((depth_m >= cfg.depth_min) & (depth_m <= cfg.depth_max))
         if valid == 0:

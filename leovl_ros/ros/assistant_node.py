@@ -24,18 +24,19 @@ from std_srvs.srv import Trigger
 
 from ..assistant import AssistantConfig, Interaction, RGBDFrame, RequestControl, RequestRefused, SceneSession
 from ..assistant.health import HealthMonitor
-from ..geometry import Intrinsics
+from ..geometry import Intrinsics, depth_to_metres, xyz_quat_to_matrix
 from ..msg import Interaction as InteractionMsg
 from ..msg import Plan, PlanStep, SceneStatus
+from ..scans.images import decode_image
+from ..scans.pairing import ApproximateTimePairer
 from ..srv import AskScene, Feedback, LoadAdapter, LoadScene, PlanTask, SaveScene
-from .conversions import (grid_cloud_msg, image_to_depth, image_to_rgb, intrinsics_from_camera_info,
-                          seconds_to_stamp, stamp_to_seconds, xyz_quat_to_matrix)
+from .conversions import grid_cloud_msg, intrinsics_from_camera_info, seconds_to_stamp, stamp_to_seconds
 from .assistant_actions import RequestActions
 from .diagnostics import DiagnosticsPublisher
 from .model_source import ParameterError, load_model, resolve_model
 from .params import ASSISTANT_PARAMETERS, DTYPES, POSE_SOURCES
 from .pose_sources import make_pose_source
-from .sync import ApproximateTimePairer, CameraInfoCache, PoseLookupError
+from .sync import CameraInfoCache, PoseLookupError
 
 __all__ = ["AssistantNode", "main"]
 
@@ -194,7 +195,7 @@ class AssistantNode(Node):
         self.session.offer(frame)
 
     def _frame(self, rgb_msg: Image, depth_msg: Image, stamp_s: float) -> RGBDFrame:
-        """Views of both images + intrinsics + pose; raises _Drop. O(1) in the image size."""
+        """Views of both images (depth as metres) + intrinsics + pose; raises _Drop."""
         info = self._infos.get(stamp_s)
         if info is None:
             raise _Drop("no camera_info", f"nothing received on {self._info_sub.topic_name} yet")
@@ -202,8 +203,8 @@ class AssistantNode(Node):
         if intrinsics is None:
             raise _Drop("bad camera_info", error)
         try:
-            rgb = image_to_rgb(rgb_msg)
-            depth = image_to_depth(depth_msg)
+            rgb = decode_image(rgb_msg, "rgb")
+            depth = decode_image(depth_msg, "depth")
         except ValueError as exc:
             raise _Drop("bad image", str(exc)) from exc
         if rgb.shape[:2] != (intrinsics.height, intrinsics.width):
@@ -219,7 +220,7 @@ class AssistantNode(Node):
             T = self._pose.lookup(stamp_s, self._camera_frame or rgb_msg.header.frame_id)
         except PoseLookupError as exc:
             raise _Drop("no pose", str(exc)) from exc
-        return RGBDFrame(rgb, depth, intrinsics, T, stamp_s)
+        return RGBDFrame(rgb, depth_to_metres(depth), intrinsics, T, stamp_s)
 
     # ------------------------------------------------------------------ status
     def _on_status(self) -> None:

@@ -1,14 +1,11 @@
-"""Message <-> numpy at the node's edge: images, camera info, poses, stamps, point clouds.
+"""Message <-> numpy at the node's edge: camera info, poses, stamps, point clouds, images out.
 
-Images become numpy *views* of the message buffer whenever the layout allows (row padding,
-BGR order and mono are handled by strides), so a frame that is then dropped as a
-non-keyframe costs O(1); the encoder path copies only what it keeps. cv_bridge would do
-the same but is not installable from PyPI.
+Incoming images are decoded by ``leovl_ros.scans.images.decode_image`` (the bag reader's
+decoder too); quaternions become matrices by ``geometry.xyz_quat_to_matrix``.
 """
 from __future__ import annotations
 
 import sys
-from typing import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -17,69 +14,15 @@ from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from ..geometry import Intrinsics
+from ..geometry import Intrinsics, xyz_quat_to_matrix
+from ..scans.images import DEPTH_ENCODINGS, RGB_ENCODINGS
 
 __all__ = [
-    "DEPTH_ENCODINGS", "RGB_ENCODINGS", "grid_cloud_msg", "image_to_depth", "image_to_rgb",
-    "intrinsics_from_camera_info", "matrix_to_pose", "matrix_to_transform", "numpy_to_image",
-    "pose_to_matrix", "seconds_to_stamp", "stamp_to_seconds", "transform_to_matrix", "xyz_quat_to_matrix",
+    "grid_cloud_msg", "intrinsics_from_camera_info", "matrix_to_pose", "matrix_to_transform", "numpy_to_image",
+    "pose_to_matrix", "seconds_to_stamp", "stamp_to_seconds", "transform_to_matrix",
 ]
 
-# encoding -> (channels, the channel slice that reads R, G, B: a strided view, never a copy)
-RGB_ENCODINGS: dict[str, tuple[int, slice]] = {
-    "rgb8": (3, slice(0, 3)),
-    "bgr8": (3, slice(2, None, -1)),
-    "rgba8": (4, slice(0, 3)),
-    "bgra8": (4, slice(2, None, -1)),
-    "mono8": (1, slice(0, 1)),
-}
-# 16UC1 / mono16 are millimetres, 32FC1 metres (REP-118).
-DEPTH_ENCODINGS: dict[str, np.dtype] = {
-    "16UC1": np.dtype(np.uint16),
-    "mono16": np.dtype(np.uint16),
-    "32FC1": np.dtype(np.float32),
-}
 _LITTLE = sys.byteorder == "little"
-
-
-def _pixels(msg: Image, dtype: np.dtype, channels: int) -> np.ndarray:
-    """(H, W, C) view of ``msg.data``, honouring ``step`` padding and the byte order."""
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image '{msg.encoding}' is empty ({w}x{h})")
-    row = w * channels * dtype.itemsize
-    if step < row:
-        raise ValueError(f"image step {step} B is shorter than a {w}-pixel '{msg.encoding}' row ({row} B)")
-    if step % dtype.itemsize:
-        raise ValueError(f"image step {step} B is not a multiple of the {dtype.itemsize}-byte '{msg.encoding}' pixel")
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size < step * (h - 1) + row:
-        raise ValueError(
-            f"image data has {data.size} B but {w}x{h} '{msg.encoding}' with step {step} needs {step * (h - 1) + row} B"
-        )
-    swapped = bool(msg.is_bigendian) == _LITTLE and dtype.itemsize > 1
-    typed = dtype.newbyteorder(">" if msg.is_bigendian else "<") if dtype.itemsize > 1 else dtype
-    strides = (step, channels * dtype.itemsize, dtype.itemsize)
-    view = np.ndarray((h, w, channels), dtype=typed, buffer=data, strides=strides)
-    return view.astype(dtype) if swapped else view
-
-
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """(H, W, 3) uint8 RGB view of an rgb8/bgr8/rgba8/bgra8/mono8 image (read-only)."""
-    spec = RGB_ENCODINGS.get(msg.encoding)
-    if spec is None:
-        raise ValueError(f"unsupported colour encoding '{msg.encoding}'; send one of {sorted(RGB_ENCODINGS)}")
-    channels, rgb = spec
-    px = _pixels(msg, np.dtype(np.uint8), channels)[:, :, rgb]  # (H, W, 3) or (H, W, 1)
-    return np.broadcast_to(px, px.shape[:2] + (3,))  # grey -> RGB without copying
-
-
-def image_to_depth(msg: Image) -> np.ndarray:
-    """(H, W) view: uint16 millimetres (16UC1, mono16) or float32 metres (32FC1)."""
-    dtype = DEPTH_ENCODINGS.get(msg.encoding)
-    if dtype is None:
-        raise ValueError(f"unsupported depth encoding '{msg.encoding}'; send one of {sorted(DEPTH_ENCODINGS)}")
-    return _pixels(msg, dtype, 1)[:, :, 0]
 
 
 def numpy_to_image(array: np.ndarray, encoding: str, header: Header) -> Image:
@@ -116,20 +59,6 @@ def stamp_to_seconds(stamp: Time) -> float:
 def seconds_to_stamp(seconds: float) -> Time:
     ns = int(round(seconds * 1e9))
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
-def xyz_quat_to_matrix(xyz: Sequence[float], quat_xyzw: Sequence[float]) -> np.ndarray:
-    """(4, 4) from a translation and a quaternion (x, y, z, w; normalised here)."""
-    q = np.asarray(quat_xyzw, dtype=np.float64)
-    t = np.asarray(xyz, dtype=np.float64)
-    if q.shape != (4,) or t.shape != (3,) or not (np.isfinite(q).all() and np.isfinite(t).all()):
-        raise ValueError(f"pose needs 3 finite coordinates and 4 quaternion values, got {list(xyz)}, {list(quat_xyzw)}")
-    if np.linalg.norm(q) < 1e-6:
-        raise ValueError("pose quaternion is all zeros (an uninitialised orientation)")
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat(q).as_matrix()
-    T[:3, 3] = t
-    return T
 
 
 def pose_to_matrix(pose: Pose) -> np.ndarray:

@@ -13,7 +13,8 @@ PyPI). Decisions:
 - Messages are stored as the serialized bytes that arrive (raw subscriptions: no decoding),
   stamped with the receive time (never decreasing, as rosbag2 does), under the type the graph
   reports once a publisher appears, with definitions from rosbags' typestore (ROS 2 Jazzy
-  types + this package's msg/*.msg). A topic of an unknown type is reported once and skipped.
+  types + this package's msg/*.msg: scans.bag_reader.bag_typestore, the readers' too). A
+  topic of an unknown type is reported once and skipped.
 - QoS per topic as ``ros2 bag`` picks it: reliable only if every publisher is, transient local
   only if every publisher is (so /tf_static and the latched plan arrive). Latched messages are
   written again at the start of every segment so that each segment is complete on its own.
@@ -33,9 +34,10 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import StoragePlugin, Writer
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-__all__ = ["RECORDED_TOPICS", "RecorderNode", "main", "recorder_typestore"]
+from ..scans.bag_reader import bag_typestore
+
+__all__ = ["RECORDED_TOPICS", "RecorderNode", "main"]
 
 # What training/bags.py reads (frames, poses, supervision) plus the plan and status for context.
 RECORDED_TOPICS = ["rgb/image", "depth/image", "rgb/camera_info", "/tf", "/tf_static", "interactions", "plan",
@@ -47,32 +49,6 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "segment_seconds": (60.0, "start a new, separately closed segment bag after this many seconds"),
     "flush_period": (0.2, "s between writes to disk (fsync'd): the most a crash can lose"),
 }
-
-
-def _msg_dir() -> Path | None:
-    """This package's .msg files: the install tree, else the source checkout."""
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-        try:
-            return Path(get_package_share_directory("leovl_ros")) / "msg"
-        except PackageNotFoundError:
-            pass
-    except ImportError:
-        pass
-    source = Path(__file__).resolve().parents[2] / "msg"
-    return source if source.is_dir() else None
-
-
-def recorder_typestore():
-    """ROS 2 Jazzy types plus every leovl_ros message."""
-    ts = get_typestore(Stores.ROS2_JAZZY)
-    folder = _msg_dir()
-    if folder is not None:
-        types: dict = {}
-        for path in sorted(folder.glob("*.msg")):
-            types.update(get_types_from_msg(path.read_text(), f"leovl_ros/msg/{path.stem}"))
-        ts.register(types)
-    return ts
 
 
 def _message_class(msgtype: str):
@@ -93,7 +69,7 @@ class RecorderNode(Node):
         self.output.mkdir(parents=True, exist_ok=True)
         self._segment_seconds = p["segment_seconds"]
         self._wanted = {self.resolve_topic_name(t) for t in p["topics"]}
-        self._typestore = recorder_typestore()
+        self._typestore = bag_typestore()
         self._types: dict[str, str] = {}  # topic -> msgtype, once subscribed
         self._latched: dict[str, bytes] = {}  # last message of transient-local topics
         self._skipped: set[str] = set()

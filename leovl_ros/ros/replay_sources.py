@@ -13,25 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
+from ..rgbd_frame import RGBDFrame
 
-from ..geometry import Intrinsics
-
-__all__ = ["BAG_TYPES", "BagMessage", "CameraFrame", "bag_messages", "bag_poses", "bag_topics", "detect_kind",
+__all__ = ["BAG_TYPES", "BagMessage", "bag_messages", "bag_poses", "bag_topics", "detect_kind",
            "scan_frames", "scan_kinds", "synthetic_frames"]
 
 # Message types a recording is replayed with (the camera and its pose); other topics are skipped.
 BAG_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo", "tf2_msgs/msg/TFMessage",
              "nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped")
 BAG_SUFFIXES = (".mcap", ".db3")
-
-
-@dataclass
-class CameraFrame:
-    rgb: np.ndarray  # (H, W, 3) uint8
-    depth_m: np.ndarray  # (h, w) float32 metres registered to rgb (any h, w of rgb's aspect); 0 / NaN = invalid
-    intrinsics: Intrinsics  # of the depth image
-    T_map_camera: np.ndarray  # (4, 4) optical frame -> map
 
 
 @dataclass
@@ -76,7 +66,7 @@ def detect_kind(path: str | os.PathLike) -> str:
                      f"training side reads ({', '.join(scan_kinds())}); set source_kind to say which")
 
 
-def scan_frames(path: str | os.PathLike, kind: str, stride: int) -> Iterator[CameraFrame]:
+def scan_frames(path: str | os.PathLike, kind: str, stride: int) -> Iterator[RGBDFrame]:
     """The frames ``build-scenes`` fuses for this scan (same reader, alignment and stride)."""
     from leovl_ros.scans.frames import FrameReport
     from leovl_ros.scans.scan_sources import ScanSource
@@ -88,20 +78,16 @@ def scan_frames(path: str | os.PathLike, kind: str, stride: int) -> Iterator[Cam
     located = source.locate(path.name)
     if located is None:
         raise ValueError(f"{path} is not a {kind} scan folder")
-    for f in source.frames(located, FrameReport()):
-        yield CameraFrame(f.rgb, f.depth_m, f.intrinsics, f.T_map_camera)
+    yield from source.frames(located, FrameReport())
 
 
 def synthetic_frames(seed: int, num_frames: int, width: int, height: int,
-                     outward_every: int = 0) -> list[CameraFrame]:
-    """Room ``seed`` along its camera path (rendered once: replays and loops reuse it)."""
-    from ..synth.render import render_frames
-    from ..synth.rooms import generate_room
+                     outward_every: int = 0) -> list[RGBDFrame]:
+    """Room ``seed`` along its camera path as ``build-scenes`` renders it (rendered once: replays
+    and loops reuse it)."""
+    from leovl_ros.scans import frames
 
-    frames = render_frames(generate_room(seed), num_frames, width, height, seed=seed, outward_every=outward_every)
-    return [CameraFrame(f.rgb, f.depth_mm.astype(np.float32) / 1000.0,
-                        Intrinsics.from_K(f.K, f.depth_mm.shape[1], f.depth_mm.shape[0]), f.T_map_camera)
-            for f in frames]
+    return list(frames.synthetic_frames(seed, num_frames, width, height, outward_every))
 
 
 def _header(msg: Any) -> tuple[float, str]:

@@ -39,8 +39,10 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from .conversions import RGB_ENCODINGS, matrix_to_pose, matrix_to_transform, numpy_to_image
-from .replay_sources import CameraFrame, bag_messages, bag_poses, bag_topics, detect_kind, scan_frames, \
+from ..rgbd_frame import RGBDFrame
+from ..scans.images import RGB_ENCODINGS
+from .conversions import matrix_to_pose, matrix_to_transform, numpy_to_image
+from .replay_sources import bag_messages, bag_poses, bag_topics, detect_kind, scan_frames, \
     synthetic_frames
 
 __all__ = ["PLAYER_PARAMETERS", "ScenePlayer", "main"]
@@ -158,7 +160,7 @@ class ScenePlayer(Node):
         for i, f in enumerate(self._frames()):
             yield i / self.p["rate"], lambda f=f: self.publish_frame(f)
 
-    def publish_frame(self, f: CameraFrame) -> None:
+    def publish_frame(self, f: RGBDFrame) -> None:
         """Send one frame stamped now: pose first, so it is there when the images arrive."""
         p = self.p
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=p["camera_frame"])

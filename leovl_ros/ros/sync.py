@@ -1,84 +1,23 @@
-"""Time alignment of sensor streams: approximate-time RGB/depth pairing and a pose buffer.
+"""Time alignment of the node's sensor streams: camera_info per image and a pose buffer
+(RGB/depth pairing is ``leovl_ros.scans.pairing``, shared with the bag reader).
 
 ROS-free (plain Python + numpy/scipy), so both are unit-tested without DDS. Hand-written
-because ``message_filters`` (ApproximateTimeSynchronizer) and ``tf2_ros`` (BufferCore) are
-not installable from PyPI, and the node must run where they are absent.
+because ``message_filters`` and ``tf2_ros`` (BufferCore) are not installable from PyPI, and
+the node must run where they are absent.
 """
 from __future__ import annotations
 
 import bisect
 import threading
-from collections import deque
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
-__all__ = ["ApproximateTimePairer", "CameraInfoCache", "PoseBuffer", "PoseLookupError"]
+from ..geometry import pose_at
+
+__all__ = ["CameraInfoCache", "PoseBuffer", "PoseLookupError"]
 
 T = TypeVar("T")
-U = TypeVar("U")
-
-
-class ApproximateTimePairer(Generic[T, U]):
-    """Pairs two streams (e.g. RGB and depth) whose stamps differ by at most ``slop_s``.
-
-    Greedy policy (simpler than message_filters' ApproximateTime, enough for cameras that
-    stamp both images from one trigger): a new message is paired with the closest waiting
-    message of the other stream within the slop; that pair is emitted and every older
-    waiting message of both streams is discarded (it can only pair with something older
-    than what was just emitted). Each queue keeps at most ``queue_size`` messages, so a
-    stream whose partner never arrives costs bounded memory. Not thread-safe: call from one
-    thread (the node's sensor callback group is mutually exclusive).
-    """
-
-    def __init__(self, slop_s: float = 0.02, queue_size: int = 10) -> None:
-        if not slop_s >= 0:
-            raise ValueError(f"slop must be >= 0 seconds, got {slop_s}")
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-        self.slop_s = float(slop_s)
-        self._queues: tuple[deque, deque] = (deque(maxlen=queue_size), deque(maxlen=queue_size))
-        self.discarded = 0  # messages dropped without a partner (queue overflow or overtaken)
-        self.nearest_miss_s: float | None = None  # smallest stamp gap of a message that found no partner
-
-    def add_first(self, stamp_s: float, item: T) -> tuple[T, U, float] | None:
-        """Add a message of the first stream; returns (first, second, stamp of first) when paired."""
-        return self._add(0, stamp_s, item)
-
-    def add_second(self, stamp_s: float, item: U) -> tuple[T, U, float] | None:
-        """Add a message of the second stream; returns (first, second, stamp of first) when paired."""
-        return self._add(1, stamp_s, item)
-
-    def pending(self) -> tuple[int, int]:
-        return len(self._queues[0]), len(self._queues[1])
-
-    def _add(self, side: int, stamp_s: float, item: Any) -> tuple[Any, Any, float] | None:
-        other = self._queues[1 - side]
-        best = None
-        for i, (s, _) in enumerate(other):
-            dt = abs(s - stamp_s)
-            if dt <= self.slop_s and (best is None or dt < best[1]):
-                best = (i, dt)
-        if best is None:
-            if other:
-                gap = min(abs(s - stamp_s) for s, _ in other)
-                self.nearest_miss_s = gap if self.nearest_miss_s is None else min(self.nearest_miss_s, gap)
-            mine = self._queues[side]
-            self.discarded += len(mine) == mine.maxlen  # the oldest waiting message falls out
-            mine.append((stamp_s, item))
-            return None
-        other_stamp, other_item = other[best[0]]
-        for _ in range(best[0] + 1):
-            other.popleft()  # the match and everything that arrived before it
-        self.discarded += best[0]
-        mine = self._queues[side]
-        while mine and mine[0][0] <= stamp_s:
-            mine.popleft()
-            self.discarded += 1
-        if side == 0:
-            return item, other_item, stamp_s
-        return other_item, item, other_stamp
 
 
 class CameraInfoCache(Generic[T]):
@@ -171,31 +110,13 @@ class PoseBuffer:
                 self._cond.wait_for(lambda: bool(self._stamps) and self._stamps[-1] >= stamp_s, timeout_s)
             if not self._stamps:
                 raise PoseLookupError("no pose received yet")
+            pose = pose_at(self._stamps, self._poses, stamp_s, self.tolerance_s, self.max_gap_s)
+            if pose is not None:
+                return pose
             stamps = self._stamps
             i = bisect.bisect_left(stamps, stamp_s)
-            if i < len(stamps) and stamps[i] == stamp_s:
-                return self._poses[i].copy()
-            if 0 < i < len(stamps):
-                t0, t1 = stamps[i - 1], stamps[i]
-                if t1 - t0 <= self.max_gap_s:
-                    return _interpolate(self._poses[i - 1], self._poses[i], (stamp_s - t0) / (t1 - t0))
-                near = i - 1 if stamp_s - t0 <= t1 - stamp_s else i
-            else:
-                near = 0 if i == 0 else len(stamps) - 1
-            gap = abs(stamps[near] - stamp_s)
-            if gap <= self.tolerance_s:
-                return self._poses[near].copy()
-            newest = stamps[-1]
+            gap = min(abs(stamps[j] - stamp_s) for j in (i - 1, i) if 0 <= j < len(stamps))
             raise PoseLookupError(
                 f"no pose within {self.tolerance_s:.3f} s of stamp {stamp_s:.3f} "
-                f"(buffered poses cover {stamps[0]:.3f}..{newest:.3f}; nearest is {gap:.3f} s away)"
+                f"(buffered poses cover {stamps[0]:.3f}..{stamps[-1]:.3f}; nearest is {gap:.3f} s away)"
             )
-
-
-def _interpolate(T0: np.ndarray, T1: np.ndarray, a: float) -> np.ndarray:
-    T = np.eye(4)
-    T[:3, 3] = (1.0 - a) * T0[:3, 3] + a * T1[:3, 3]
-    # Slerp as R0 * exp(a * log(R0^-1 R1)): scipy's Slerp result at half its per-call set-up cost.
-    r0, r1 = Rotation.from_matrix(T0[:3, :3]), Rotation.from_matrix(T1[:3, :3])
-    T[:3, :3] = (r0 * Rotation.from_rotvec(a * (r0.inv() * r1).as_rotvec())).as_matrix()
-    return T

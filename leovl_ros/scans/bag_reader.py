@@ -19,66 +19,46 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from leovl_ros.geometry import Intrinsics, depth_to_metres
+from leovl_ros.geometry import Intrinsics, depth_to_metres, xyz_quat_to_matrix
+from leovl_ros.rgbd_frame import RGBDFrame
 
 from .bag_files import recording_files
-from .frames import RGBDFrame
-from .tf_buffer import TfBuffer, pose_matrix
+from .images import decode_image
+from .pairing import ApproximateTimePairer
+from .tf_buffer import TfBuffer
 
 INTERACTION_TYPE = "leovl_ros/msg/Interaction"
 _MAX_PENDING = 64  # images waiting for their rgb/depth partner
-_ENCODINGS = {  # encoding -> (channels, dtype)
-    "rgb8": (3, "u1"), "bgr8": (3, "u1"), "rgba8": (4, "u1"), "bgra8": (4, "u1"), "mono8": (1, "u1"),
-    "16uc1": (1, "u2"), "mono16": (1, "u2"), "32fc1": (1, "f4"),
-}
 
 
 def bag_scene_id(path: str | os.PathLike) -> str:
     return f"bag_{Path(path).resolve().name}"
 
 
-def _find_interaction_msg(msg_file: str | os.PathLike | None) -> Path | None:
-    candidates = [Path(msg_file)] if msg_file else []
-    candidates.append(Path(__file__).resolve().parents[2] / "msg" / "Interaction.msg")  # source checkout
+def _msg_dir() -> Path | None:
+    """This package's msg/*.msg: the installed share folder (what rclpy's message classes were
+    built from), else the source checkout."""
     for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        if prefix:
-            candidates.append(Path(prefix) / "share" / "leovl_ros" / "msg" / "Interaction.msg")
-    return next((p for p in candidates if p.is_file()), None)
+        if prefix and (Path(prefix) / "share" / "leovl_ros" / "msg").is_dir():
+            return Path(prefix) / "share" / "leovl_ros" / "msg"
+    source = Path(__file__).resolve().parents[2] / "msg"
+    return source if source.is_dir() else None
 
 
 def bag_typestore(msg_file: str | os.PathLike | None = None):
-    """ROS 2 Jazzy types + ``leovl_ros/msg/Interaction`` registered from its .msg text.
-
-    Used for bags without embedded definitions; bags that embed theirs (rosbag2 >= Iron,
-    and everything our writer produces) are decoded with their own.
-    """
+    """ROS 2 Jazzy types + every ``leovl_ros/msg/*`` type, registered from its .msg text (the
+    recorder writes with it; the readers use it for bags without embedded definitions, while
+    bags that embed theirs, rosbag2 >= Iron and everything we write, are decoded with their own).
+    ``msg_file``: an Interaction.msg to use instead of the package's."""
     ts = get_typestore(Stores.ROS2_JAZZY)
-    path = _find_interaction_msg(msg_file)
-    if path is not None:
-        ts.register(get_types_from_msg(path.read_text(), INTERACTION_TYPE))
+    types: dict = {}
+    folder = _msg_dir()
+    for path in sorted(folder.glob("*.msg")) if folder is not None else ():
+        types.update(get_types_from_msg(path.read_text(), f"leovl_ros/msg/{path.stem}"))
+    if msg_file:
+        types.update(get_types_from_msg(Path(msg_file).read_text(), INTERACTION_TYPE))
+    ts.register(types)
     return ts
-
-
-def image_to_numpy(msg: Any) -> np.ndarray:
-    """sensor_msgs/Image -> (H, W, 3) uint8 RGB, or (H, W) uint16 / float32 for depth."""
-    enc = msg.encoding.lower()
-    if enc not in _ENCODINGS:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r} (supported: {', '.join(_ENCODINGS)})")
-    ch, kind = _ENCODINGS[enc]
-    dt = np.dtype(kind).newbyteorder(">" if msg.is_bigendian else "<")
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    row = w * ch * dt.itemsize
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if step < row or data.size < h * step:
-        raise ValueError(f"image data of {data.size} bytes is too short for {w}x{h} {msg.encoding} with step {step}")
-    img = data[: h * step].reshape(h, step)[:, :row].copy().view(dt).reshape(h, w, ch).astype(dt.newbyteorder("="))
-    if enc in ("bgr8", "bgra8"):
-        img = img[..., 2::-1]
-    elif ch == 4:
-        img = img[..., :3]
-    elif enc == "mono8":
-        img = np.repeat(img, 3, axis=2)
-    return np.ascontiguousarray(img[..., 0] if ch == 1 and enc != "mono8" else img)
 
 
 def _stamp(header: Any) -> float:
@@ -108,6 +88,7 @@ class BagScan:
     camera_info: list[tuple[float, Intrinsics]] = field(default_factory=list)
     interactions: list[dict[str, Any]] = field(default_factory=list)
     span_s: tuple[float, float] = (0.0, -1.0)  # first and last message time (receive time) in the bag
+    invalid_poses: int = 0  # recorded transforms / poses skipped as invalid (non-finite, zero quaternion)
 
     def recorded_during(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The interaction-log entries stamped while this bag was recorded, plus corrections given
@@ -152,8 +133,8 @@ def scan_bag(path: str | os.PathLike, topics: BagTopics | None = None, msg_file=
             if conn.topic in ("/tf", "/tf_static"):
                 for t in msg.transforms:
                     r, q = t.transform.translation, t.transform.rotation
-                    out.tf.add(t.header.frame_id, t.child_frame_id, _stamp(t.header),
-                               pose_matrix((r.x, r.y, r.z), (q.x, q.y, q.z, q.w)), static=conn.topic == "/tf_static")
+                    _add_pose(out, t.header.frame_id, t.child_frame_id, _stamp(t.header), (r.x, r.y, r.z),
+                              (q.x, q.y, q.z, q.w), static=conn.topic == "/tf_static")
             elif conn.topic == topics.camera_info:
                 out.camera_info.append((_stamp(msg.header), Intrinsics.from_camera_info(
                     list(msg.k), list(msg.p), int(msg.width), int(msg.height))))
@@ -162,14 +143,26 @@ def scan_bag(path: str | os.PathLike, topics: BagTopics | None = None, msg_file=
             elif conn.topic == topics.pose_topic:
                 pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose  # Odometry | PoseStamped
                 p, q = pose.position, pose.orientation
-                out.tf.add(msg.header.frame_id, "__pose__", _stamp(msg.header),
-                           pose_matrix((p.x, p.y, p.z), (q.x, q.y, q.z, q.w)))
+                _add_pose(out, msg.header.frame_id, "__pose__", _stamp(msg.header), (p.x, p.y, p.z),
+                          (q.x, q.y, q.z, q.w))
     return out
+
+
+def _add_pose(scan: BagScan, parent: str, child: str, stamp_s: float, xyz, quat_xyzw, static: bool = False) -> None:
+    """One recorded transform into the TF buffer; an invalid one (NaN, zero quaternion) is counted
+    and skipped, so one bad message does not cost the whole recording."""
+    try:
+        T = xyz_quat_to_matrix(xyz, quat_xyzw)
+    except ValueError:
+        scan.invalid_poses += 1
+        return
+    scan.tf.add(parent, child, stamp_s, T, static=static)
 
 
 def bag_frames(path: str | os.PathLike, topics: BagTopics | None = None, scan: BagScan | None = None,
                stats: dict[str, int] | None = None, msg_file=None) -> Iterator[RGBDFrame]:
-    """Posed RGB-D frames of a bag: rgb and depth paired by header stamp, posed by TF (or the
+    """Posed RGB-D frames of a bag: rgb and depth paired by header stamp (closest within
+    ``sync_tolerance_s``, as the node pairs them: scans.pairing), posed by TF (or the
     pose topic), intrinsics from the latest camera_info (scaled to the depth image size; depth
     is assumed registered to the rgb camera). Unposable or unpaired images are counted in
     ``stats`` and skipped."""
@@ -181,35 +174,24 @@ def bag_frames(path: str | os.PathLike, topics: BagTopics | None = None, scan: B
     if not scan.camera_info:
         raise ValueError(f"bag {path} has no messages on {topics.camera_info!r}: cannot back-project depth")
     info_stamps = [s for s, _ in scan.camera_info]
-    pending: dict[str, list[tuple[float, Any]]] = {topics.rgb: [], topics.depth: []}
+    pairer: ApproximateTimePairer = ApproximateTimePairer(topics.sync_tolerance_s, _MAX_PENDING)
     with _open(path, msg_file) as reader:
-        conns = [c for c in reader.connections if c.topic in pending]
-        missing = set(pending) - {c.topic for c in conns}
+        conns = [c for c in reader.connections if c.topic in (topics.rgb, topics.depth)]
+        missing = {topics.rgb, topics.depth} - {c.topic for c in conns}
         if missing:
             raise ValueError(f"bag {path} has no {sorted(missing)} topic(s); topics are "
                              f"{sorted({c.topic for c in reader.connections})}")
         for conn, _, raw in reader.messages(connections=conns):
             msg = reader.deserialize(raw, conn.msgtype)
-            stamp = _stamp(msg.header)
-            other = topics.depth if conn.topic == topics.rgb else topics.rgb
-            match = next((i for i, (s, _) in enumerate(pending[other])
-                          if abs(s - stamp) <= topics.sync_tolerance_s), None)
-            if match is None:
-                pending[conn.topic].append((stamp, msg))
-                if len(pending[conn.topic]) > _MAX_PENDING:  # a stream without partners must not grow
-                    del pending[conn.topic][0]
-                    stats["unpaired"] += 1
+            add = pairer.add_first if conn.topic == topics.rgb else pairer.add_second
+            pair = add(_stamp(msg.header), msg)
+            if pair is None:
                 continue
-            # Anything older than the match has no partner any more (streams are in time order).
-            stats["unpaired"] += match
-            partner = pending[other].pop(match)[1]
-            del pending[other][:match]
-            rgb_msg, depth_msg = (msg, partner) if conn.topic == topics.rgb else (partner, msg)
-            frame = _posed_frame(rgb_msg, depth_msg, scan, info_stamps, topics, stats)
+            frame = _posed_frame(pair[0], pair[1], scan, info_stamps, topics, stats)
             if frame is not None:
                 stats["frames"] += 1
                 yield frame
-    stats["unpaired"] += sum(len(v) for v in pending.values())
+    stats["unpaired"] += pairer.unpaired()
 
 
 def _posed_frame(rgb_msg, depth_msg, scan: BagScan, info_stamps, topics: BagTopics, stats) -> RGBDFrame | None:
@@ -221,11 +203,12 @@ def _posed_frame(rgb_msg, depth_msg, scan: BagScan, info_stamps, topics: BagTopi
     if T is None:
         stats["no_pose"] += 1
         return None
-    depth = depth_to_metres(image_to_numpy(depth_msg))
+    depth = depth_to_metres(decode_image(depth_msg, "depth"))
     intr = scan.camera_info[i][1]
     if (intr.width, intr.height) != (depth.shape[1], depth.shape[0]):
         intr = intr.scaled(depth.shape[1], depth.shape[0])
-    return RGBDFrame(image_to_numpy(rgb_msg), depth, intr, T, stamp)
+    # Contiguous, as training's batched encoder needs (a BGR or mono view has odd strides).
+    return RGBDFrame(np.ascontiguousarray(decode_image(rgb_msg, "rgb")), depth, intr, T, stamp)
 
 
 def _stamp_of(m: dict) -> float:

@@ -20,15 +20,7 @@ import numpy as np
 from PIL import Image
 
 from leovl_ros.geometry import Intrinsics, depth_to_metres
-
-
-@dataclass
-class RGBDFrame:
-    rgb: np.ndarray  # (H, W, 3) uint8
-    depth_m: np.ndarray  # (h, w) float32 metres, registered to rgb; 0 / NaN = invalid
-    intrinsics: Intrinsics  # of the depth image
-    T_map_camera: np.ndarray  # (4, 4) optical frame -> map
-    stamp_s: float
+from leovl_ros.rgbd_frame import RGBDFrame
 
 
 @dataclass
@@ -116,5 +108,4 @@ def synthetic_frames(seed: int, num_frames: int, width: int, height: int,
     from leovl_ros.synth.rooms import generate_room
 
     for f in render_frames(generate_room(seed), num_frames, width, height, outward_every=outward_every):
-        intr = Intrinsics.from_K(f.K, f.depth_mm.shape[1], f.depth_mm.shape[0])
-        yield RGBDFrame(f.rgb, depth_to_metres(f.depth_mm), intr, f.T_map_camera, f.stamp_ns * 1e-9)
+        yield f.rgbd()

@@ -2,7 +2,7 @@
 
 Hand-written rather than tf2: training must run from a plain ``pip install`` without ROS,
 and offline we hold the whole TF history, so a lookup is a walk up a small tree with one
-interpolation per edge (linear translation, slerp rotation via scipy).
+interpolation per edge (``geometry.pose_at``: linear translation, slerp rotation).
 
 Each child frame has one parent (a TF tree). Dynamic edges are interpolated between the two
 nearest stamps; a stamp outside an edge's recorded range by more than ``tolerance_s`` has
@@ -14,15 +14,8 @@ import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial.transform import Rotation, Slerp
 
-
-def pose_matrix(translation, quaternion_xyzw) -> np.ndarray:
-    """(4, 4) transform from a translation (3,) and an (x, y, z, w) quaternion."""
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat(np.asarray(quaternion_xyzw, dtype=np.float64)).as_matrix()
-    T[:3, 3] = np.asarray(translation, dtype=np.float64)
-    return T
+from leovl_ros.geometry import pose_at
 
 
 @dataclass
@@ -40,22 +33,7 @@ class _Edge:
     def at(self, stamp: float, tolerance_s: float) -> np.ndarray | None:
         if self.static:
             return self.transforms[-1]
-        s = self.stamps
-        i = bisect.bisect_left(s, stamp)
-        if i < len(s) and s[i] == stamp:
-            return self.transforms[i]
-        if i == 0:
-            return self.transforms[0] if s[0] - stamp <= tolerance_s else None
-        if i == len(s):
-            return self.transforms[-1] if stamp - s[-1] <= tolerance_s else None
-        t0, t1 = s[i - 1], s[i]
-        a, b = self.transforms[i - 1], self.transforms[i]
-        w = (stamp - t0) / (t1 - t0)
-        slerp = Slerp([0.0, 1.0], Rotation.from_matrix(np.stack([a[:3, :3], b[:3, :3]])))
-        T = np.eye(4)
-        T[:3, :3] = slerp([w]).as_matrix()[0]
-        T[:3, 3] = (1 - w) * a[:3, 3] + w * b[:3, 3]
-        return T
+        return pose_at(self.stamps, self.transforms, stamp, tolerance_s)
 
 
 class TfBuffer:

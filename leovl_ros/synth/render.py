@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
-from ..geometry import look_at
+from ..geometry import Intrinsics, depth_to_metres, look_at
+from ..rgbd_frame import RGBDFrame
 from .catalog import CATEGORY_NAMES
 from .rooms import Room, generate_room
 from .shapes import raycasting_scene
@@ -46,6 +47,13 @@ class Frame:
     T_map_camera: np.ndarray  # (4, 4) float64 camera-to-map, optical frame
     stamp_ns: int
     instance: np.ndarray  # (H, W) int32 object id, -1 = floor/walls/ceiling
+
+    def rgbd(self) -> RGBDFrame:
+        """As the shared frame record. A render keeps its own record because it also holds what the
+        dataset writers need: object ids, depth as the uint16 mm written to files, integer ns stamps."""
+        h, w = self.depth_mm.shape
+        return RGBDFrame(self.rgb, depth_to_metres(self.depth_mm), Intrinsics.from_K(self.K, w, h),
+                         self.T_map_camera, self.stamp_ns * 1e-9)
 
 
 def intrinsics_matrix(width: int, height: int, hfov_deg: float = 60.0) -> np.ndarray:

@@ -6,6 +6,9 @@ Output layout under --out:
   bags/<scene_id>/                   rosbag2 folder (only with --bag)
   annotations/{train,val,test}.jsonl normalised records, split by room
 Room i uses seed `--seed + i` (scene_id synth_<seed>), so any room can be rebuilt alone.
+With `--floors N` instead of `--rooms`: N floors of 3-8 typed rooms joined by a corridor
+(synth/floors.py, scene_id floor_<seed>), rendered along one route through every room
+(`--frames` per room), with floor-level QA (synth/floor_qa.py) and a room label per object.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .annotate import AnnotateConfig, annotate_room, write_jsonl
+from .floor_qa import floor_qa_records
+from .floors import floor_id_of, generate_floor, render_floor
 from .render import render_frames
 from .rooms import generate_room, scene_id_of
 from .writers import write_bag, write_scannet
@@ -44,11 +49,13 @@ def split_rooms(scene_ids: Sequence[str], ratios: Sequence[float], seed: int) ->
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leovl-synth", description=__doc__.split("\n")[0])
-    p.add_argument("--rooms", type=int, required=True, help="number of rooms")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--rooms", type=int, help="number of rooms")
+    what.add_argument("--floors", type=int, help="number of floors (3-8 typed rooms each) instead of rooms")
     p.add_argument("--seed", type=int, default=0, help="seed of the first room (room i uses seed+i)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--bag", choices=("mcap", "sqlite3"), help="also write a rosbag2 per room")
-    p.add_argument("--frames", type=int, default=30, help="frames per room")
+    p.add_argument("--frames", type=int, default=30, help="frames per room (per room of a floor with --floors)")
     p.add_argument("--outward-every", type=int, default=0,
                    help="every k-th frame looks at the nearest wall instead of the room centre (0 = never)")
     p.add_argument("--width", type=int, default=640)
@@ -64,16 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.rooms < 1 or args.frames < 1 or args.seed < 0 or args.outward_every == 1 or args.outward_every < 0:
-        print("leovl-synth: --rooms and --frames must be >= 1, --seed >= 0 and --outward-every 0 or >= 2",
+    count = args.floors if args.floors is not None else args.rooms
+    if count < 1 or args.frames < 1 or args.seed < 0 or args.outward_every == 1 or args.outward_every < 0:
+        print("leovl-synth: --rooms/--floors and --frames must be >= 1, --seed >= 0 and --outward-every 0 or >= 2",
               file=sys.stderr)
         return 2
     out: Path = args.out
     if (out / "manifest.json").exists() and not args.overwrite:
         print(f"leovl-synth: {out} already holds a set (manifest.json); use --overwrite", file=sys.stderr)
         return 2
-    seeds = [args.seed + i for i in range(args.rooms)]
-    scene_ids = [scene_id_of(s) for s in seeds]
+    seeds = [args.seed + i for i in range(count)]
+    scene_ids = [(floor_id_of if args.floors else scene_id_of)(s) for s in seeds]
     splits = split_rooms(scene_ids, args.splits, args.seed)
     split_of = {sid: name for name, ids in splits.items() for sid in ids}
     records: dict[str, list[dict]] = {name: [] for name in SPLITS}
@@ -82,16 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               "depth_noise_m": args.depth_noise, "hole_fraction": args.hole_fraction,
               "outward_every": args.outward_every}
     rooms = []
-    for seed in tqdm(seeds, desc="rooms", unit="room", disable=args.quiet):
-        room = generate_room(seed)
-        frames = render_frames(room, args.frames, args.width, args.height, seed=seed,
-                               depth_noise_m=args.depth_noise, hole_fraction=args.hole_fraction,
-                               outward_every=args.outward_every)
+    for seed in tqdm(seeds, desc="floors" if args.floors else "rooms", disable=args.quiet):
+        room, frames, recs = _floor(seed, args, ann_cfg) if args.floors else _room(seed, args, ann_cfg)
         write_scannet(frames, out / "scenes" / room.scene_id, overwrite=True,
                       extra_json={"scene_graph.json": room.scene_graph()})
         if args.bag:
             write_bag(frames, out / "bags" / room.scene_id, storage=args.bag, overwrite=True)
-        recs = annotate_room(room, seed, ann_cfg)
         records[split_of[room.scene_id]].extend(recs)
         rooms.append({"scene_id": room.scene_id, "seed": seed, "split": split_of[room.scene_id],
                       "objects": len(room.objects), "records": len(recs),
@@ -99,14 +103,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "bag": f"bags/{room.scene_id}" if args.bag else None})
     for name in SPLITS:
         write_jsonl(records[name], out / "annotations" / f"{name}.jsonl")
-    manifest = {"format": FORMAT, "seed": args.seed, "render": render, "bag_storage": args.bag,
-                "annotate": asdict(ann_cfg), "splits": splits, "rooms": rooms,
+    manifest = {"format": FORMAT, "kind": "floors" if args.floors else "rooms", "seed": args.seed, "render": render,
+                "bag_storage": args.bag, "annotate": asdict(ann_cfg), "splits": splits, "rooms": rooms,
                 "annotations": {name: f"annotations/{name}.jsonl" for name in SPLITS},
                 "records": {name: len(records[name]) for name in SPLITS}}
     _write_json(manifest, out / "manifest.json")
     if not args.quiet:
-        print(f"wrote {args.rooms} rooms, {sum(manifest['records'].values())} records to {out}")
+        kind = "floors" if args.floors else "rooms"
+        print(f"wrote {count} {kind}, {sum(manifest['records'].values())} records to {out}")
     return 0
+
+
+def _room(seed: int, args: argparse.Namespace, ann_cfg: AnnotateConfig):
+    room = generate_room(seed)
+    frames = render_frames(room, args.frames, args.width, args.height, seed=seed, depth_noise_m=args.depth_noise,
+                           hole_fraction=args.hole_fraction, outward_every=args.outward_every)
+    return room, frames, annotate_room(room, seed, ann_cfg)
+
+
+def _floor(seed: int, args: argparse.Namespace, ann_cfg: AnnotateConfig):
+    floor = generate_floor(seed)
+    frames = render_floor(floor, args.frames, args.width, args.height, seed=seed, depth_noise_m=args.depth_noise,
+                          hole_fraction=args.hole_fraction, outward_every=args.outward_every)
+    return floor, frames, floor_qa_records(floor, seed, ann_cfg.qa_per_type)
 
 
 def _write_json(obj: dict, path: Path) -> None:

@@ -34,7 +34,7 @@ from ..geometry import Intrinsics, depth_to_metres, look_at
 from ..rgbd_frame import RGBDFrame
 from .catalog import CATEGORY_NAMES
 from .rooms import Room, generate_room
-from .shapes import raycasting_scene
+from .shapes import Mesh, raycasting_scene
 
 DEFAULT_START_NS = 1_700_000_000 * 10**9
 
@@ -146,9 +146,9 @@ def category_pattern_of(category: str) -> tuple[int, float]:
 class RoomRenderer:
     """Renders views of one room; builds the ray-casting scene once."""
 
-    def __init__(self, room: Room) -> None:
+    def __init__(self, room: Room, structure: Mesh | None = None) -> None:
         self.room = room
-        self.scene, meshes, self.object_of_geometry = raycasting_scene(room)
+        self.scene, meshes, self.object_of_geometry = raycasting_scene(room, structure)
         counts = np.array([len(m.triangles) for m in meshes])
         self.tri_offset = np.concatenate([[0], np.cumsum(counts)[:-1]])  # (G,) first triangle
         self.tri_rgb = np.concatenate([m.rgb for m in meshes])  # (sum T, 3)

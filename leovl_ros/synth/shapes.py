@@ -148,13 +148,15 @@ def structure_mesh(room: Room, thickness: float = 0.1) -> Mesh:
                 np.concatenate(rgb))
 
 
-def raycasting_scene(room: Room) -> tuple[o3d.t.geometry.RaycastingScene, list[Mesh], np.ndarray]:
+def raycasting_scene(room: Room, structure: Mesh | None = None
+                     ) -> tuple[o3d.t.geometry.RaycastingScene, list[Mesh], np.ndarray]:
     """Open3D scene of the room: (scene, meshes by geometry id, object id by geometry id).
 
-    Geometry id 0 is the structure (object id -1); object meshes follow in id order.
+    Geometry id 0 is the structure (object id -1): ``structure``, or the room's box by default
+    (a floor of several rooms brings its own walls and doors); object meshes follow in id order.
     """
     scene = o3d.t.geometry.RaycastingScene()
-    meshes = [structure_mesh(room)] + [object_mesh(o) for o in room.objects]
+    meshes = [structure or structure_mesh(room)] + [object_mesh(o) for o in room.objects]
     ids = []
     for m in meshes:
         ids.append(scene.add_triangles(o3d.core.Tensor(m.vertices), o3d.core.Tensor(m.triangles)))

@@ -117,28 +117,34 @@ def test_predictions_join_and_table(tmp_path):
     assert format_table(report).splitlines()[1].split()[:4] == ["qa", "2", "50.00", "50.00"]
 
 
-def _qa(source: str, answer: str, refs: list[str], i: int) -> Record:
-    return Record(scene_id="s", task="qa", instruction=f"What is {i}?", response=refs[0], answers=refs, source=source,
-                  id=f"{source}{i}")
+def _qa(source: str, answer: str, refs: list[str], i: int, scene: str = "scene0000_00") -> Record:
+    return Record(scene_id=scene, task="qa", instruction=f"What is {i}?", response=refs[0], answers=refs,
+                  source=source, id=f"{source}{i}")
 
 
 def test_in_domain_score_benchmark_scores_and_overall_average():
     """LEO-VL §4.4 / Table 3: in-domain = mean(EM, EM-R); a benchmark's score is the mean of
-    its Table-2 metrics; overall = the mean over the benchmarks that have all of theirs."""
+    its Table-2 metrics; overall = the mean over the paper's benchmarks that have all of
+    theirs; other sources are scored apart; MSQA's domains are benchmarks of their own."""
     records = [_qa("sqa3d", "", ["brown", "x"], 0), _qa("sqa3d", "", ["dark brown", "brown"], 1),
                _qa("sqa3d", "", ["chair"], 2), _qa("sqa3d", "", ["red"], 3),
-               _qa("synthetic", "", ["two"], 4), _qa("synthetic", "", ["yes"], 5), _qa("msqa", "", ["sofa"], 6)]
-    preds = ["brown", "brown", "the chair by the wall", "blue", "2", "no", "sofa"]
+               _qa("synthetic", "", ["two"], 4), _qa("synthetic", "", ["yes"], 5), _qa("msqa", "", ["sofa"], 6),
+               _qa("msqa_arkitscenes", "", ["bed"], 7, "41069021"), _qa("leo_qa", "", ["bed"], 8)]
+    preds = ["brown", "brown", "the chair by the wall", "blue", "2", "no", "sofa", "bed", "bed"]
     report = score_predictions(records, preds, ngram=False)
     sqa = report["benchmarks"]["sqa3d"]
     assert (sqa["EM"], sqa["EM-LEO"], sqa["EM-R"]) == (50.0, 25.0, 75.0)
     assert sqa["in_domain"] == 62.5 and sqa["in_domain_leo"] == 50.0 and sqa["score"] == 62.5
     assert report["benchmarks"]["synthetic"]["score"] == 50.0  # (EM 50 + EM-R 50) / 2
-    assert report["benchmarks"]["msqa"]["score"] is None  # MSQA counts by GPT-Score: no judge, left out
-    assert report["overall"] == (62.5 + 50.0) / 2 and report["overall_missing"] == ["msqa"]
-    assert report["tasks"]["qa"]["count"] == 7
+    # "msqa" records of a ScanNet scan count for MSQA-ScanNet; by GPT-Score: no judge, left out
+    assert report["benchmarks"]["msqa_scannet"]["score"] is None and "msqa" not in report["benchmarks"]
+    assert report["overall"] == 62.5  # the paper's benchmarks only
+    assert report["overall_missing"] == ["msqa_arkitscenes", "msqa_scannet"]
+    assert report["other_sources"] == {"leo_qa": 100.0, "synthetic": 50.0}
+    assert report["tasks"]["qa"]["count"] == 9
     table = format_table(report)
-    assert "EM-LEO" in table and "in-dom" in table and "56.25  (without msqa" in table
+    assert "EM-LEO" in table and "in-dom" in table and "62.50  (the paper's benchmarks; without msqa_ark" in table
+    assert "not in overall (not the paper's benchmarks): leo_qa 100.00, synthetic 50.00" in table
 
 
 def test_gpt_score_through_a_local_openai_compatible_endpoint(tmp_path, capsys):
@@ -166,16 +172,16 @@ def test_gpt_score_through_a_local_openai_compatible_endpoint(tmp_path, capsys):
         out = tmp_path / "report.json"
         assert eval_main(["--predictions", str(pred_file), "--records", str(rec_file), "--no-ngram",
                           "--gpt-endpoint", server.url, "--out", str(out)]) == 0
-    msqa = report["benchmarks"]["msqa"]
+    msqa = report["benchmarks"]["msqa_scannet"]
     assert msqa["GPT-Score"] == pytest.approx((100 + 50 + 0) / 3) and msqa["GPT-Score-failed"] == 0
     assert msqa["score"] == msqa["GPT-Score"] and report["overall"] == msqa["GPT-Score"]
     assert len(sent) == 3 and sent[0]["model"] == "judge-model" and sent[0]["auth"] is None
     assert sent[0]["messages"] == [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {
         "role": "user", "content": "Question: What is 0?\nAnswer: Sofa\nGround Truth: sofa"}]
-    assert json.loads(out.read_text())["benchmarks"]["msqa"]["GPT-Score"] == msqa["GPT-Score"]
+    assert json.loads(out.read_text())["benchmarks"]["msqa_scannet"]["GPT-Score"] == msqa["GPT-Score"]
     assert parse_score("4/5") == 75.0 and parse_score("no idea") is None and parse_score("9") is None
     # Off by default: no endpoint, no GPT-Score and no request.
-    assert "GPT-Score" not in score_predictions(records, preds, ngram=False)["benchmarks"]["msqa"]
+    assert "GPT-Score" not in score_predictions(records, preds, ngram=False)["benchmarks"]["msqa_scannet"]
     # A judge that never gives a usable score is an error (exit 2, one line), not a silent 0.
     capsys.readouterr()
     with chat_server(lambda messages: "I cannot judge this.") as server:

@@ -135,7 +135,7 @@ def test_msqa_list_and_dict_forms_keep_the_situation():
     expected = {"scene_id": item["scan_id"], "task": "qa", "instruction": "How many chair are near me?",
                 "response": "two", "answers": ["two"], "situation": "I stand by the table.",
                 "location": [0.5, -1.0, 0.0], "orientation": [0.0, 0.0, 0.7071, 0.7071], "qtype": "counting",
-                "id": "7", "source": "msqa"}
+                "id": "7", "source": "msqa_3rscan"}  # the paper reports MSQA's domains apart
     for got in (listed, as_dict):
         d = _dicts(got)[0]
         d["orientation"] = [round(v, 4) for v in d["orientation"]]
@@ -143,6 +143,9 @@ def test_msqa_list_and_dict_forms_keep_the_situation():
     assert report.skipped == {"no answers (test split without ground truth?)": 1, "missing key 'scan_id'": 1}
     assert _dicts(adapters.convert_leo_qa({"s": {"response": [item | {"Q": "Q?", "A": ["a"]}]}},
                                           ConversionReport()))[0]["situation"] == "I stand by the table."
+    domains = {i: (item | {"scan_id": i}) for i in ("scene0012_01", "41069021", "my_room")}
+    assert [r.source for r in adapters.convert_msqa(list(domains.values()), ConversionReport())] == [
+        "msqa_scannet", "msqa_arkitscenes", "msqa"]  # an id of no known form stays "msqa"
 
 
 def test_object_captions_anchor_the_object_box():

@@ -31,6 +31,7 @@ deterministic and the same prompt is used at training and at inference on the ro
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Any, Iterator
@@ -171,14 +172,31 @@ def _situated_qa(scan_id: Any, question: Any, answers: Any, item: dict, source: 
                   id=None if item.get("index") is None else str(item["index"]), source=source)
 
 
+MSQA_DOMAINS = (("scannet", re.compile(r"scene\d{4}_\d{2}")),
+                ("3rscan", re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")),
+                ("arkitscenes", re.compile(r"\d{6,}")))
+
+
+def msqa_domain(scan_id: str) -> str | None:
+    """The scan domain of an MSQA scan id by its form (ScanNet ``sceneXXXX_XX``, 3RScan UUID,
+    ARKitScenes numeric video id), or None."""
+    return next((name for name, pattern in MSQA_DOMAINS if pattern.fullmatch(scan_id)), None)
+
+
 def convert_msqa(data: Any, report: ConversionReport, source: str = "msqa") -> Iterator[Record]:
-    """MSQA, list form (``msqa_<domain>_<split>.json``) or the older per-scan dict form."""
+    """MSQA, list form (``msqa_<domain>_<split>.json``) or the older per-scan dict form. The
+    paper reports its three domains apart: each record's source is ``msqa_<domain>``
+    (scannet, 3rscan, arkitscenes; by the scan id's form), ``msqa`` when the id has none."""
+    def domain_source(record: Record) -> Record:
+        domain = msqa_domain(record.scene_id)
+        return dataclasses.replace(record, source=f"{source}_{domain}" if domain else source)
+
     if isinstance(data, dict):
-        yield from convert_leo_qa(data, report, source)
+        yield from map(domain_source, convert_leo_qa(data, report, source))
         return
 
     def one(item: dict) -> list[Record]:
-        return [_situated_qa(item["scan_id"], item["question"], item["answers"], item, source)]
+        return [domain_source(_situated_qa(item["scan_id"], item["question"], item["answers"], item, source))]
     items = ((f"item {i}", it) for i, it in enumerate(_list(data, "MSQA file")))
     yield from convert_items(items, lambda it: _validated(one(it)), report)
 

@@ -6,14 +6,18 @@ EM / EM-R are reported for records that carry accepted ``answers`` (QA); the n-g
 metrics for every task (LEO reports CIDEr / BLEU-4 for ScanQA too). ``EM`` counts a
 prediction among the references, ``EM-LEO`` is LEO's order-dependent rule (metrics.py).
 
-Benchmarks are the records' ``source``s. As LEO-VL (Tables 3 and 5: "metrics averaged per
-benchmark", then "averaged across all benchmarks"), a benchmark's score is the mean of its
-Table-2 metrics: ScanQA CIDEr and BLEU-4, SQA3D EM and EM-R, MSQA GPT-Score
-(:data:`BENCHMARK_METRICS`); other sources (ours) use EM and EM-R when their records carry
-accepted answers, else CIDEr and BLEU-4. ``in_domain`` = mean of EM and EM-R (§4.4, SQA3D's
-in-domain score; ``in_domain_leo`` with EM-LEO). ``overall`` averages the benchmarks whose
-metrics were all computed; the others are listed under ``overall_missing`` (MSQA without a
-GPT-Score endpoint, n-gram benchmarks with ``--no-ngram``).
+Benchmarks are the records' ``source``s; MSQA is split into its three domains as the paper
+reports it (``msqa_scannet``, ``msqa_3rscan``, ``msqa_arkitscenes``; records converted
+before the split are assigned by their scan id's form). As LEO-VL (Tables 3 and 5: "metrics
+averaged per benchmark", then "averaged across all benchmarks"), a benchmark's score is the
+mean of its Table-2 metrics: ScanQA CIDEr and BLEU-4, SQA3D EM and EM-R, MSQA GPT-Score
+(:data:`BENCHMARK_METRICS`, the paper's benchmarks); other sources (ours, LEO's 3RScan QA,
+...) use EM and EM-R when their records carry accepted answers, else CIDEr and BLEU-4.
+``in_domain`` = mean of EM and EM-R (§4.4, SQA3D's in-domain score; ``in_domain_leo`` with
+EM-LEO: the number comparable with LEO's published ones). ``overall`` averages the paper's
+benchmarks whose metrics were all computed; those that were not are listed under
+``overall_missing`` (MSQA without a GPT-Score endpoint, ScanQA with ``--no-ngram``); every
+other source is scored apart under ``other_sources``, never in ``overall``.
 """
 from __future__ import annotations
 
@@ -28,12 +32,21 @@ from tqdm.auto import tqdm
 
 from leovl_ros.model.config import GenerationConfig
 
+from .adapters import msqa_domain
 from .gpt_score import GPTScorer, summarise
 from .metrics import NgramScorer, exact_match_scores
 from .records import Record
 
-BENCHMARK_METRICS: dict[str, tuple[str, ...]] = {"scanqa": ("CIDEr", "BLEU-4"), "sqa3d": ("EM", "EM-R"),
-                                                 "msqa": ("GPT-Score",)}
+BENCHMARK_METRICS: dict[str, tuple[str, ...]] = {
+    "scanqa": ("CIDEr", "BLEU-4"), "sqa3d": ("EM", "EM-R"), "msqa_scannet": ("GPT-Score",),
+    "msqa_3rscan": ("GPT-Score",), "msqa_arkitscenes": ("GPT-Score",)}
+
+
+def benchmark_of(record: Record) -> str:
+    """The benchmark a record counts for: its source, MSQA by domain."""
+    source = record.source.lower()
+    domain = msqa_domain(record.scene_id) if source == "msqa" else None
+    return f"msqa_{domain}" if domain else source
 
 
 def _batches(seq: Sequence, n: int):
@@ -100,7 +113,7 @@ def score_predictions(records: Sequence[Record], predictions: Sequence[str], ngr
                       tokenizer: Literal["clean", "ptb"] = "clean", judge: GPTScorer | None = None,
                       judged_tasks: Sequence[str] = ("qa",)) -> dict[str, Any]:
     """``{"count", "tasks": {task: {...}}, "benchmarks": {source: {..., "score"}}, "overall",
-    "overall_missing"}``; each entry holds count, EM, EM-LEO, EM-R, in_domain(_leo), qtypes,
+    "overall_missing", "other_sources": {source: score}}``; each entry holds count, EM, EM-LEO, EM-R, in_domain(_leo), qtypes,
     the n-gram metrics and, with a ``judge``, GPT-Score (records of ``judged_tasks``)."""
     if len(records) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions for {len(records)} records")
@@ -108,7 +121,7 @@ def score_predictions(records: Sequence[Record], predictions: Sequence[str], ngr
     by_source: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         by_task[r.task].append(i)
-        by_source[r.source].append(i)
+        by_source[benchmark_of(r)].append(i)
     scorer = NgramScorer(tokenizer) if ngram else None
     judged: dict[int, float | None] = {}
     if judge is not None:  # each answer is judged once, then averaged per task and per benchmark
@@ -121,10 +134,12 @@ def score_predictions(records: Sequence[Record], predictions: Sequence[str], ngr
         entry = _metrics(records, predictions, idx, scorer, judged)
         entry["score"] = benchmark_score(source, entry)
         benchmarks[source] = entry
-    scored = [b["score"] for b in benchmarks.values() if b["score"] is not None]
+    paper = {s: b for s, b in benchmarks.items() if s in BENCHMARK_METRICS}
+    scored = [b["score"] for b in paper.values() if b["score"] is not None]
     return {"count": len(records), "tasks": tasks, "benchmarks": benchmarks,
             "overall": sum(scored) / len(scored) if scored else None,
-            "overall_missing": sorted(s for s, b in benchmarks.items() if b["score"] is None)}
+            "overall_missing": sorted(s for s, b in paper.items() if b["score"] is None),
+            "other_sources": {s: b["score"] for s, b in benchmarks.items() if s not in paper}}
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -152,7 +167,12 @@ def format_table(report: dict[str, Any]) -> str:
         overall = report.get("overall")
         missing = report.get("overall_missing") or []
         lines.append(f"{'overall':<{width}}  " + (f"{overall:.2f}" if overall is not None else "-")
-                     + (f"  (without {', '.join(missing)}: metrics not computed)" if missing else ""))
+                     + "  (the paper's benchmarks"
+                     + (f"; without {', '.join(missing)}: metrics not computed)" if missing else ")"))
+        others = report.get("other_sources") or {}
+        if others:
+            lines.append("not in overall (not the paper's benchmarks): " + ", ".join(
+                f"{s} {v:.2f}" if v is not None else f"{s} -" for s, v in others.items()))
     return "\n".join(lines)
 
 

@@ -27,10 +27,12 @@ Decisions where the paper is silent:
   map size. The batch path below is the reference; both use the same token selection, so
   they agree up to float summation order (tested at 1e-5).
 - Anchor (§3.1: "voxels that fall within the referred region"): with ``anchor_size`` the
-  region is the object's axis-aligned box (centre + extents), otherwise the sphere of
-  ``anchor_radius`` around ``anchor_center``; voxels whose centre lies inside get the
-  anchor embedding, and so does the voxel containing the centre, so a zero radius or a box
-  thinner than a voxel still marks the referred point.
+  region is the object's axis-aligned box (centre + extents) and every voxel the box
+  intersects (overlap beyond 1/1000 of a voxel, float slack) gets the anchor embedding, so a
+  rug, picture or whiteboard thinner than a voxel marks all the voxels it lies in, not only
+  those whose centre it contains; otherwise the region is the sphere of ``anchor_radius``
+  around ``anchor_center`` and voxels whose centre lies inside get it. The voxel containing
+  the centre always does, so a zero radius still marks the referred point.
 - Ablations (§4.2): ``voxel_full`` emits every voxel (no cap), ``voxel_sample`` a uniform
   sample (``sample_seed``) of as many voxels as the CFG would have tokens; both keep RoPE
   per ``pos_z`` and the Fourier input, so only the condensation changes.
@@ -54,6 +56,7 @@ __all__ = ["CondensedGrid", "GridConfig", "build_grid", "focus_point", "fourier_
 _POS_Z = ("rope", "none")
 _GRIDS = ("cfg", "voxel_full", "voxel_sample")
 _CHUNK = 1024  # voxel rows per streamed block: 8 MB at d = 2048, cache-friendly
+_OVERLAP_SLACK = 1e-3  # of a voxel: a box that only touches a voxel's face does not mark it
 
 
 @dataclass
@@ -124,8 +127,8 @@ def fourier_input(xy: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 
 def _anchor_mask(vmap: VoxelMap, rows: torch.Tensor, center: Sequence[float], radius: float | None,
                  size: Sequence[float] | None = None) -> torch.Tensor:
-    """(S,) bool: selected voxels inside the referred box (``size``) or sphere (``radius``),
-    plus the one holding its centre."""
+    """(S,) bool: selected voxels the referred box (``size``) intersects or whose centre the
+    sphere (``radius``) holds, plus the one holding its centre."""
     c = torch.as_tensor(center, dtype=torch.float32).reshape(-1).to(vmap.device)
     coords = vmap.coords[rows]  # (S, 3)
     centers = (coords.to(torch.float32) + 0.5) * vmap.voxel_size  # as VoxelMap.centers, for these rows only
@@ -135,7 +138,8 @@ def _anchor_mask(vmap: VoxelMap, rows: torch.Tensor, center: Sequence[float], ra
         half = torch.as_tensor(size, dtype=torch.float32).reshape(-1).to(vmap.device) / 2
         if half.shape != (3,) or not bool(torch.isfinite(half).all()) or bool((half < 0).any()):
             raise ValueError(f"anchor_size must be 3 finite extents >= 0 metres, got {size}")
-        inside = ((centers - c).abs() <= half).all(1)
+        reach = half + vmap.voxel_size * (0.5 - _OVERLAP_SLACK)  # centre distance at which the cubes overlap
+        inside = ((centers - c).abs() < reach).all(1)
     elif radius is None or not (radius >= 0 and math.isfinite(radius)):
         raise ValueError(f"anchor_center needs a finite anchor_radius >= 0 metres, got {radius}")
     else:

@@ -46,6 +46,22 @@ def test_a_scan_is_recognised_and_read_as_build_scenes_reads_it(kind, frames, tm
         assert np.array_equal(p.rgb, b.rgb) and p.intrinsics == b.intrinsics
 
 
+@pytest.mark.parametrize("given", ["video", "frames"])
+def test_an_arkitscenes_3dod_video_is_recognised_by_either_folder(given, frames, tmp_path):
+    """Apple's 3DOD layout (``<id>/<id>_frames/lowres_depth/...``): the video folder or its
+    ``_frames`` folder plays the frames build-scenes reads for the video id."""
+    write, scan_id, native = WRITERS["arkitscenes"]
+    video = write(frames, tmp_path / "Training" / scan_id, native, layout="3dod")
+    folder = video if given == "video" else video / f"{scan_id}_frames"
+    assert detect_kind(folder) == "arkitscenes"
+    played = list(scan_frames(folder, "arkitscenes", 1))
+    source = ScanSource("arkitscenes", str(tmp_path), 1)
+    built = list(source.frames(source.locate(scan_id), FrameReport()))
+    assert len(played) == len(built) == len(frames)
+    assert all(np.array_equal(p.T_map_camera, b.T_map_camera) and np.array_equal(p.depth_m, b.depth_m)
+               for p, b in zip(played, built))
+
+
 def test_a_bag_folder_or_file_is_recognised_and_its_camera_messages_come_in_order(frames, tmp_path):
     bag = write_bag(frames, tmp_path / "bag")
     assert detect_kind(bag) == detect_kind(next(bag.glob("*.mcap"))) == "bag"

@@ -20,9 +20,9 @@ from leovl_ros.geometry import backproject
 from leovl_ros.synth.render import render_frames
 from leovl_ros.synth.rooms import generate_room
 from leovl_ros.voxel_map import VoxelMap
-from support.native_scans import (Z_UP_TO_Y_UP, _box_corners, rigid, write_3rscan, write_3rscan_instances, write_arkitscenes,
-                          write_arkitscenes_annotation, write_multiscan, write_multiscan_annotations,
-                          write_scannet_instances)
+from support.native_scans import (Z_UP_TO_Y_UP, _box_corners, rigid, write_3rscan, write_3rscan_instances,
+                                  write_arkitscenes, write_arkitscenes_annotation, write_multiscan,
+                                  write_multiscan_annotations, write_scannet_instances)
 from leovl_ros.training.data_cli import main as data_main
 from leovl_ros.training.object_boxes import object_boxes
 from leovl_ros.training.records import ConversionReport, read_records
@@ -46,7 +46,7 @@ def test_scannet_and_3rscan_objects_become_boxes_around_their_voxels(tmp_path):
     write_arkitscenes_annotation(room, video, rigid(120, [2.0, 3.0, 0.1]))
     multiscan = write_multiscan(frames, tmp_path / "multiscan" / "scene_00000_00",
                                 Z_UP_TO_Y_UP @ rigid(-70, [1.5, 0.2, -1.1]))
-    write_multiscan_annotations(room, multiscan, Z_UP_TO_Y_UP @ rigid(-70, [1.5, 0.2, -1.1]))
+    write_multiscan_annotations(room, multiscan, Z_UP_TO_Y_UP @ rigid(-70, [1.5, 0.2, -1.1]), floor_z=-1.28)
     report = ConversionReport()
     boxes = object_boxes([("scannet", str(tmp_path / "scannet")), ("3rscan", str(tmp_path / "3rscan")),
                           ("arkitscenes", str(tmp_path / "arkitscenes")), ("multiscan", str(tmp_path / "multiscan"))],
@@ -68,7 +68,7 @@ def test_scannet_and_3rscan_objects_become_boxes_around_their_voxels(tmp_path):
         assert np.allclose(box["size"], corners.max(0) - corners.min(0), atol=1e-3)
     for reader, key, ids, tol in ((RScan(scan), scan.name, lambda o: str(o.id + 1), 0.002),
                                   (ARKitScenes(video), "41069025", lambda o: f"uid-{o.id}", 0.002),
-                                  (MultiScan(multiscan), "scene_00000_00", lambda o: str(o.id), 0.005)):
+                                  (MultiScan(multiscan), "scene_00000_00", lambda o: str(o.id + 1), 0.005)):
         seen = 0
         for f, g in zip(frames, scan_frames(reader, 1)):
             pts = backproject(g.depth_m, g.intrinsics, g.T_map_camera)
@@ -115,3 +115,102 @@ def test_cfg_marks_the_voxels_inside_the_box():
     torch.testing.assert_close(thin.features[0], (feats[0] + e + feats[1]) / 2)  # the voxel holding the centre
     with pytest.raises(ValueError, match="anchor_size"):
         build_grid(vmap, cfg, anchor_center=(0.1, 0.1, 0.1), anchor_size=(-1.0, 0.0, 0.0), anchor_embedding=e)
+
+
+def _multiscan_with_boxes(tmp_path, **annotations):
+    room = generate_room(0)
+    frames = render_frames(room, 6, 112, 84, depth_noise_m=0.0)
+    native = Z_UP_TO_Y_UP @ rigid(-70, [1.5, 0.2, -1.1])
+    scan = write_multiscan(frames, tmp_path / "multiscan" / "scene_00000_00", native)
+    labels = write_multiscan_annotations(room, scan, native, **annotations)
+    return room, frames, scan, labels
+
+
+def test_multiscan_objects_without_object_id_keep_their_own_boxes(tmp_path):
+    """Published files without ``objectId``: every object keeps its own box under its label
+    (``chair.2``), none is overwritten; the floor is the data's (aligned frame at mid-height)."""
+    room, frames, scan, labels = _multiscan_with_boxes(tmp_path, floor_z=-1.28, object_ids=False)
+    report = ConversionReport()
+    boxes = object_boxes([("multiscan", str(tmp_path / "multiscan"))], report)["scene_00000_00"]
+    assert sorted(boxes) == sorted(labels) and len(boxes) == len(room.objects) and not report.skipped
+    by_id = {obj.id: obj for obj in room.objects}
+    M = scan_alignment(MultiScan(scan)).T @ Z_UP_TO_Y_UP @ rigid(-70, [1.5, 0.2, -1.1])  # room -> our map
+    assert abs(M[2, 3]) < 0.05  # the floor at z = 0, not at -1.28 m
+    for label, box in boxes.items():
+        obj = by_id[labels[label]]
+        assert np.allclose(box["size"], obj.size, atol=1e-3) and box["label"] == label
+        assert np.allclose(box["center"], M[:3, :3] @ obj.center + M[:3, 3], atol=1e-3)
+
+
+def test_objects_sharing_an_id_are_skipped_and_counted_never_merged(tmp_path):
+    room, _, scan, _ = _multiscan_with_boxes(tmp_path)
+    path = scan / "scene_00000_00.annotations.json"
+    data = json.loads(path.read_text())
+    data["objects"][1]["objectId"] = data["objects"][0]["objectId"]
+    del data["objects"][2]["objectId"], data["objects"][2]["label"]
+    path.write_text(json.dumps(data))
+    report = ConversionReport()
+    boxes = object_boxes([("multiscan", str(tmp_path / "multiscan"))], report)["scene_00000_00"]
+    assert report.skipped == {"multiscan objects sharing one id (ambiguous: all dropped)": 2,
+                              "multiscan object without an id": 1}
+    assert sorted(boxes, key=int) == [str(obj.id + 1) for obj in room.objects[3:]]
+
+
+def test_sceneverse_arkitscenes_ids_are_list_positions_and_matches_are_reported(tmp_path, capsys):
+    """SceneVerse numbers ARKitScenes objects by position in ``data`` (+1): its captions anchor
+    to the right boxes under the ``sceneverse`` id rule (object-captions' default), and the
+    CLI says how many ids matched per caption source."""
+    room = generate_room(0)
+    frames = render_frames(room, 6, 112, 84)
+    native = rigid(120, [2.0, 3.0, 0.1])
+    video = write_arkitscenes(frames, tmp_path / "arkitscenes" / "3dod" / "Validation" / "41069025", native,
+                              layout="3dod")
+    write_arkitscenes_annotation(room, video, native)
+    listed = json.loads((video / "41069025_3dod_annotation.json").read_text())["data"]
+    assert data_main(["object-boxes", "--source", f"arkitscenes={tmp_path / 'arkitscenes'}",
+                      "--out", str(tmp_path / "boxes.json")]) == 0
+    boxes = json.loads((tmp_path / "boxes.json").read_text())["41069025"]
+    captions = [{"scan_id": "41069025", "object_id": position + 1, "caption": f"the {item['label']}"}
+                for position, item in enumerate(listed)]
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    capsys.readouterr()
+    out = tmp_path / "cap.jsonl"
+    assert data_main(["convert", "object-captions", str(tmp_path / "captions.json"), "--boxes",
+                      str(tmp_path / "boxes.json"), "--out", str(out), "--report", str(tmp_path / "r.json")]) == 0
+    n = len(room.objects)
+    assert f"object ids of object_caption matched to boxes (sceneverse ids): {n} of {n + 1}" in capsys.readouterr().out
+    records = read_records(out)
+    expected = [boxes[item["uid"]] for item in listed if item["uid"] != "uid-broken"]
+    assert [r.anchor.to_obj() for r in records] == [{"center": b["center"], "size": b["size"]} for b in expected]
+    assert [r.response for r in records] == [f"the {b['label']}" for b in expected]
+    assert json.loads((tmp_path / "r.json").read_text())["ids_matched"] == {
+        "object_caption": {"looked_up": n + 1, "matched": n, "id_rule": "sceneverse"}}
+    assert data_main(["convert", "object-captions", str(tmp_path / "captions.json"), "--boxes",
+                      str(tmp_path / "boxes.json"), "--out", str(out), "--id-rule", "native"]) == 0
+    assert f"matched to boxes (native ids): 0 of {n + 1}" in capsys.readouterr().out
+
+
+def test_cfg_marks_every_voxel_a_thin_box_intersects():
+    """A 1.0 x 0.6 x 0.05 m rug (and a 1 cm picture standing on edge) marks every voxel its box
+    overlaps, in the batch and the incremental CFG alike: truth from the voxels' cube bounds."""
+    d, vs = 4, 0.2
+    ix, iy, iz = np.meshgrid(np.arange(-2, 9), np.arange(-2, 7), np.arange(0, 4), indexing="ij")
+    coords = np.stack([ix, iy, iz], -1).reshape(-1, 3)
+    e = torch.ones(d)
+    for center, size in (((0.83, 0.61, 0.125), (1.0, 0.6, 0.05)), ((0.51, 0.37, 0.45), (0.8, 0.01, 0.6))):
+        lo, hi = np.asarray(center) - np.asarray(size) / 2, np.asarray(center) + np.asarray(size) / 2
+        overlaps = ((coords * vs < hi) & ((coords + 1) * vs > lo)).all(1)  # the cube [i, i + 1) * vs meets the box
+        columns = {}
+        for c, hit in zip(map(tuple, coords[:, :2]), overlaps):
+            n, marked = columns.get(c, (0, 0))
+            columns[c] = (n + 1, marked + int(hit))
+        for incremental in (False, True):
+            vmap = VoxelMap(d, vs)
+            if incremental:
+                vmap.track_columns(rope=False)
+            vmap.fuse((coords + 0.5) * vs, np.zeros((len(coords), d), np.float32))
+            g = build_grid(vmap, GridConfig(pos_z="none", max_tokens=len(columns)), anchor_center=center,
+                           anchor_size=size, anchor_embedding=e, incremental=incremental)
+            got = {tuple(np.round(xy / vs - 0.5).astype(int)): float(f[0]) for xy, f in zip(g.xy.numpy(), g.features)}
+            assert got == pytest.approx({c: m / n for c, (n, m) in columns.items()}), (size, incremental)
+        assert overlaps.sum() >= 15

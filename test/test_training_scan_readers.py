@@ -21,7 +21,8 @@ from PIL import Image
 from leovl_ros.geometry import Intrinsics
 from leovl_ros.synth.render import render_frames
 from leovl_ros.synth.rooms import generate_room
-from support.native_scans import Z_UP_TO_Y_UP, rigid, write_3rscan, write_arkitscenes, write_multiscan
+from support.native_scans import (MULTISCAN_T0, Z_UP_TO_Y_UP, rigid, write_3rscan, write_arkitscenes,
+                                  write_multiscan)
 from leovl_ros.training.config import ModelSection
 from leovl_ros.scans.frames import FrameReport, RGBDFrame
 from leovl_ros.training.modeling import load_model
@@ -154,17 +155,61 @@ def test_bad_frames_are_skipped_and_counted(frames, tmp_path):
         ScenesConfig(sources=[{"kind": "scannet++", "root": "x"}])
 
 
-def test_multiscan_alignment_file_gives_gravity_and_floor(frames, tmp_path):
+def test_multiscan_alignment_file_gives_gravity_and_the_data_the_floor(frames, tmp_path):
     """With ``<scan>.align.json`` (aligned mesh -> camera world, column-major) the reader
-    undoes it: z up and the floor at z = 0 exactly as the file says; only xy is centred."""
+    undoes its rotation: z up exactly. Its aligned frame is centred at mid-height (floor at
+    z = -1.28 m, as in real files), so the floor comes from the depth points: z = 0."""
     native = Z_UP_TO_Y_UP @ rigid(-70, [1.5, 0.2, -1.1])
     scan = write_multiscan(frames, tmp_path / "scene_00001_00", native)
+    mid_height = np.eye(4)
+    mid_height[2, 3] = 1.28  # aligned (floor at -1.28) -> room (floor at 0)
     (scan / "scene_00001_00.align.json").write_text(json.dumps(
-        {"version": "multiscan@0.0.1", "coordinate_transform": native.reshape(-1, order="F").tolist()}))
+        {"version": "multiscan@0.0.1", "coordinate_transform": (native @ mid_height).reshape(-1, order="F").tolist()}))
     alignment = scan_alignment(READERS["multiscan"](scan))
     M = alignment.T @ native
     assert "align.json" in alignment.gravity
-    assert np.allclose(M[:3, :3], np.eye(3), atol=1e-9) and abs(M[2, 3]) < 1e-9
+    assert np.allclose(M[:3, :3], np.eye(3), atol=1e-9) and abs(M[2, 3]) < 0.05
+
+
+def test_multiscan_stamps_are_nanoseconds_read_as_seconds(roots):
+    """The jsonl's integer-nanosecond ``timestamp`` becomes seconds (the recorder's clock)."""
+    _, out = _read(roots, "multiscan")
+    assert [g.stamp_s for g in out] == pytest.approx([MULTISCAN_T0 + i / 10 for i in range(N_FRAMES)], abs=1e-6)
+
+
+def test_arkitscenes_3dod_layout_is_located_and_read_as_the_raw_one(roots, frames, tmp_path):
+    """Apple's 3DOD download: ``3dod/Training/<id>/<id>_frames/...``; the scene id is the
+    video id, whichever of the two folders is given, and the frames equal the raw layout's."""
+    write, vid, native = CASES["arkitscenes"]
+    video = write(frames, tmp_path / "3dod" / "Training" / vid, native, layout="3dod")
+    assert not (video / "lowres_depth").exists() and (video / f"{vid}_frames" / "lowres_depth").is_dir()
+    source = ScanSource.from_obj({"kind": "arkitscenes", "root": str(tmp_path), "stride": 1})
+    assert source.locate(vid) == video and source.locate(f"{vid}_frames") is None
+    _, raw = _read(roots, "arkitscenes")
+    for folder in (video, video / f"{vid}_frames"):
+        scan = READERS["arkitscenes"](folder)
+        assert (scan.video_id, scan.path) == (vid, video)
+        got = list(scan_frames(scan, 1))
+        assert len(got) == len(raw) == N_FRAMES
+        for g, r in zip(got, raw):
+            assert np.array_equal(g.depth_m, r.depth_m) and np.allclose(g.T_map_camera, r.T_map_camera, atol=1e-9)
+
+
+def test_up_axis_is_judged_modulo_upright_turns_and_confirmed_by_the_floor(frames, tmp_path, caplog):
+    """A portrait scan with the right up axis raises no gravity warning; a scan whose world is
+    really y-up, read as z-up, does."""
+    portrait = []
+    for f in frames:  # held on its side: the room's up points to the image's right
+        rgb, depth, intr, T = turn_view(f.rgb, f.depth_mm, Intrinsics.from_K(f.K, W, H), f.T_map_camera, 3)
+        portrait.append(dataclasses.replace(f, rgb=rgb, depth_mm=depth, K=intr.K, T_map_camera=T))
+    with caplog.at_level("WARNING", logger="leovl_ros.scans.scan_readers"):
+        scan = READERS["arkitscenes"](write_arkitscenes(portrait, tmp_path / "41069025", rigid(120, [2.0, 3.0, 0.1])))
+        upright = scan_alignment(scan)
+        assert not caplog.records, caplog.text
+        wrong = scan_alignment(READERS["3rscan"](write_3rscan(frames, tmp_path / "y-up", Z_UP_TO_Y_UP)))
+    assert "on their side" in upright.gravity and "the floor (" in upright.gravity
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "deg away from the scan's up" in caplog.text
+    assert "deg from -z" in wrong.gravity
 
 
 def test_sideways_frames_are_turned_upright(frames, tmp_path):

@@ -25,7 +25,7 @@ from scipy.spatial.transform import Rotation
 from leovl_ros.geometry import Intrinsics
 
 from .frames import FrameReport, RGBDFrame
-from .scan_align import Alignment, down_angle_deg, floor_centre_alignment, sample_points, turn_view, upright_turns
+from .scan_align import Alignment, floor_centre_alignment, sample_points, turn_view, upright_check, upright_turns
 
 log = logging.getLogger(__name__)
 # ARKit / MultiScan camera axes (x right, y up, z backwards) -> optical (x right, y down, z forwards)
@@ -203,8 +203,10 @@ class MultiScan:
     intrinsics scaled by the depth / colour size ratio, as the official ``bridge.py`` does.
 
     Gravity: with ``<scan>.align.json``, its ``coordinate_transform`` (aligned mesh -> camera
-    world; MultiScan's aligned frame is z-up with the floor on the xy plane) is inverted;
-    without it, ARKit's world frame is y-up (gravity along -y) and is turned z-up.
+    world; MultiScan's aligned frame is z-up, centred at mid-height) is inverted; without it,
+    ARKit's world frame is y-up (gravity along -y) and is turned z-up. The floor comes from
+    the depth points either way (scan_align.py). Stamps: the jsonl's ``timestamp`` is integer
+    nanoseconds (the iOS recorder writes ``t * 1e9``), stored as seconds.
     """
 
     kind = "multiscan"
@@ -228,12 +230,12 @@ class MultiScan:
             self.fallback_K = color.get("intrinsics")
         except (ValueError, KeyError, StopIteration, TypeError) as exc:
             raise ValueError(f"{self.files['json']}: unusable metadata ({type(exc).__name__}: {exc})") from exc
-        self.T_up, self.gravity, self.keep_height = Y_UP_TO_Z_UP, "ARKit world frame is y-up", False
+        self.T_up, self.gravity = Y_UP_TO_Z_UP, "ARKit world frame is y-up"
         if self.files["align.json"].is_file():
             try:
                 to_raw = _column_major(json.loads(self.files["align.json"].read_text())["coordinate_transform"], 4)
                 self.T_up = np.linalg.inv(to_raw)
-                self.gravity, self.keep_height = "MultiScan align.json coordinate_transform (z-up, floor z = 0)", True
+                self.gravity = "MultiScan align.json coordinate_transform (z-up)"
             except (ValueError, KeyError, TypeError, np.linalg.LinAlgError) as exc:
                 log.warning("%s: unusable (%s); using ARKit's y-up world", self.files["align.json"], exc)
         with self.files["jsonl"].open() as lines:
@@ -255,6 +257,7 @@ class MultiScan:
                         T = _check_pose(_column_major(cam["transform"], 4) @ ARKIT_TO_OPTICAL)
                         K = _column_major(cam.get("intrinsics", self.fallback_K), 3)  # of the colour image
                         intr = Intrinsics.from_K(scale @ K, dw, dh)
+                        stamp_s = int(cam["timestamp"]) * 1e-9 if "timestamp" in cam else float(i)
                     except (ValueError, KeyError, TypeError) as exc:
                         report.skip(str(exc) if isinstance(exc, ViewError) else "unreadable camera line", where)
                         continue
@@ -268,7 +271,7 @@ class MultiScan:
                     if rgb is None:
                         report.skip("video ends before the frame", where)
                         continue
-                    yield View(where, float(cam.get("timestamp", i)), T, intr, lambda d=d: d, lambda rgb=rgb: rgb)
+                    yield View(where, stamp_s, T, intr, lambda d=d: d, lambda rgb=rgb: rgb)
         finally:
             depth.close()
             if video is not None:
@@ -277,12 +280,27 @@ class MultiScan:
 
 # --- ARKitScenes (apple/ARKitScenes: threedod/benchmark_scripts/utils/tenFpsDataLoader.py) --
 
+def arkitscenes_folders(path: Path) -> tuple[Path, Path, str] | None:
+    """(video folder, frames folder, video id) of an ARKitScenes video in either download
+    layout, or None: ``raw``: ``<video_id>/lowres_depth/...``; ``3dod``:
+    ``<video_id>/<video_id>_frames/lowres_depth/...`` (``path`` may be either folder)."""
+    if (path / f"{path.name}_frames" / "lowres_depth").is_dir():
+        return path, path / f"{path.name}_frames", path.name
+    if (path / "lowres_depth").is_dir():
+        if path.name == f"{path.parent.name}_frames":
+            return path.parent, path, path.parent.name
+        return path, path, path.name
+    return None
+
+
 class ARKitScenes:
-    """An ARKitScenes raw (3dod) video folder ``<video_id>/``: ``lowres_depth/<id>_<t>.png``
-    (uint16 mm), ``lowres_wide/<id>_<t>.png`` (colour), ``lowres_wide_intrinsics/<id>_<t>.pincam``
-    (``w h fx fy cx cy``) and ``lowres_wide.traj`` (per line: timestamp, angle-axis rotation,
-    translation of world -> camera; inverted to the camera pose as ``TrajStringToMatrix``
-    does). A frame takes the trajectory pose within 5 ms of its timestamp and the
+    """An ARKitScenes video, ``raw`` or ``3dod`` layout (:func:`arkitscenes_folders`; the
+    annotation ``<video_id>_3dod_annotation.json`` sits in the video folder in both). Its frames
+    folder holds ``lowres_depth/<id>_<t>.png`` (uint16 mm), ``lowres_wide/<id>_<t>.png``
+    (colour), ``lowres_wide_intrinsics/<id>_<t>.pincam`` (``w h fx fy cx cy``) and
+    ``lowres_wide.traj`` (per line: timestamp, angle-axis rotation, translation of world ->
+    camera; inverted to the camera pose as ``TrajStringToMatrix`` does). A frame takes the
+    trajectory pose within 5 ms of its timestamp and the
     ``.pincam`` of its timestamp or +-1 ms, as the official loader.
 
     Gravity: the ARKitScenes world frame is z-up (gravity-aligned; the maintainers in
@@ -293,12 +311,12 @@ class ARKitScenes:
     gravity = "ARKitScenes world frame is z-up (gravity-aligned)"
 
     def __init__(self, scan_dir: str | os.PathLike) -> None:
-        self.dir = self.path = Path(scan_dir)
-        self.video_id = self.dir.name
+        folders = arkitscenes_folders(Path(scan_dir))
+        if folders is None or not (folders[1] / "lowres_wide.traj").is_file():
+            raise ValueError(f"{scan_dir} is not an ARKitScenes video folder: lowres_depth/ or lowres_wide.traj "
+                             "missing (raw layout: <video_id>/lowres_depth; 3dod: <video_id>/<video_id>_frames/)")
+        self.path, self.dir, self.video_id = folders
         traj = self.dir / "lowres_wide.traj"
-        if not (self.dir / "lowres_depth").is_dir() or not traj.is_file():
-            raise ValueError(f"{self.dir} is not an ARKitScenes video folder: "
-                             "lowres_depth/ or lowres_wide.traj missing")
         self.bad_traj_lines, stamps, poses = 0, [], []
         for line in traj.read_text().splitlines():
             tokens = line.split()
@@ -387,14 +405,14 @@ def scan_alignment(scan) -> Alignment:
         points.append(sample_points(depth, view.intrinsics, view.T_world_camera))
         poses.append(view.T_world_camera)
     gravity = getattr(scan, "gravity", "")
-    angle = down_angle_deg(scan.T_up, poses)
-    if angle is not None:
-        gravity += f"; cameras' mean down axis is {angle:.0f} deg from -z"
-        if angle > 45:
-            log.warning("%s scan: the cameras look %.0f deg away from upright in the z-up frame (%s)",
-                        scan.kind, angle, gravity)
     all_points = np.concatenate(points) if points else np.zeros((0, 3))
-    return floor_centre_alignment(scan.T_up, gravity, all_points, getattr(scan, "keep_height", False))
+    check = upright_check(scan.T_up, poses, all_points)
+    if check is not None:
+        gravity += f"; {check.text}"
+        if check.angle_deg > 45:
+            log.warning("%s scan %s: its up axis is %.0f deg away from the scan's up (%s)",
+                        scan.kind, scan.path, check.angle_deg, gravity)
+    return floor_centre_alignment(scan.T_up, gravity, all_points)
 
 
 def scan_frames(scan, stride: int = 10, report: FrameReport | None = None,

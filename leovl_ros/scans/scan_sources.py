@@ -6,8 +6,10 @@ the dataset's own layout:
 - ``scannet``: ``<root>/<scene_id>/`` (SensReader export: color/, depth/, pose/, intrinsic/)
 - ``3rscan``: ``<root>/<scan_id>/sequence/_info.txt`` (``sequence.zip`` unzipped in place)
 - ``multiscan``: ``<root>/<scan_id>/<scan_id>.jsonl``
-- ``arkitscenes``: ``<root>/<video_id>/lowres_depth/``, also under ``<root>/Training/`` and
-  ``<root>/Validation/`` (the raw download's split folders)
+- ``arkitscenes``: ``<root>/<video_id>/`` in the ``raw`` layout (``lowres_depth/`` inside) or
+  the ``3dod`` one (``<video_id>_frames/lowres_depth/`` inside), also under the split folders
+  ``<root>/Training/`` and ``<root>/Validation/`` and under ``<root>/3dod/`` or ``<root>/raw/``
+  (the download script's folders); the scene id is the video id in both layouts
 
 so ScanNet ``scene0000_00``, 3RScan uuids, MultiScan ``scene_00000_00`` and ARKitScenes video
 ids live side by side in one config.
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .frames import FrameReport, RGBDFrame, scannet_frames
-from .scan_readers import READERS, scan_frames
+from .scan_readers import READERS, arkitscenes_folders, scan_frames
 
 KINDS = ("scannet", "3rscan", "multiscan", "arkitscenes")
 
@@ -55,8 +57,8 @@ class ScanSource:
         if self.kind == "multiscan":
             path = root / scene_id
             return path if (path / f"{scene_id}.jsonl").is_file() else None
-        for path in (root / scene_id, root / "Training" / scene_id, root / "Validation" / scene_id):
-            if (path / "lowres_depth").is_dir():
+        for path in arkitscenes_candidates(root, scene_id):
+            if arkitscenes_folders(path) is not None:
                 return path
         return None
 
@@ -69,3 +71,12 @@ class ScanSource:
         if self.kind == "scannet":
             return scannet_frames(path, self.stride, report)
         return scan_frames(READERS[self.kind](path), self.stride, report)
+
+
+ARKITSCENES_SPLITS = ("", "Training", "Validation", "3dod/Training", "3dod/Validation", "raw/Training",
+                      "raw/Validation")
+
+
+def arkitscenes_candidates(root: Path, video_id: str) -> list[Path]:
+    """Where an ARKitScenes video may sit under a source root (see the module docstring)."""
+    return [root / split / video_id if split else root / video_id for split in ARKITSCENES_SPLITS]

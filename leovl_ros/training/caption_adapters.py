@@ -7,6 +7,12 @@ label}}}``. A value may also be a point ``[x, y, z]`` (a sphere of the model's d
 around it), for data that only has centres. An id missing from the boxes file is skipped and
 counted ("unknown object id"), never guessed.
 
+Id rules (how a caption source numbers a scan's objects): ``native``, the annotation's own
+id (ScanNet and 3RScan ``objectId``, ARKitScenes ``uid``, MultiScan ``objectId``), or
+``sceneverse``: the same except for ARKitScenes, which SceneVerse numbers by position in the
+annotation's ``data`` list (+1; the box's ``ids.sceneverse``). Lookups and matches are
+counted per caption source (``Boxes.matches``) and printed by ``leovl-data convert``.
+
 Formats:
 - ScanRefer / Scan2Cap (``daveredrum/ScanRefer``): ``[{scene_id, object_id, object_name,
   ann_id, description}]``.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from typing import Any, Iterable, Iterator
 
 from .records import Anchor, ConversionReport, Record, RecordError, convert_items
@@ -35,22 +42,50 @@ OBJECT_TEXT_KEYS = ("caption", "utterance", "description", "sentence", "response
 SCENE_TEXT_KEYS = ("caption", "description", "utterance", "response", "text")
 
 
-class Boxes:
-    """Object regions by (scan id, object id) from a boxes file (see the module docstring)."""
+ID_RULES = ("native", "sceneverse")
 
-    def __init__(self, data: Any, radius: float | None = None) -> None:
+
+class Boxes:
+    """Object regions by (scan id, object id) from a boxes file, ids read under ``id_rule``
+    (see the module docstring)."""
+
+    def __init__(self, data: Any, radius: float | None = None, id_rule: str = "native") -> None:
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
             raise ValueError("boxes file must be {scan_id: {object_id: {center, size} or [x, y, z]}}")
-        self.data = data
-        self.radius = radius
+        if id_rule not in ID_RULES:
+            raise ValueError(f"id rule must be one of {', '.join(ID_RULES)}, got {id_rule!r}")
+        self.data, self.radius, self.id_rule = data, radius, id_rule
+        self.looked_up: Counter = Counter()  # per caption source
+        self.matched: Counter = Counter()
+        self._renumbered: dict[str, dict[str, str]] = {}  # scan -> {id under the rule: box key}
 
-    def anchor(self, scan_id: str, object_id: Any) -> Anchor:
-        value = self.data.get(str(scan_id), {}).get(str(object_id).strip())
+    def _key(self, scan_id: str, object_id: Any) -> str | None:
+        key = str(object_id).strip()
+        if self.id_rule == "native":
+            return key
+        if scan_id not in self._renumbered:
+            self._renumbered[scan_id] = {str(v["ids"][self.id_rule]): k for k, v in self.data.get(scan_id, {}).items()
+                                         if isinstance(v, dict) and self.id_rule in (v.get("ids") or {})}
+        renumbered = self._renumbered[scan_id]
+        return renumbered.get(key) if renumbered else key  # a scan numbered its own way under the rule
+
+    def anchor(self, scan_id: str, object_id: Any, source: str = "") -> Anchor:
+        self.looked_up[source] += 1
+        key = self._key(str(scan_id), object_id)
+        value = self.data.get(str(scan_id), {}).get(key) if key is not None else None
         if value is None:
             raise RecordError("unknown object id (not in the boxes file)")
         if isinstance(value, dict):
-            return Anchor.from_obj({k: value[k] for k in ("center", "size", "radius") if k in value})
-        return Anchor.from_obj({"center": value, "radius": self.radius})
+            anchor = Anchor.from_obj({k: value[k] for k in ("center", "size", "radius") if k in value})
+        else:
+            anchor = Anchor.from_obj({"center": value, "radius": self.radius})
+        self.matched[source] += 1
+        return anchor
+
+    def matches(self) -> dict[str, dict[str, Any]]:
+        """Per caption source: object ids looked up, matched to a box, and the id rule."""
+        return {s: {"looked_up": n, "matched": self.matched[s], "id_rule": self.id_rule}
+                for s, n in sorted(self.looked_up.items())}
 
 
 def _first(item: dict, keys: Iterable[str], what: str) -> Any:
@@ -68,7 +103,7 @@ def _text(value: Any) -> str:
 
 def _object_record(scan_id: Any, object_id: Any, text: Any, boxes: Boxes, source: str,
                    instruction: str, record_id: Any = None) -> list[Record]:
-    anchor = boxes.anchor(str(scan_id), object_id)
+    anchor = boxes.anchor(str(scan_id), object_id, source)
     record = Record(scene_id=str(scan_id), task="object_caption", instruction=instruction, response=_text(text),
                     anchor=anchor, source=source, id=None if record_id is None else str(record_id))
     return [Record.from_dict(record.to_dict())]

@@ -70,13 +70,18 @@ def _convert(args: argparse.Namespace, report: ConversionReport) -> list:
         boxes_file = args.boxes or args.centers
         if not boxes_file:
             raise ValueError(f"format {fmt} needs --boxes FILE (leovl-data object-boxes): object ids become regions")
-        boxes = caption_adapters.Boxes(_load_json(boxes_file))
+        boxes = caption_adapters.Boxes(_load_json(boxes_file), id_rule=args.id_rule or ID_RULES.get(fmt, "native"))
         if fmt in ("nr3d", "sr3d"):
             path = Path(inputs[0])
             if not path.is_file():
                 raise ValueError(f"input file {path} does not exist")
-            return list(caption_adapters.convert_referit3d(path.read_text(encoding="utf-8"), boxes, report, fmt))
-        return list(OBJECT_FORMATS[fmt](_load_json(inputs[0]), boxes, report))
+            records = list(caption_adapters.convert_referit3d(path.read_text(encoding="utf-8"), boxes, report, fmt))
+        else:
+            records = list(OBJECT_FORMATS[fmt](_load_json(inputs[0]), boxes, report))
+        args.ids_matched = boxes.matches()
+        for source, m in args.ids_matched.items():
+            print(f"object ids of {source} matched to boxes ({m['id_rule']} ids): {m['matched']} of {m['looked_up']}")
+        return records
     convert = {"scanqa": adapters.convert_scanqa, "leo-plan": adapters.convert_leo_plan,
                "leo-qa": adapters.convert_leo_qa, "leo-dialogue": adapters.convert_leo_dialogue,
                "leo-scene-caption": adapters.convert_leo_scene_caption, "msqa": adapters.convert_msqa,
@@ -88,6 +93,8 @@ OBJECT_FORMATS = {"leo-object-caption": caption_adapters.convert_leo_object_capt
                   "scanrefer": caption_adapters.convert_scanrefer, "scanscribe": caption_adapters.convert_scanscribe,
                   "object-captions": caption_adapters.convert_object_captions, "nr3d": None, "sr3d": None}
 FORMATS = adapters.FORMATS + tuple(OBJECT_FORMATS) + ("scene-captions",)
+# Generic object-caption lists are SceneVerse's: its ARKitScenes ids are list positions (caption_adapters)
+ID_RULES = {"object-captions": "sceneverse"}
 
 
 def _shard(ids: list[str], shard: str | None) -> list[str]:
@@ -199,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--boxes", help="object-caption formats: JSON {scan_id: {object_id: {center, size}}} "
                                     "(leovl-data object-boxes)")
     c.add_argument("--centers", help="like --boxes, for files of points {scan_id: {object_id: [x, y, z]}}")
+    c.add_argument("--id-rule", choices=caption_adapters.ID_RULES,
+                   help="how the captions number objects: native (the annotation's ids) or sceneverse (ARKitScenes "
+                        "by list position); default sceneverse for object-captions, native otherwise")
     c.add_argument("--seeds", help="synthetic: room seeds, 'A:B' or 'a,b,c'")
     c.add_argument("--qa-per-type", type=int, help="synthetic: questions per room and question type (default 6)")
     c.add_argument("--report", help="also write the kept/skipped counts as JSON here")
@@ -275,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(report.summary())
     if getattr(args, "report", None):
-        atomic_write_text(args.report, json.dumps(report.to_dict(), indent=1))
+        counts = report.to_dict()
+        if getattr(args, "ids_matched", None):
+            counts["ids_matched"] = args.ids_matched
+        atomic_write_text(args.report, json.dumps(counts, indent=1))
     return 0
 
 

@@ -13,18 +13,27 @@ on the voxels the object's frames produced):
   property of ``labels.instances.annotated.v2.ply``, then the scan's floor-centre alignment
   (scan_readers.scan_alignment). Object ids are ``objectId`` (LEO's ``<label>-<id>``,
   scanscribe's ``object_id``).
-- ARKitScenes (a box given directly): ``<video_id>_3dod_annotation.json`` (``data: [{uid,
-  label, segments: {obbAligned: {centroid, axesLengths, normalizedAxes}}}]``), corners as the
-  official ``compute_box_3d`` builds them, then the scan's alignment; the region is the
-  axis-aligned box around the oriented one. Object ids are ``uid``.
-- MultiScan (boxes given directly): ``<scan>.annotations.json`` (``objects: [{objectId, label,
+- ARKitScenes (a box given directly; ``raw`` or ``3dod`` layout):
+  ``<video_id>_3dod_annotation.json`` (``data: [{uid, label, segments: {obbAligned: {centroid,
+  axesLengths, normalizedAxes}}}]``), corners as the official ``compute_box_3d`` builds them,
+  then the scan's alignment; the region is the axis-aligned box around the oriented one.
+  Object ids are ``uid``; SceneVerse numbers the same objects by their position in ``data``
+  (+1, its ``preprocess/arkitscenes.py``), kept as the box's ``ids: {sceneverse}``.
+- MultiScan (boxes given directly): ``<scan>.annotations.json`` (``objects: [{objectId?, label,
   obb: {centroid, axesLengths, normalizedAxes (column-major, columns = axes)}}]``) in the
   aligned mesh frame, taken to the cameras' world with ``<scan>.align.json`` (required) and
-  then to our map. Object ids are ``objectId``.
+  then to our map. Object ids are ``objectId`` (SceneVerse's too). Decision (paper silent):
+  some published files have no ``objectId``; such an object is keyed by its ``label``
+  (``bag.1``: category.instance, unique in a scan by MultiScan's naming), so it can never
+  take another object's key, and a caption by integer id will not match it (counted).
 
-``leovl-data object-boxes --source KIND=ROOT ... --out boxes.json`` writes
-``{scan_id: {"<object id>": {center, size, label}}}`` for the caption converters. An object
-without vertices, or a scan without its annotation files, is skipped and counted.
+No two objects ever share a key: an object without an id, or every object of a scan that
+shares its id with another, is skipped and counted ("ambiguous": which one a caption means is
+unknown). ``leovl-data object-boxes --source KIND=ROOT ... --out boxes.json`` writes
+``{scan_id: {"<object id>": {center, size, label, ids?}}}`` for the caption converters
+(``ids``: the object's id under another numbering, ``{rule: id}``, for caption sources that
+use it: caption_adapters.Boxes). An object without vertices, or a scan without its
+annotation files, is skipped and counted.
 """
 from __future__ import annotations
 
@@ -36,8 +45,10 @@ from typing import BinaryIO, Iterable
 import numpy as np
 
 from leovl_ros.scans.frames import _axis_alignment
-from .records import ConversionReport
 from leovl_ros.scans.scan_readers import ARKitScenes, MultiScan, RScan, scan_alignment
+from leovl_ros.scans.scan_sources import ARKITSCENES_SPLITS
+
+from .records import ConversionReport
 
 _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
               "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
@@ -109,6 +120,28 @@ def _xyz(vertices: np.ndarray) -> np.ndarray:
     return np.stack([vertices["x"], vertices["y"], vertices["z"]], 1).astype(np.float64)
 
 
+class _ScanObjects:
+    """One scan's boxes by object id: a missing or shared id is a counted skip, never an overwrite."""
+
+    def __init__(self, kind: str, scan: str, report: ConversionReport) -> None:
+        self.kind, self.scan, self.report = kind, scan, report
+        self.by_id: dict[str, list[dict]] = {}
+
+    def add(self, obj_id, box: dict) -> None:
+        if obj_id is None or not str(obj_id).strip():
+            self.report.skip(f"{self.kind} object without an id", f"{self.scan}/{box['label'] or '?'}")
+            return
+        self.by_id.setdefault(str(obj_id).strip(), []).append(box)
+
+    def boxes(self) -> dict[str, dict]:
+        for key, same in self.by_id.items():
+            if len(same) > 1:
+                for _ in same:
+                    self.report.skip(f"{self.kind} objects sharing one id (ambiguous: all dropped)",
+                                     f"{self.scan}/{key}")
+        return {key: same[0] for key, same in self.by_id.items() if len(same) == 1}
+
+
 def scannet_boxes(scene_dir: Path, report: ConversionReport) -> dict[str, dict]:
     name = scene_dir.name
     agg = next((p for p in (scene_dir / f"{name}.aggregation.json", scene_dir / f"{name}_vh_clean.aggregation.json")
@@ -120,15 +153,15 @@ def scannet_boxes(scene_dir: Path, report: ConversionReport) -> dict[str, dict]:
     seg_of_vertex = np.asarray(json.loads(segs.read_text())["segIndices"])
     if len(seg_of_vertex) != len(points):
         raise ValueError("segs.json and the mesh have different vertex counts")
-    boxes = {}
+    objects = _ScanObjects("scannet", name, report)
     for group in json.loads(agg.read_text())["segGroups"]:
         mask = np.isin(seg_of_vertex, group.get("segments", []))
         obj_id = group.get("objectId", group.get("id"))
         if not mask.any():
             report.skip("object without mesh vertices", f"{name}/{obj_id}")
             continue
-        boxes[str(obj_id)] = _box(points[mask], str(group.get("label", "")))
-    return boxes
+        objects.add(obj_id, _box(points[mask], str(group.get("label", ""))))
+    return objects.boxes()
 
 
 def rscan_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dict]:
@@ -139,24 +172,29 @@ def rscan_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dict]:
     if "objectId" not in (vertices.dtype.names or ()):
         raise ValueError("labels.instances.annotated.v2.ply has no objectId vertex property")
     points = _transform(scan_alignment(RScan(scan_dir)).T, _xyz(vertices))
-    boxes = {}
+    objects = _ScanObjects("3rscan", scan_dir.name, report)
     for group in json.loads(semseg.read_text())["segGroups"]:
         obj_id = group.get("objectId", group.get("id"))
-        mask = vertices["objectId"] == int(obj_id)
+        try:
+            mask = vertices["objectId"] == int(obj_id)
+        except (TypeError, ValueError):
+            report.skip("3rscan object without an integer id", f"{scan_dir.name}/{group.get('label', '?')}")
+            continue
         if not mask.any():
             report.skip("object without mesh vertices", f"{scan_dir.name}/{obj_id}")
             continue
-        boxes[str(obj_id)] = _box(points[mask], str(group.get("label", "")))
-    return boxes
+        objects.add(obj_id, _box(points[mask], str(group.get("label", ""))))
+    return objects.boxes()
 
 
 def arkitscenes_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dict]:
-    annotation = scan_dir / f"{scan_dir.name}_3dod_annotation.json"
+    scan = ARKitScenes(scan_dir)
+    annotation = scan.path / f"{scan.video_id}_3dod_annotation.json"
     if not annotation.is_file():
         raise ValueError(f"missing ARKitScenes annotation {annotation.name}")
-    T = scan_alignment(ARKitScenes(scan_dir)).T
-    boxes = {}
-    for item in json.loads(annotation.read_text()).get("data", []):
+    T = scan_alignment(scan).T
+    objects = _ScanObjects("arkitscenes", scan.video_id, report)
+    for position, item in enumerate(json.loads(annotation.read_text()).get("data", [])):
         uid = item.get("uid")
         try:
             obb = item["segments"]["obbAligned"]
@@ -165,10 +203,12 @@ def arkitscenes_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dic
             corners = (_SIGNS * half) @ rot + np.asarray(obb["centroid"], dtype=np.float64).reshape(3)
         except (KeyError, TypeError, ValueError) as exc:
             report.skip(f"ARKitScenes object without a usable obbAligned ({type(exc).__name__})",
-                        f"{scan_dir.name}/{uid}")
+                        f"{scan.video_id}/{uid}")
             continue
-        boxes[str(uid)] = _box(_transform(T, corners), str(item.get("label", "")))
-    return boxes
+        box = _box(_transform(T, corners), str(item.get("label", "")))
+        box["ids"] = {"sceneverse": str(position + 1)}  # SceneVerse counts every listed object
+        objects.add(uid, box)
+    return objects.boxes()
 
 
 def multiscan_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dict]:
@@ -177,9 +217,9 @@ def multiscan_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dict]
         raise ValueError(f"missing MultiScan {annotation.name} or {align.name} (boxes are in the aligned frame)")
     to_cameras = np.asarray(json.loads(align.read_text())["coordinate_transform"], np.float64).reshape(4, 4, order="F")
     T = scan_alignment(MultiScan(scan_dir)).T @ to_cameras
-    boxes = {}
+    objects = _ScanObjects("multiscan", scan_dir.name, report)
     for item in json.loads(annotation.read_text()).get("objects", []):
-        obj_id = item.get("objectId")
+        obj_id = item.get("objectId", item.get("label"))  # the label rule: see the module docstring
         try:
             obb = item["obb"]
             axes = np.asarray(obb["normalizedAxes"], dtype=np.float64).reshape(3, 3, order="F")  # columns: axes
@@ -188,8 +228,8 @@ def multiscan_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dict]
         except (KeyError, TypeError, ValueError) as exc:
             report.skip(f"MultiScan object without a usable obb ({type(exc).__name__})", f"{scan_dir.name}/{obj_id}")
             continue
-        boxes[str(obj_id)] = _box(_transform(T, corners), str(item.get("label", "")))
-    return boxes
+        objects.add(obj_id, _box(_transform(T, corners), str(item.get("label", ""))))
+    return objects.boxes()
 
 
 BOX_READERS = {"scannet": scannet_boxes, "3rscan": rscan_boxes, "arkitscenes": arkitscenes_boxes,
@@ -202,13 +242,16 @@ def object_boxes(sources: Iterable[tuple[str, str]], report: ConversionReport) -
     for kind, root in sources:
         if kind not in BOX_READERS:
             raise ValueError(f"object boxes come from {' or '.join(BOX_READERS)} annotations, not {kind!r}")
-        folders = [Path(root) / split for split in ("Training", "Validation")] if kind == "arkitscenes" else []
-        folders = [f for f in folders if f.is_dir()] or [Path(root)]  # ARKitScenes raw: split folders
+        folders = [Path(root) / split for split in ARKITSCENES_SPLITS if split] if kind == "arkitscenes" else []
+        folders = [f for f in folders if f.is_dir()] or [Path(root)]  # ARKitScenes: split folders
         for scan_dir in sorted(p for f in folders for p in f.iterdir() if p.is_dir()):
             try:
                 boxes = BOX_READERS[kind](scan_dir, report)
             except (ValueError, KeyError, OSError) as exc:
                 report.skip(f"{kind} scan without usable instances ({type(exc).__name__}: {exc})", scan_dir.name)
+                continue
+            if scan_dir.name in out:
+                report.skip(f"{kind} scan found twice (the first is kept)", str(scan_dir))
                 continue
             out[scan_dir.name] = boxes
             report.kept["objects"] += len(boxes)

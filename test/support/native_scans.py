@@ -60,10 +60,14 @@ def write_3rscan(frames: Sequence[Frame], scan_dir: Path, native: np.ndarray) ->
     return scan_dir
 
 
+MULTISCAN_T0 = 4523.1157  # s: ARKit frame time of the first frame (seconds since the device booted)
+
+
 def write_multiscan(frames: Sequence[Frame], scan_dir: Path, native: np.ndarray, fps: int = 10) -> Path:
     """``<scan>/<scan>.{mp4, depth.zlib, jsonl, json}``: H.264 colour at twice the depth size,
     raw-deflate float16 metres, column-major intrinsics (of the colour image) and ARKit-axes
-    camera-to-world transforms in a y-up world."""
+    camera-to-world transforms in a y-up world; ``timestamp`` in integer nanoseconds, as the
+    iOS recorder writes ``Int64(t * 1e9)`` (frame i at ``MULTISCAN_T0 + i / fps`` s)."""
     import av
 
     scan_dir.mkdir(parents=True)
@@ -84,7 +88,7 @@ def write_multiscan(frames: Sequence[Frame], scan_dir: Path, native: np.ndarray,
     lines = []
     for i, f in enumerate(frames):
         T = native @ f.T_map_camera @ OPTICAL_TO_ARKIT
-        lines.append(json.dumps({"timestamp": 1000 + i * 100, "intrinsics": Kc.reshape(-1, order="F").tolist(),
+        lines.append(json.dumps({"timestamp": int(round((MULTISCAN_T0 + i / fps) * 1e9)), "intrinsics": Kc.reshape(-1, order="F").tolist(),
                                  "transform": T.reshape(-1, order="F").tolist(), "exposure_duration": 10}))
     (scan_dir / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     meta = {"scene": {"type": "Bedroom / Hotel", "description": "synthetic"}, "depth_unit": "m",
@@ -101,28 +105,30 @@ def write_multiscan(frames: Sequence[Frame], scan_dir: Path, native: np.ndarray,
 
 
 def write_arkitscenes(frames: Sequence[Frame], video_dir: Path, native: np.ndarray, t0: float = 6845.137,
-                      traj_offset: float = 0.001) -> Path:
-    """``<video_id>/``: lowres_wide/ + lowres_depth/ (<id>_<t>.png, uint16 mm),
+                      traj_offset: float = 0.001, layout: str = "raw") -> Path:
+    """``<video_id>/`` (``raw`` layout) or ``<video_id>/<video_id>_frames/`` (``3dod``, Apple's
+    3DOD download): lowres_wide/ + lowres_depth/ (<id>_<t>.png, uint16 mm),
     lowres_wide_intrinsics/<id>_<t>.pincam and lowres_wide.traj (world -> camera as
     angle-axis + translation), its timestamps ``traj_offset`` s off the frames' (as in the
-    real data, where they are matched within 5 ms)."""
+    real data, where they are matched within 5 ms). Returns the video folder."""
     vid = video_dir.name
+    frames_dir = video_dir if layout == "raw" else video_dir / f"{vid}_frames"
     for sub in ("lowres_wide", "lowres_depth", "lowres_wide_intrinsics"):
-        (video_dir / sub).mkdir(parents=True)
+        (frames_dir / sub).mkdir(parents=True)
     h, w = frames[0].depth_mm.shape
     traj = []
     for i, f in enumerate(frames):
         t = t0 + 0.1 * i
         stem = f"{vid}_{t:.3f}"
-        Image.fromarray(f.rgb).save(video_dir / "lowres_wide" / f"{stem}.png")
-        Image.fromarray(f.depth_mm).save(video_dir / "lowres_depth" / f"{stem}.png")
+        Image.fromarray(f.rgb).save(frames_dir / "lowres_wide" / f"{stem}.png")
+        Image.fromarray(f.depth_mm).save(frames_dir / "lowres_depth" / f"{stem}.png")
         K = f.K
-        (video_dir / "lowres_wide_intrinsics" / f"{stem}.pincam").write_text(
+        (frames_dir / "lowres_wide_intrinsics" / f"{stem}.pincam").write_text(
             f"{w} {h} {K[0, 0]} {K[1, 1]} {K[0, 2]} {K[1, 2]}\n")
         extrinsics = np.linalg.inv(native @ f.T_map_camera)
         rv = Rotation.from_matrix(extrinsics[:3, :3]).as_rotvec()
         traj.append(" ".join(f"{v:.9f}" for v in [t + traj_offset, *rv, *extrinsics[:3, 3]]))
-    (video_dir / "lowres_wide.traj").write_text("\n".join(traj) + "\n")
+    (frames_dir / "lowres_wide.traj").write_text("\n".join(traj) + "\n")
     return video_dir
 
 
@@ -190,29 +196,48 @@ def write_3rscan_instances(room, scan_dir: Path, native: np.ndarray) -> None:
 
 
 def write_arkitscenes_annotation(room, video_dir: Path, native: np.ndarray) -> None:
-    """``<video_id>_3dod_annotation.json``: each object's box as ``obbAligned`` in the video's
-    world frame (``normalizedAxes`` rows = the box's axes, as ``compute_box_3d`` reads them);
-    one object without a box (skipped by readers)."""
+    """``<video_id>_3dod_annotation.json`` in the video folder (both layouts): each object's box
+    as ``obbAligned`` in the video's world frame (``normalizedAxes`` rows = the box's axes, as
+    ``compute_box_3d`` reads them); one object without a box (skipped by readers), listed
+    second so that list positions (SceneVerse's ids) and object ids differ."""
     axes = native[:3, :3].T.reshape(-1).tolist()
     data = [{"uid": f"uid-{obj.id}", "label": obj.category, "modelId": "", "children": [], "objectId": obj.id,
              "segments": {"obbAligned": {"centroid": (native[:3, :3] @ obj.center + native[:3, 3]).tolist(),
                                          "axesLengths": obj.size.tolist(), "normalizedAxes": axes}}}
             for obj in room.objects]
-    data.append({"uid": "uid-broken", "label": "chair", "segments": {}})
+    data.insert(1, {"uid": "uid-broken", "label": "chair", "segments": {}})
     (video_dir / f"{video_dir.name}_3dod_annotation.json").write_text(json.dumps(
         {"data": data, "stats": {}, "comment": "", "confirm": [], "skipped": False}))
 
 
-def write_multiscan_annotations(room, scan_dir: Path, native: np.ndarray) -> None:
-    """``<scan>.annotations.json`` (objects with ``obb`` in the aligned frame = the room frame
-    here, ``normalizedAxes`` column-major) and ``<scan>.align.json`` (aligned -> cameras' world)."""
+def write_multiscan_annotations(room, scan_dir: Path, native: np.ndarray, floor_z: float = 0.0,
+                                object_ids: bool = True) -> dict[str, int]:
+    """``<scan>.annotations.json`` (``{version, scanId, objects, articulations}``; objects with
+    ``label`` ``<category>.<instance>`` and ``obb`` in the aligned frame, ``normalizedAxes``
+    column-major) and ``<scan>.align.json`` (aligned -> cameras' world, column-major). The
+    aligned frame is the room's shifted so the floor is at ``floor_z`` (real files: z-up,
+    centred at mid-height, floor near -1.3 m); ``object_ids=False`` leaves ``objectId`` out, as
+    some published files do. Returns label -> the room object's id."""
     name = scan_dir.name
-    objects = [{"objectId": obj.id, "label": f"{obj.category}.1", "mobilityType": "movable", "partIds": [obj.id],
-                "obb": {"centroid": obj.center.tolist(), "axesLengths": obj.size.tolist(),
+    shift = np.array([0.0, 0.0, floor_z])
+    objects, labels, seen = [], {}, {}
+    for obj in room.objects:
+        seen[obj.category] = seen.get(obj.category, 0) + 1
+        label = f"{obj.category}.{seen[obj.category]}"
+        labels[label] = obj.id
+        item = {"objectId": obj.id + 1, "label": label, "mobilityType": "movable", "partIds": [obj.id + 1],
+                "obb": {"centroid": (obj.center + shift).tolist(), "axesLengths": obj.size.tolist(),
                         "normalizedAxes": np.eye(3).reshape(-1, order="F").tolist(),
-                        "min": obj.min.tolist(), "max": obj.max.tolist(), "front": [0, -1, 0], "up": [0, 0, 1]}}
-               for obj in room.objects]
+                        "min": (obj.min + shift).tolist(), "max": (obj.max + shift).tolist(),
+                        "front": [0, -1, 0], "up": [0, 0, 1]}}
+        if not object_ids:
+            del item["objectId"]
+        objects.append(item)
     (scan_dir / f"{name}.annotations.json").write_text(json.dumps(
-        {"version": "multiscan@0.0.1", "scanId": name, "objects": objects, "parts": []}))
+        {"version": "multiscan@0.0.1", "scanId": name, "objects": objects, "articulations": []}))
+    aligned_to_room = np.eye(4)
+    aligned_to_room[:3, 3] = -shift
     (scan_dir / f"{name}.align.json").write_text(json.dumps(
-        {"version": "multiscan@0.0.1", "coordinate_transform": native.reshape(-1, order="F").tolist()}))
+        {"version": "multiscan@0.0.1",
+         "coordinate_transform": (native @ aligned_to_room).reshape(-1, order="F").tolist()}))
+    return labels

@@ -2,6 +2,7 @@
 
     frames.py       ScanNet exports and synthetic rooms as posed frames (leovl_ros.rgbd_frame.RGBDFrame)
     scan_readers.py 3RScan, MultiScan, ARKitScenes readers (native layouts)
+    multiscan_streams.py MultiScan's depth (.depth.zlib) and colour (.mp4) streams, frame by frame
     scan_align.py   up axis and floor-centred alignment estimated from the data
     scan_sources.py every scan kind by name: locate, read, report
     bag_files.py    the storage files of a recording (segments, files of a killed recorder)

@@ -88,7 +88,8 @@ def write_multiscan(frames: Sequence[Frame], scan_dir: Path, native: np.ndarray,
     lines = []
     for i, f in enumerate(frames):
         T = native @ f.T_map_camera @ OPTICAL_TO_ARKIT
-        lines.append(json.dumps({"timestamp": int(round((MULTISCAN_T0 + i / fps) * 1e9)), "intrinsics": Kc.reshape(-1, order="F").tolist(),
+        lines.append(json.dumps({"timestamp": int(round((MULTISCAN_T0 + i / fps) * 1e9)),
+                                 "intrinsics": Kc.reshape(-1, order="F").tolist(),
                                  "transform": T.reshape(-1, order="F").tolist(), "exposure_duration": 10}))
     (scan_dir / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     meta = {"scene": {"type": "Bedroom / Hotel", "description": "synthetic"}, "depth_unit": "m",

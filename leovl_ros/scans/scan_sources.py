@@ -24,6 +24,9 @@ from .frames import FrameReport, RGBDFrame, scannet_frames
 from .scan_readers import READERS, arkitscenes_folders, scan_frames
 
 KINDS = ("scannet", "3rscan", "multiscan", "arkitscenes")
+# Reader fixes that change a kind's frames, in its maps' recipe so cached maps are rebuilt:
+# MultiScan's floor from the depth points (not align.json's z = 0) and stamps in seconds (not ns).
+READER_REVISIONS = {"multiscan": ":floor=depth:stamp=s"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class ScanSource:
     def recipe(self) -> str:
         """This source's part of a cached map's recipe (how frames were read and aligned)."""
         align = "" if self.kind == "scannet" else ":align=floor-centre:upright"
-        return f"{self.kind}:stride={self.stride}{align}"
+        return f"{self.kind}:stride={self.stride}{align}{READER_REVISIONS.get(self.kind, '')}"
 
     def frames(self, path: Path, report: FrameReport) -> Iterator[RGBDFrame]:
         if self.kind == "scannet":

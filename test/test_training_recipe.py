@@ -136,6 +136,18 @@ def test_the_7b_recipe_runs_as_shipped(tmp_path, monkeypatch, capsys):
     cfg = load_config(sft_cfg)
     records = read_records(cfg.data.train)
     assert {r.task for r in records} == {"qa", "object_caption", "scene_caption", "plan", "dialogue"}
+    # Table 1's mix: no LEO 3RScan QA ("+QA", §4.3), no grounding texts as captions (§3.2) ...
+    extras = {"leo_qa", "scanrefer", "nr3d"}
+    assert not extras & {r.source for r in records}
+    assert {r.source for r in records if r.task == "qa"} == {"scanqa", "sqa3d", "msqa_scannet", "msqa_3rscan",
+                                                             "msqa_arkitscenes"}
+    # ... which the named ablation adds, identical otherwise
+    ablation = load_config(REPO / "recipes/sft_leovl_7b_extras.yaml")
+    assert extras <= {r.source for r in read_records(ablation.data.train)}
+    assert len(ablation.data.train) == len(cfg.data.train) + 3 and set(cfg.data.train) < set(ablation.data.train)
+    same = lambda c: {**dataclasses.asdict(c), "output_dir": None, "data": {**dataclasses.asdict(c.data),  # noqa: E731
+                                                                               "train": None}}
+    assert same(ablation) == same(cfg) and ablation.output_dir != cfg.output_dir
     assert {r.scene_id for r in records} == {SCANNET, SCANNET2, RSCAN, MULTISCAN, ARKIT}
     assert all(r.anchor is not None and r.anchor.size is not None for r in records if r.task == "object_caption")
 

@@ -93,7 +93,8 @@ OBJECT_FORMATS = {"leo-object-caption": caption_adapters.convert_leo_object_capt
                   "scanrefer": caption_adapters.convert_scanrefer, "scanscribe": caption_adapters.convert_scanscribe,
                   "object-captions": caption_adapters.convert_object_captions, "nr3d": None, "sr3d": None}
 FORMATS = adapters.FORMATS + tuple(OBJECT_FORMATS) + ("scene-captions",)
-# Generic object-caption lists are SceneVerse's: its ARKitScenes ids are list positions (caption_adapters)
+# Decision (paper silent): generic object-caption lists are read with SceneVerse's ids (LEO-VL's object captions
+# come from SceneVerse; its ARKitScenes ids are list positions, caption_adapters); --id-rule native for others.
 ID_RULES = {"object-captions": "sceneverse"}
 
 

@@ -35,6 +35,7 @@ import torch
 
 from ..camera_path import CAMERA_PATH_KEY, CameraPath
 from ..geometry import KeyframeSelector, cell_points
+from ..gravity import depth_samples
 from ..model.prompts import SceneQuery, plan_instruction
 from ..model.scene_tokens import check_map
 from ..voxel_map import VoxelMap
@@ -217,6 +218,7 @@ class SceneSession:
         if cells.size == 0:
             return "no valid depth"
         features = encoded.features[torch.from_numpy(cells)]  # (N, d)
+        samples = depth_samples(depth_m, frame.intrinsics, frame.T_map_camera, cfg.depth_min, cfg.depth_max)
         with self._map_lock:
             if epoch != self._epoch:
                 return "scene reset"
@@ -225,7 +227,7 @@ class SceneSession:
             self._map.fuse(points, features, origin=frame.T_map_camera[:3, 3])
             self._version += 1
             self._fused += 1
-            self._gravity.add_keyframe(frame.T_map_camera)
+            self._gravity.add_keyframe(frame.T_map_camera, samples)
             self._camera_path.add(frame.T_map_camera)
             self._newest_stamp = max(self._newest_stamp or -math.inf, frame.stamp_s)
         if full:
@@ -285,28 +287,26 @@ class SceneSession:
         with self._map_lock:
             if not self._gravity.due(self._version):
                 return
-            version, centers = self._version, self._map.centers.cpu().numpy()
-            down = self._gravity.down_sum.copy()
-        R = self._gravity.update(version, centers, down, self._map.voxel_size)
-        e = self._gravity.estimate
+            version, (points, cameras) = self._version, self._gravity.inputs()
+        R = self._gravity.update(version, points, cameras, self._map.voxel_size)
+        e = self._gravity.confirmed
         if R is not None:
             with self._map_lock:
-                if self._version == version:  # else the next report retries on the newer map
-                    self._map = relevel_map(self._map, R, self.model.new_voxel_map(**self._map_options()))
-                    self._gravity.level = R @ self._gravity.level
-                    self._camera_path.rotate(R)
-                    self._gravity.down_sum = R @ self._gravity.down_sum
-                    self._keyframes.reset()  # its last pose is in the old frame
-                    self._epoch += 1  # a keyframe posed in the old frame must not be fused
-                    self._version += 1
-                    self._gravity.estimate = None
-            self.warn_once("gravity", "info", f"levelled the map by {e.angle_deg:.1f} deg (align_gravity; "
-                                              f"{self._gravity.leveled_deg:.1f} deg in all): up from a {e.source}")
-        elif e is not None and e.source == "horizontal plane" and e.angle_deg > self.config.gravity_warn_deg \
+                if self._version != version:  # the next report retries on the newer map
+                    return
+                self._map = relevel_map(self._map, R, self.model.new_voxel_map(**self._map_options()))
+                self._gravity.rotate(R)
+                self._camera_path.rotate(R)
+                self._keyframes.reset()  # its last pose is in the old frame
+                self._epoch += 1  # a keyframe posed in the old frame must not be fused
+                self._version += 1
+            self.warn_once("gravity level", "info", f"levelled the map by {e.angle_deg:.1f} deg (align_gravity; "
+                           f"{self._gravity.leveled_deg:.1f} deg in all): up from the {e.source}")
+        elif e is not None and e.angle_deg > self.config.gravity_warn_deg \
                 and not self._gravity.warned:  # the camera prior alone is no evidence: cameras are pitched
             self._gravity.warned = True
             self.warn_once("gravity", "warn", (
-                f"the map frame is tilted {e.angle_deg:.0f} deg from gravity (estimated from a {e.source}): "
+                f"the map frame is tilted {e.angle_deg:.0f} deg from gravity (estimated from the {e.source}): "
                 "height and column pooling assume z up; give a z-up map frame or set align_gravity: true"))
 
     def stats(self) -> SceneStats:
@@ -380,6 +380,7 @@ class SceneSession:
             self._reset_state()
             self._newest_stamp = float(stamp) if stamp else None
             self._camera_path = path
+            self._gravity.seed_from_map(vmap.centers.cpu().numpy())
         return target, vmap.num_voxels
 
     # ------------------------------------------------------------------ questions

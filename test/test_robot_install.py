@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import next_domain_id, wait_for
+from support.working_tree import snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 # Robot-only lines of the README block -> what stands in for them here (each must occur once).
@@ -132,22 +133,6 @@ def _stand_in_ros(tmp: Path) -> Path:
     return setup
 
 
-def _snapshot(tmp: Path) -> Path:
-    """A git repository holding this working tree as it is (committed or not), to clone from."""
-    snap = tmp / "snapshot"
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, listed):
-        src = REPO / rel
-        if src.is_file():
-            (snap / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, snap / rel)
-    git = ["git", "-C", str(snap), "-c", "user.name=test", "-c", "user.email=test@invalid"]
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
-        subprocess.run(git + args, check=True, capture_output=True)
-    return snap
-
-
 def _robot_env(home: Path, domain_id: int) -> dict[str, str]:
     """A robot user's login environment: the system Python first on PATH, nothing sourced yet."""
     ours = str(Path(sys.prefix) / "bin")
@@ -184,7 +169,7 @@ def test_readme_robot_install_builds_the_package_and_the_node_answers(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     ws = home / "ws"
-    script = _robot_script(readme_robot_block(), ros_setup=_stand_in_ros(tmp_path), snapshot=_snapshot(tmp_path))
+    script = _robot_script(readme_robot_block(), ros_setup=_stand_in_ros(tmp_path), snapshot=snapshot(tmp_path))
     domain_id = next_domain_id()
     env = _robot_env(home, domain_id)
     log = tmp_path / "recipe.log"

@@ -6,7 +6,7 @@ rotated features of each (x, y) column into one token, and keep each token's col
 ``LeoVLConfig.fourier_w``; ``fourier_input`` here is the formula). Built on demand from the
 map, never stored.
 
-Decisions where the paper is silent:
+Decision (paper silent):
 - RoPE position = the integer voxel height index floor(z / voxel_size) in the map frame (z
   up, so heights are floor-relative in voxel steps); channel pairs are adjacent
   (x_2i, x_2i+1) as in the paper's block-diagonal R_p, theta_i = 10000^(-2i/d).

@@ -27,9 +27,9 @@ class SceneHeads(nn.Module):
     learn). The trainer decays it like every matrix (weight decay 0.05 x lr 3e-5 shrinks it
     by ~1.5e-6 a step). The fixed buffer stays float64: it is exactly the W old bundles
     were trained with.
-    Init (paper silent): the MLP's output layer is zero, so training starts from the pure
-    vision features; the anchor is N(0, 0.02^2), small against feature norms but not zero
-    so the referred region is marked from the first step.
+    Decision (paper silent): at init the MLP's output layer is zero, so training starts from
+    the pure vision features; the anchor is N(0, 0.02^2), small against feature norms but
+    not zero so the referred region is marked from the first step.
     """
 
     def __init__(self, config: LeoVLConfig) -> None:

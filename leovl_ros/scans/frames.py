@@ -1,7 +1,7 @@
 """Posed RGB-D frame sources: ScanNet SensReader exports and synthetic rooms (bags: bags.py;
 3RScan, MultiScan and ARKitScenes: scan_readers.py).
 
-ScanNet decisions (paper silent): colour and depth are used at their own resolutions (the
+Decision (paper silent) for ScanNet: colour and depth are used at their own resolutions (the
 feature grid covers the whole image either way; the small difference between ScanNet's
 colour and depth fields of view is ignored, as is common practice); frames with
 non-finite poses (failed tracking) are skipped; when the export holds ``<scene_id>.txt``

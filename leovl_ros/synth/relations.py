@@ -1,7 +1,7 @@
 """Spatial relations between the objects of a room, computed from their map-frame boxes.
 
-These are the ground truth behind every annotation. Thresholds are our choices:
-`near` = boxes closer than 0.5 m; a left/right or nearest answer is only asked when it wins
+These are the ground truth behind every annotation. Decision (paper silent), the
+thresholds: `near` = boxes closer than 0.5 m; a left/right or nearest answer is only asked when it wins
 by a clear margin, so the truth does not hinge on centimetres.
 """
 

@@ -10,7 +10,7 @@ extrinsic) and every exchange with the assistant on ``/interactions``
   (response = the correction) and a SceneDPO preference record (chosen = correction,
   rejected = the model's answer).
 
-Decisions (paper silent):
+Decision (paper silent):
 - A bag is one scene (``bag_<folder name>``): interactions refer to the map fused from the
   whole bag, which holds at least what the robot had mapped when it answered.
 - Plain ``ask`` / ``plan`` answers are the model's own outputs, unchecked: by default they are

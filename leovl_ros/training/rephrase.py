@@ -17,7 +17,7 @@ colour and object synonyms unified (couch / sofa, rug / carpet, trash can / bin,
 picture, grey / gray, ...): a synonym or a superset of the right answer is not a negative.
 Shades and materials (light, dark, wooden) are not colours; "light" is the object (a lamp).
 
-Decisions (paper silent): "short" is at most ``max_rule_words`` words (ScanQA / SQA3D
+Decision (paper silent): "short" is at most ``max_rule_words`` words (ScanQA / SQA3D
 answers average 2-3); the scene vocabulary is every word of the scene's records
 (instructions, responses, accepted answers, situations, history) that is a known colour or
 object name; a rule with no in-scene alternative does not fire (the next rule is tried).

@@ -1,7 +1,7 @@
 """Instruction tuning (paper §3.2, App. B): prefix-LM loss on response tokens only, the
 five tasks mixed in one shuffled stream. Prompt and scene tokens carry no loss.
 
-Two normalisations (``optim.loss_norm``; the paper is silent):
+Decision (paper silent): two normalisations (``optim.loss_norm``):
 - ``token`` (default): - sum over the micro-batch's response tokens of log p(token | scene,
   prompt, earlier response tokens) / number of those tokens. It is what Qwen2.5-VL's own
   causal-LM loss (and so the usual Qwen2.5-VL fine-tuning code LEO-VL starts from)

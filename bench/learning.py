@@ -13,7 +13,7 @@ same in all three. "scene-acc" is the paper's scene-preference accuracy (Fig. 8)
 the true answer is more likely given the room than given another room.
 
 Ablations (paper §4.2) at this scale branch off the shared stage-2b model (object maps, see
-training/tiny_model.py): each is a stage-3 SFT run (recipes/leovl_tiny_sft.yaml) of the same
+leovl_ros/training/tiny_model.py): each is a stage-3 SFT run (recipes/leovl_tiny_sft.yaml) of the same
 reduced budget that changes one thing: ``grid.pos_z: none`` (no height RoPE),
 ``grid.grid: voxel_sample`` (a uniform voxel sample instead of the CFG), against the CFG
 itself at that budget; plus the shipped SFT model vs SFT + SceneDPO, whose pairs of each kind
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     rooms = len({r.scene_id for r in records})
     print(f"\nEM on {len(records)} held-out questions from {rooms} rooms (greedy decoding)\n")
     print(fmt_table(rows))
-    pairs = Path(args.dpo).parent / "dpo_pairs.json"  # written by leovl-train dpo (training/scene_dpo.py)
+    pairs = Path(args.dpo).parent / "dpo_pairs.json"  # written by leovl-train dpo (leovl_ros/training/scene_dpo.py)
     if pairs.is_file():
         info = json.loads(pairs.read_text())
         print(f"\nSceneDPO pairs ({pairs}): {info['total']} = "

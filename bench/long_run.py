@@ -1,6 +1,6 @@
 """Hours on a robot: one hour of camera frames through ``SceneSession`` (no ROS), per eviction policy.
 
-Run from the repo root: ``.venv/bin/python -m bench.long_run``. A robot drives laps of a
+Run from the repo root: ``env/ros_env.sh $(make -s venv-path) python -m bench.long_run``. A robot drives laps of a
 60 x 30 m loop corridor (2 m wide, 3 m high) at 1 m/s with a 15 Hz RGB-D camera, for
 ``--minutes`` of simulated time; every frame is offered to the session, which keeps its
 keyframes (0.1 m / 10 deg, at most 5 per s) and fuses each one (the bench waits for it, so

@@ -1,6 +1,6 @@
 """Model benchmark: prefill tokens and time per question, CFG scene vs 32 full frames.
 
-Run from the repo root: ``.venv/bin/python -m bench.model`` (tiny random Qwen2.5-VL, CPU,
+Run from the repo root: ``env/ros_env.sh $(make -s venv-path) python -m bench.model`` (tiny random Qwen2.5-VL, CPU,
 about a minute), or on a real checkpoint: ``--base /models/Qwen2.5-VL-7B-Instruct --device
 cuda --dtype bfloat16``. Every number in the table is measured in this run.
 

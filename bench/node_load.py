@@ -1,7 +1,7 @@
 """Reliability bench of the assistant node: N concurrent callers while frames stream.
 
 Run from the repo root through the ROS environment:
-``env/ros_env.sh ~/.cache/leovl_ros/venv python -m bench.node_load [--callers 1 10 50]``.
+``env/ros_env.sh $(make -s venv-path) python -m bench.node_load [--callers 1 10 50]``.
 
 A node process (tiny random model, greedy answers of up to 32 tokens) and a scene_player
 streaming a synthetic room in a loop at 15 Hz run on a private domain; this process then

@@ -1,7 +1,7 @@
 """Recorder benchmark: does ``leovl_recorder`` keep up with a camera, and what does a crash lose?
 
 Run from the repo root through the ROS environment:
-``env/ros_env.sh ~/.cache/leovl_ros/venv python -m bench.recorder_load [--seconds 8]``.
+``env/ros_env.sh $(make -s venv-path) python -m bench.recorder_load [--seconds 8]``.
 
 This process streams to a recorder process either a camera (640x480 ``rgb8`` + ``16UC1`` +
 camera_info at 15 Hz, best effort, as a driver does; the large-image Fast DDS profile is set for

@@ -1,6 +1,6 @@
 """Scene-core benchmark: keyframe fusion, incremental vs batch voxelisation, CFG build, token selection, memory.
 
-Run from the repo root: ``.venv/bin/python -m bench.scene_core``. Threads: OMP_NUM_THREADS /
+Run from the repo root: ``env/ros_env.sh $(make -s venv-path) python -m bench.scene_core``. Threads: OMP_NUM_THREADS /
 OPENBLAS_NUM_THREADS, default 1 (on a shared 2-core box two spinning thread pools made every
 op up to 50x slower; set both to 2 on an idle machine). All figures in the table are
 measured in this run, on 100 synthetic 640x480 keyframes of an analytic room (depth by exact

@@ -5,7 +5,7 @@ a scene's tokens supervises ``size`` answers instead of one. The scene prefix do
 cost of a short-answer sample (hundreds of scene tokens vs ~20 question tokens), so this is
 the cheapest way to give a small model enough supervision per CPU second.
 
-Decisions: sessions group one scene's QA records in a seeded random order (so no question
+Decision (paper silent): sessions group one scene's QA records in a seeded random order (so no question
 type always comes first); a turn's situation is put in front of its question, as the prompt
 does for the final turn; non-QA records and records that already have a history pass through.
 """

@@ -1,5 +1,5 @@
-"""Posed RGB-D frame sources: ScanNet SensReader exports and synthetic rooms (bags: bags.py;
-3RScan, MultiScan and ARKitScenes: scan_readers.py).
+"""Posed RGB-D frame sources: ScanNet SensReader exports and synthetic rooms (bags: bag_reader.py;
+3RScan, MultiScan and ARKitScenes: scan_readers.py), as ``leovl_ros.rgbd_frame.RGBDFrame`` s.
 
 Decision (paper silent) for ScanNet: colour and depth are used at their own resolutions (the
 feature grid covers the whole image either way; the small difference between ScanNet's

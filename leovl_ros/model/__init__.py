@@ -2,6 +2,18 @@
 
 Heavy imports (torch, transformers, peft) happen on first use of a name, so importing
 ``leovl_ros.model`` for a type or a constant stays cheap.
+
+    config.py        LeoVLConfig and GenerationConfig (paper values, JSON round trip)
+    tiny.py          Qwen2.5-VL configs built in code (tiny for tests, 7B for counts)
+    tokenizer.py     the real Qwen2.5 tokenizer, built offline
+    encoder.py       the vision tower as a per-cell 2D encoder
+    scene_tokens.py  CFG columns + Fourier-feature MLP + anchor -> scene token embeddings
+    prompts.py       queries and the Appendix B template as token ids
+    leovl.py         the model: scoring, generation, LoRA
+    generation.py    streaming and per-row cancel inside transformers' generate
+    prefix_cache.py  the scene prefix's KV cache, computed once per scene
+    grounding.py     how much each map column mattered to an answer
+    bundle.py        adapter bundles (safetensors only, written atomically)
 """
 from importlib import import_module
 

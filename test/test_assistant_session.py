@@ -14,13 +14,16 @@ import torch
 from leovl_ros.assistant import (AssistantConfig, RGBDFrame, RequestRefused, SceneSession, grid_cloud, grid_stats,
                                  split_plan_steps)
 from leovl_ros.condensed_grid import GridConfig, build_grid
-from leovl_ros.model.config import GenerationConfig, LeoVLConfig
+from leovl_ros.fusion import FusionSettings
+from leovl_ros.model import bundle as bundle_io
+from leovl_ros.model.config import ConfigOverrides, GenerationConfig, LeoVLConfig
 from leovl_ros.model.leovl import LeoVL
+from leovl_ros.model.prompts import SceneQuery
 from leovl_ros.model.tiny import tiny_qwen25vl_config
 from leovl_ros.synth.render import tiny_scene
 from leovl_ros.voxel_map import VoxelMap
 
-FAST = GenerationConfig(num_beams=1, max_new_tokens=6)
+FAST = {"num_beams": 1, "max_new_tokens": 6}  # AssistantConfig keys (the node parameters)
 
 
 def _model() -> LeoVL:
@@ -49,7 +52,7 @@ def _rgbd(f, depth_m=None, T=None) -> RGBDFrame:
 @pytest.fixture(scope="module")
 def mapped(model, frames):
     """A session that fused the room (shared by tests that only read it)."""
-    session = SceneSession(model, AssistantConfig(generation=FAST, max_keyframe_rate=0.0), "tiny-random")
+    session = SceneSession(model, AssistantConfig(**FAST, max_keyframe_rate=0.0), "tiny-random")
     for f in frames:
         session.offer(_rgbd(f))
         assert session.wait_idle(60.0)  # one at a time: every keyframe gets fused
@@ -58,7 +61,7 @@ def mapped(model, frames):
 
 
 def _session(model: LeoVL, **overrides) -> SceneSession:
-    return SceneSession(model, AssistantConfig(generation=FAST, **overrides), "tiny-random")
+    return SceneSession(model, AssistantConfig(**FAST, **overrides), "tiny-random")
 
 
 def test_keyframes_are_fused_and_counted(mapped, frames):
@@ -95,7 +98,8 @@ def test_grid_cloud_places_cells_on_their_columns(mapped):
 
 
 def test_a_slow_encoder_drops_keyframes_instead_of_queueing_them(model, frames):
-    session = _session(model, max_keyframe_rate=0.0, keyframe_translation=0.0, keyframe_rotation_deg=0.0)
+    session = _session(model, max_keyframe_rate=0.0,
+                       fusion=FusionSettings(keyframe_translation_m=0.0, keyframe_rotation_deg=0.0))
     try:
         for i in range(40):  # far faster than the encoder: at most one frame may wait
             session.offer(_rgbd(frames[i % len(frames)]))
@@ -191,8 +195,9 @@ def test_dialogue_history_is_per_session_and_bounded(model, frames):
 
 def test_a_model_failure_is_refused_logged_once_and_survived(model, frames):
     logs = []
-    broken = GenerationConfig(num_beams=1, max_new_tokens=4, do_sample=True, temperature=0.0)  # HF rejects it
-    session = SceneSession(model, AssistantConfig(generation=broken), "tiny-random", log=lambda *a: logs.append(a))
+    session = SceneSession(model, AssistantConfig(**FAST), "tiny-random", log=lambda *a: logs.append(a))
+    broken = {**FAST, "do_sample": True, "temperature": 0.0}  # HF rejects it
+    model.set_overrides(ConfigOverrides(generation=broken))
     try:
         session.offer(_rgbd(frames[0]))
         assert session.wait_idle(60.0)
@@ -200,7 +205,7 @@ def test_a_model_failure_is_refused_logged_once_and_survived(model, frames):
             with pytest.raises(RequestRefused, match=r"the model failed \(ValueError: `temperature`"):
                 session.ask("what is here?")
         assert len(logs) == 1 and logs[0][0] == "error" and "model failure on ask" in logs[0][1]  # throttled
-        session.config.generation = FAST
+        model.set_overrides(session.config.model_overrides())
         assert session.ask("what is here?").success  # the slot and the model lock were released
     finally:
         session.close()
@@ -275,6 +280,34 @@ def test_load_adapter_swaps_bundles_and_keeps_the_old_one_on_failure(mapped, tmp
         mapped.load_adapter(str(tmp_path / "nowhere"))
 
 
+def test_the_session_settings_hold_across_an_adapter_swap_and_never_touch_the_model_config(frames, tmp_path):
+    live = _model()
+    _model().save_bundle(tmp_path / "bundle")  # stores the defaults: 0.2 m voxels, 750 tokens, densest, 5 beams
+    stored = bundle_io.read_config(tmp_path / "bundle")
+    gen = GenerationConfig(num_beams=2, max_new_tokens=5, repetition_penalty=1.5, length_penalty=0.5)
+    settings = AssistantConfig(voxel_size=0.1, max_tokens=7, token_selection="nearest", max_keyframe_rate=0.0,
+                               num_beams=2, max_new_tokens=5, repetition_penalty=1.5, length_penalty=0.5)
+    session = SceneSession(live, settings, "tiny-random")
+    try:
+        for f in frames:
+            session.offer(_rgbd(f))
+            assert session.wait_idle(60.0)
+        session.load_adapter(str(tmp_path / "bundle"))
+        assert live.stored_config == stored and stored.grid == GridConfig() and stored.voxel_size == 0.2
+        assert live.config.generation == gen and live.config.voxel_size == 0.1
+        assert live.config.grid == GridConfig(max_tokens=7, token_selection="nearest")
+        vmap = session.snapshot()
+        assert vmap.voxel_size == 0.1 and vmap.num_voxels > 7  # the 0.1 m scene survives the swap
+        truth = build_grid(vmap, GridConfig(max_tokens=7, token_selection="nearest"), incremental=False)
+        assert session.stats().num_tokens == truth.num_tokens == 7
+        reply = session.ask("what is here?")
+        query = SceneQuery("qa", "what is here?")
+        assert reply.answer == live.generate([vmap], [query], gen)[0]  # decoded with the node's settings
+    finally:
+        session.close()
+    assert bundle_io.read_config(tmp_path / "bundle") == stored
+
+
 def test_split_plan_steps():
     assert split_plan_steps("1. go to the desk. 2. pick up the mug 3) put it away") == [
         "go to the desk.", "pick up the mug", "put it away"]
@@ -287,7 +320,7 @@ def test_a_dead_mapping_worker_is_reported_and_restarted(model, frames):
     """A worker killed by a BaseException (a bug, not a bad frame) must not leave mapping
     silently dead: the next stats() restarts it, counts it and logs it."""
     logged = []
-    session = SceneSession(model, AssistantConfig(), "tiny", lambda level, text: logged.append((level, text)))
+    session = SceneSession(model, AssistantConfig(**FAST), "tiny", lambda level, text: logged.append((level, text)))
     encode = model.encoder.encode
 
     def crash(rgb):
@@ -312,7 +345,7 @@ def test_a_logger_that_raises_never_stops_mapping(model, frames):
     def broken_log(level, text):
         raise ValueError("Logger severity cannot be changed between calls.")
 
-    session = SceneSession(model, AssistantConfig(), "tiny", broken_log, log_period_s=0.0)
+    session = SceneSession(model, AssistantConfig(**FAST), "tiny", broken_log, log_period_s=0.0)
     try:
         bad = _rgbd(frames[0], depth_m=np.zeros(frames[0].depth_mm.shape, np.float32))  # warned about, with a raising logger
         session.offer(bad)
@@ -327,7 +360,7 @@ def test_a_logger_that_raises_never_stops_mapping(model, frames):
 
 def test_saves_stay_inside_the_writable_dirs_and_killed_saves_are_cleaned(mapped, tmp_path):
     from leovl_ros.voxel_map import TEMP_SUFFIX
-    mapped.config.scene_dir, mapped.config.scene_write_dirs = str(tmp_path / "scenes"), (str(tmp_path / "extra"),)
+    mapped.config.scene_dir, mapped.config.scene_write_dirs = str(tmp_path / "scenes"), str(tmp_path / "extra")
     for path in ("../outside.safetensors", str(tmp_path / "outside.safetensors"), "/etc/passwd"):
         with pytest.raises(RequestRefused, match="refusing to write"):
             mapped.save(path)
@@ -345,8 +378,8 @@ def test_saves_stay_inside_the_writable_dirs_and_killed_saves_are_cleaned(mapped
 
 
 def test_a_full_map_evicts_counts_warns_once_and_questions_use_the_column_sums(model, frames):
-    logs, grid = [], replace(model.config.grid)  # the session overrides the shared model's token_selection
-    session = SceneSession(model, AssistantConfig(generation=FAST, max_keyframe_rate=0.0, max_voxels=60,
+    logs, stored = [], model.stored_config
+    session = SceneSession(model, AssistantConfig(**FAST, max_keyframe_rate=0.0, max_voxels=60,
                                                   eviction="least_recent", token_selection="nearest"),
                            "tiny-random", log=lambda *a: logs.append(a))
     try:
@@ -369,6 +402,7 @@ def test_a_full_map_evicts_counts_warns_once_and_questions_use_the_column_sums(m
         assert session.ask("what is here?").success
     finally:
         session.close()
-        model.config.grid = grid
+        model.set_overrides(ConfigOverrides(generation=FAST))  # as the other sessions on this model
+    assert model.stored_config is stored  # the session's settings never change the model's own config
     with pytest.raises(ValueError, match="eviction"):
         AssistantConfig(eviction="oldest")

@@ -13,9 +13,10 @@ its records. The ROS node in ``leovl_ros.ros`` only converts messages to and fro
     health.py            OK / WARN / ERROR checks (the node's /diagnostics)
 """
 from .grid_view import grid_cloud, grid_stats
-from .records import (ASK_TASKS, AssistantConfig, Interaction, RGBDFrame, Reply, RequestControl, RequestRefused,
+from .records import (ASK_TASKS, Interaction, RGBDFrame, Reply, RequestControl, RequestRefused,
                       SceneStats, split_plan_steps)
 from .session import SceneSession
+from .settings import AssistantConfig
 
 __all__ = ["ASK_TASKS", "AssistantConfig", "Interaction", "RGBDFrame", "Reply", "RequestControl", "RequestRefused", "SceneSession",
            "SceneStats", "grid_cloud", "grid_stats", "split_plan_steps"]

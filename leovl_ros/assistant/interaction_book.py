@@ -8,7 +8,8 @@ from dataclasses import replace
 from typing import Callable
 
 from .interaction_log import InteractionLog
-from .records import AssistantConfig, Interaction, RequestRefused
+from .records import Interaction, RequestRefused
+from .settings import AssistantConfig
 
 __all__ = ["InteractionBook"]
 

@@ -1,4 +1,4 @@
-"""Plain records of the assistant: configuration, frames, interactions, replies, status."""
+"""Plain records of the assistant (its settings: settings.py): frames, interactions, replies, status."""
 from __future__ import annotations
 
 import re
@@ -6,57 +6,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..model.config import GenerationConfig
 from ..rgbd_frame import RGBDFrame
-from ..token_selection import TOKEN_SELECTIONS
-from ..voxel_map import EVICTIONS
 
-__all__ = ["ASK_TASKS", "AssistantConfig", "Interaction", "RGBDFrame", "Reply", "RequestControl", "RequestRefused",
+__all__ = ["ASK_TASKS", "Interaction", "RGBDFrame", "Reply", "RequestControl", "RequestRefused",
            "SceneStats",
            "split_plan_steps"]
 
 ASK_TASKS = ("qa", "dialogue", "object_caption", "scene_caption")
-
-
-@dataclass
-class AssistantConfig:
-    keyframe_translation: float = 0.1  # m
-    keyframe_rotation_deg: float = 10.0
-    max_keyframe_rate: float = 5.0  # Hz, 0 = unlimited
-    depth_min: float = 0.1  # m
-    depth_max: float = 10.0  # m
-    min_valid_fraction: float = 0.1  # of a feature cell's pixels
-    max_voxels: int = 200_000
-    voxel_size: float = 0.0  # m, 0 = the model's
-    max_tokens: int = 0  # 0 = the model's
-    token_selection: str = ""  # columns kept past max_tokens ('' = the model's): see leovl_ros.token_selection
-    eviction: str = "none"  # at max_voxels: none | least_recent | farthest (see VoxelMap)
-    map_device: str = "cpu"  # torch device of the voxel map and its column sums
-    max_question_chars: int = 500
-    history_turns: int = 4  # per dialogue session
-    max_sessions: int = 32
-    max_interactions: int = 1000  # kept for scene_feedback
-    default_anchor_radius: float = 0.0  # m, 0 = the model's
-    compute_grounding: bool = True
-    max_pending_requests: int = 4
-    request_timeout: float = 60.0  # s waiting for the model
-    scene_dir: str = "~/.ros/leovl_scenes"
-    scene_write_dirs: tuple[str, ...] = ()  # more directories save_scene may write to
-    gravity_warn_deg: float = 10.0  # warn once when the map frame is tilted more than this from gravity
-    align_gravity: bool = False  # level the map and incoming poses by the estimated up direction
-    interaction_log: str = ""  # JSONL file every interaction is appended to ("" = none)
-    generation: GenerationConfig | None = None  # None = the model's
-
-    def __post_init__(self) -> None:
-        if self.max_pending_requests < 1 or self.max_question_chars < 1 or self.history_turns < 0:
-            raise ValueError("max_pending_requests and max_question_chars must be >= 1, history_turns >= 0")
-        if self.max_tokens < 0 or self.voxel_size < 0 or not 0 < self.depth_min < self.depth_max:
-            raise ValueError("need max_tokens >= 0, voxel_size >= 0 and 0 < depth_min < depth_max")
-        if self.token_selection and self.token_selection not in TOKEN_SELECTIONS:
-            raise ValueError(f"token_selection must be '' or one of {', '.join(TOKEN_SELECTIONS)}, "
-                             f"got {self.token_selection!r}")
-        if self.eviction not in EVICTIONS:
-            raise ValueError(f"eviction must be one of {', '.join(EVICTIONS)}, got {self.eviction!r}")
 
 
 @dataclass

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from ..voxel_map import VoxelMap, remove_stale_temps
-from .records import AssistantConfig, RequestRefused
+from .records import RequestRefused
+from .settings import AssistantConfig
 
 __all__ = ["remove_killed_saves", "resolve", "save_target", "writable_dirs"]
 
@@ -25,7 +26,7 @@ def resolve(config: AssistantConfig, path: str) -> Path:
 
 def writable_dirs(config: AssistantConfig) -> list[Path]:
     """Where save_scene may write: scene_dir and the scene_write_dirs allow-list."""
-    return [Path(d).expanduser().resolve() for d in (config.scene_dir, *config.scene_write_dirs) if d]
+    return [Path(d).expanduser().resolve() for d in (config.scene_dir, *config.write_dirs) if d]
 
 
 def remove_killed_saves(config: AssistantConfig) -> list[Path]:

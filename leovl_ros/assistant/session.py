@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from ..camera_path import CAMERA_PATH_KEY, CameraPath
-from ..geometry import KeyframeSelector, cell_points
 from ..gravity import depth_samples
 from ..model.prompts import SceneQuery, plan_instruction
 from ..model.scene_tokens import check_map
@@ -44,8 +43,9 @@ from .grid_view import grid_cloud, grid_stats
 from .leveling import GravityTracker, relevel_map
 from .request_queue import RequestQueue
 from .interaction_book import InteractionBook
-from .records import (ASK_TASKS, AssistantConfig, Interaction, RGBDFrame, Reply, RequestControl, RequestRefused,
+from .records import (ASK_TASKS, Interaction, RGBDFrame, Reply, RequestControl, RequestRefused,
                       SceneStats, split_plan_steps)
+from .settings import AssistantConfig
 
 __all__ = ["SceneSession"]
 
@@ -72,13 +72,13 @@ class SceneSession:
         self.model_name = model_name
         self._log = log or (lambda level, text: None)
         self._throttle = _Throttle(log_period_s)
-        self._apply_overrides()
+        # The model runs with these on top of whatever bundle it holds, across swaps (model.config).
+        model.set_overrides(config.model_overrides())
         self._requests = RequestQueue(config.max_pending_requests, config.request_timeout)
         self._encoder_lock = threading.Lock()
         self._map_lock = threading.Lock()  # map, keyframes, counters, snapshot
         self._map = model.new_voxel_map(**self._map_options())
-        self._keyframes = KeyframeSelector(config.keyframe_translation, config.keyframe_rotation_deg,
-                                           config.max_keyframe_rate)
+        self._keyframes = config.fusion.keyframe_selector(config.max_keyframe_rate)
         self._gravity = GravityTracker(config.align_gravity)
         self._epoch = self._version = 0
         self._reset_state()
@@ -191,11 +191,9 @@ class SceneSession:
 
     def _fuse(self, frame: RGBDFrame, epoch: int) -> str:
         """Encode + back-project + fuse one keyframe; returns a drop reason or ''."""
-        cfg = self.config
+        cfg = self.config.fusion
         depth_m = frame.depth_m
-        with np.errstate(invalid="ignore"):
-            valid = np.count_nonzero((depth_m >= cfg.depth_min) & (depth_m <= cfg.depth_max))
-        if valid == 0:
+        if cfg.valid_pixels(depth_m) == 0:
             self.warn_once("no valid depth", "warn", f"dropping frames: no depth in [{cfg.depth_min}, "
                             f"{cfg.depth_max}] m (all zero/NaN/out of range; check the depth topic and its encoding)")
             return "no valid depth"
@@ -213,8 +211,7 @@ class SceneSession:
                             f"{depth_m.shape[1]}x{depth_m.shape[0]} depth image is coarser than the {gw}x{gh} "
                             "feature grid of the colour image; publish depth at (about) the colour resolution")
             return "depth too small"
-        points, cells = cell_points(depth_m, frame.intrinsics, frame.T_map_camera, encoded.grid_hw,
-                                    cfg.depth_min, cfg.depth_max, cfg.min_valid_fraction)
+        points, cells = cfg.cell_points(depth_m, frame.intrinsics, frame.T_map_camera, encoded.grid_hw)
         if cells.size == 0:
             return "no valid depth"
         features = encoded.features[torch.from_numpy(cells)]  # (N, d)
@@ -249,14 +246,6 @@ class SceneSession:
         self._book.close()
 
     # ------------------------------------------------------------------ scene state
-    def _apply_overrides(self) -> None:
-        if self.config.voxel_size > 0:
-            self.model.config.voxel_size = self.config.voxel_size
-        if self.config.max_tokens > 0:
-            self.model.config.grid.max_tokens = self.config.max_tokens
-        if self.config.token_selection:
-            self.model.config.grid.token_selection = self.config.token_selection
-
     def _track_columns(self) -> None:
         """Keep the incremental CFG's column sums on the live map (caller holds the map lock): a new,
         loaded or re-levelled map, or another pos_z after an adapter swap, pays one pass over the map."""
@@ -464,7 +453,7 @@ class SceneSession:
             return control.cancel.is_set()
 
         try:
-            answer = self.model.generate([scene], [query], self.config.generation, on_step=on_step)[0]
+            answer = self.model.generate([scene], [query], on_step=on_step)[0]
             if control.cancel.is_set():
                 raise RequestRefused("cancelled while answering")
             grounding = (self.model.grounding_score(scene, query, answer)
@@ -498,7 +487,6 @@ class SceneSession:
                 except (ValueError, OSError) as exc:
                     raise RequestRefused(f"cannot load bundle {path}: {exc}; "
                                          "the previous adapter stays in use") from exc
-                self._apply_overrides()
                 self.model_name = f"{self.model.config.base_model}+{path.resolve()}"
                 with self._map_lock:
                     try:

@@ -22,14 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from peft import set_peft_model_state_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from .config import LeoVLConfig
-from .encoder import VisionEncoder
-from .prompts import PromptBuilder
 from .scene_tokens import SceneHeads
 
 if TYPE_CHECKING:
@@ -146,20 +143,33 @@ def check_full_config(path: Path, hidden_size: int) -> None:
                          f"the bundle needs a qwen2_5_vl model of hidden size {hidden_size}")
 
 
+def load_qwen(path: Path, dtype: torch.dtype, allow_network: bool = False) -> Qwen2_5_VLForConditionalGeneration:
+    """A Qwen2.5-VL checkpoint (local directory; a hub id only with ``allow_network``), safetensors
+    only: the one place weights are read with transformers."""
+    if path.is_file():
+        raise ValueError(f"{path} is a file; expected a Qwen2.5-VL checkpoint directory")
+    try:
+        return Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            str(path), dtype=dtype, local_files_only=not allow_network, use_safetensors=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:  # missing, truncated or misshapen files
+        hint = "" if allow_network else " (network disabled: pass allow_network=True to download hub ids)"
+        raise ValueError(f"cannot load a Qwen2.5-VL checkpoint from {str(path)!r}{hint}: {exc}") from exc
+
+
 def _load_full_weights(path: Path, config: LeoVLConfig, dtype: torch.dtype, device) -> torch.nn.Module:
     check_full_config(path, config.hidden_size)
     try:
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(path), dtype=dtype, local_files_only=True, use_safetensors=True).to(device).eval()
-    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:  # truncated, missing or misshapen files
-        raise ValueError(f"cannot read the model weights of {path} (truncated or corrupted?): "
-                         f"{type(exc).__name__}: {exc}") from exc
+        model = load_qwen(path, dtype).to(device).eval()
+    except ValueError as exc:
+        raise ValueError(f"cannot read the model weights of {path} (truncated or corrupted?): {exc}") from exc
     _check_finite(path / "model.safetensors", dict(model.named_parameters()))
     return model
 
 
-def load_bundle(leovl: "LeoVL", path: Path, weights_loaded: bool = False) -> None:
-    """Everything is read and checked before the live model changes (safe hot swap).
+def read_bundle(leovl: "LeoVL", path: Path, weights_loaded: bool = False) -> tuple[
+        torch.nn.Module, LeoVLConfig, SceneHeads, dict[str, torch.Tensor] | None]:
+    """(LLM, config, heads, LoRA weights or None) of a bundle for ``leovl``'s base, all read and
+    checked before the live model changes (a safe hot swap): ``leovl`` assembles them.
 
     ``weights_loaded``: the live base was just loaded from this (full) bundle's weights.
     """
@@ -178,7 +188,7 @@ def load_bundle(leovl: "LeoVL", path: Path, weights_loaded: bool = False) -> Non
     except RuntimeError as exc:
         raise ValueError(f"{path / HEADS_FILE} does not fit the configured heads: {exc}") from exc
 
-    model = leovl.model
+    model, adapter = leovl.model, None
     if config.train_mode == "adapter":
         if meta.get("base_fingerprint") != leovl.base_fingerprint:
             raise ValueError(
@@ -201,11 +211,4 @@ def load_bundle(leovl: "LeoVL", path: Path, weights_loaded: bool = False) -> Non
             model = leovl.peft_model.unload()  # untrained LoRA of the fresh model: base weights unchanged
     else:
         model = _load_full_weights(path, config, leovl.dtype, leovl.device)
-
-    leovl.model, leovl.peft_model, leovl.config, leovl.heads = model, None, config, heads
-    leovl.base_fingerprint = leovl._fingerprint()
-    leovl.prompts = PromptBuilder(leovl.tokenizer, config.system_prompt, config.dialogue_format, config.answer_eos)
-    leovl.encoder = VisionEncoder(model.model.visual, config.max_pixels, config.min_pixels)
-    leovl.set_trainable(config.train_mode)  # 'adapter' injects a fresh LoRA from config
-    if config.train_mode == "adapter":
-        set_peft_model_state_dict(leovl.peft_model, adapter)
+    return model, config, heads, adapter

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
 
 from ..condensed_grid import GridConfig
 
@@ -148,3 +149,44 @@ class LeoVLConfig:
             raise ValueError("leovl config JSON must be an object")
         data.setdefault("fourier_w", "fixed")  # written before W was learned
         return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class ConfigOverrides:
+    """Settings a model runs with on top of its own (stored) config: the node's parameters,
+    a recipe's ``model.leovl.grid`` for a trained bundle, an evaluation's generation keys.
+    They change no weight shape, so they hold across adapter swaps."""
+
+    voxel_size: float | None = None  # m; None = the model's
+    grid: Mapping[str, Any] = field(default_factory=dict)  # GridConfig fields
+    generation: Mapping[str, Any] = field(default_factory=dict)  # GenerationConfig fields
+
+    def __post_init__(self) -> None:  # read-only copies: an override cannot change behind the model's back
+        object.__setattr__(self, "grid", MappingProxyType(dict(self.grid)))
+        object.__setattr__(self, "generation", MappingProxyType(dict(self.generation)))
+
+    def __bool__(self) -> bool:
+        return self.voxel_size is not None or bool(self.grid) or bool(self.generation)
+
+
+def _replaced(obj: Any, changes: Mapping[str, Any], what: str) -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} setting(s) {unknown}; known: {', '.join(sorted(names))}")
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def resolve_generation(base: GenerationConfig, changes: Mapping[str, Any]) -> GenerationConfig:
+    """``base`` with some fields replaced (validated); ``base`` itself is not changed."""
+    return _replaced(base, changes, "generation")
+
+
+def resolve_config(config: LeoVLConfig, overrides: ConfigOverrides | None) -> LeoVLConfig:
+    """The config a model runs with: defaults (the dataclasses') + its stored config + the
+    overrides, validated; ``config`` itself is never changed (a new object when overridden)."""
+    if not overrides:
+        return config
+    voxel_size = config.voxel_size if overrides.voxel_size is None else overrides.voxel_size
+    return dataclasses.replace(config, voxel_size=voxel_size, grid=_replaced(config.grid, overrides.grid, "grid"),
+                               generation=resolve_generation(config.generation, overrides.generation))

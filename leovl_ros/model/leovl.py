@@ -9,6 +9,7 @@ is carried by the RoPE-height / Fourier-xy terms already inside each token.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal, Sequence
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import GenerationConfig as HFGenerationConfig
 from transformers import (LogitsProcessorList, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, StoppingCriteria,
                           StoppingCriteriaList)
@@ -25,7 +26,7 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 from ..condensed_grid import CondensedGrid
 from ..voxel_map import VoxelMap
 from . import bundle as bundle_io
-from .config import GenerationConfig, LeoVLConfig
+from .config import ConfigOverrides, GenerationConfig, LeoVLConfig, resolve_config
 from .encoder import VisionEncoder, weights_fingerprint
 from .prompts import PromptBuilder, SceneQuery
 from .scene_tokens import SceneHeads, check_map, scene_grid
@@ -58,22 +59,54 @@ class LeoVL:
     """The model: encoder for mapping, scene tokens, LLM with LoRA, generation and scoring."""
 
     def __init__(self, model: Qwen2_5_VLForConditionalGeneration, tokenizer, config: LeoVLConfig,
-                 seed: int = 0) -> None:
+                 seed: int = 0, overrides: ConfigOverrides | None = None) -> None:
         text_hidden = model.config.text_config.hidden_size
         if config.hidden_size != text_hidden:
             raise ValueError(f"config.hidden_size={config.hidden_size} but the base LLM has {text_hidden}")
         if model.config.vision_config.out_hidden_size != text_hidden:
             raise ValueError("vision tower output size differs from the LLM hidden size: not a Qwen2.5-VL model")
-        self.model = model.eval()
         self.tokenizer = tokenizer
-        self.config = config
-        self.peft_model: PeftModel | None = None
-        self.prompts = PromptBuilder(tokenizer, config.system_prompt, config.dialogue_format, config.answer_eos)
-        self.base_fingerprint = self._fingerprint()
-        self.encoder = VisionEncoder(model.model.visual, config.max_pixels, config.min_pixels)
         self._seed = seed
-        self.heads = self._new_heads(config)
-        self.set_trainable(config.train_mode)
+        self._overrides = overrides or ConfigOverrides()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            heads = SceneHeads(config).to(model.device)
+        self._assemble(model, config, heads)
+
+    def _assemble(self, model: Qwen2_5_VLForConditionalGeneration, config: LeoVLConfig, heads: SceneHeads,
+                  adapter: dict[str, torch.Tensor] | None = None) -> None:
+        """Set every part that depends on the weights or the config (construction and bundle
+        loads both come here): LLM, LoRA (fresh, or ``adapter``'s weights), heads, encoder, prompts."""
+        self.model, self.peft_model, self.heads = model.eval(), None, heads
+        self._stored_config = config
+        self._config = resolve_config(config, self._overrides)
+        self.base_fingerprint = self._fingerprint()
+        self.prompts = PromptBuilder(self.tokenizer, config.system_prompt, config.dialogue_format, config.answer_eos)
+        self.encoder = VisionEncoder(model.model.visual, config.max_pixels, config.min_pixels)
+        self.set_trainable(config.train_mode)  # 'adapter' injects a fresh LoRA from config
+        if adapter is not None:
+            set_peft_model_state_dict(self.peft_model, adapter)
+
+    @property
+    def config(self) -> LeoVLConfig:
+        """The config the model runs with: :attr:`stored_config` + :attr:`overrides`, resolved
+        once per change (:func:`resolve_config`); read-only from outside."""
+        return self._config
+
+    @property
+    def stored_config(self) -> LeoVLConfig:
+        """The model's own config (its bundle's, or the one it was built with); never overridden."""
+        return self._stored_config
+
+    @property
+    def overrides(self) -> ConfigOverrides:
+        return self._overrides
+
+    def set_overrides(self, overrides: ConfigOverrides) -> None:
+        """Run with ``overrides`` on top of the stored config, now and after every bundle load
+        (a bad one raises ValueError and changes nothing)."""
+        config = resolve_config(self._stored_config, overrides)
+        self._overrides, self._config = overrides, config
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -96,26 +129,14 @@ class LeoVL:
         Weights are read with safetensors only.
         """
         base_path = Path(base)
-        if base_path.is_file():
-            raise ValueError(f"{base} is a file; expected a Qwen2.5-VL checkpoint directory")
-        try:
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                str(base), dtype=dtype, local_files_only=not allow_network, use_safetensors=True)
-        except (OSError, ValueError) as exc:
-            hint = "" if allow_network else " (network disabled: pass allow_network=True to download hub ids)"
-            raise ValueError(f"cannot load a Qwen2.5-VL checkpoint from {str(base)!r}{hint}: {exc}") from exc
+        model = bundle_io.load_qwen(base_path, dtype, allow_network)
         config = LeoVLConfig(base_model=str(base), hidden_size=model.config.text_config.hidden_size)
         leovl = cls(model.to(device), tokenizer or load_qwen_tokenizer(), config)
         if bundle is not None:
             leovl.load_bundle(bundle)
         elif bundle_io.is_full_bundle(base_path):
-            bundle_io.load_bundle(leovl, base_path, weights_loaded=True)
+            leovl._load(base_path, weights_loaded=True)
         return leovl
-
-    def _new_heads(self, config: LeoVLConfig) -> SceneHeads:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._seed)
-            return SceneHeads(config).to(self.device)
 
     def _fingerprint(self) -> str:
         inner = self.model.model
@@ -151,7 +172,9 @@ class LeoVL:
             self.model.lm_head.weight.requires_grad_(True)
         for p in self.heads.parameters():
             p.requires_grad_(True)
-        self.config.train_mode = mode
+        if mode != self._stored_config.train_mode:
+            self._stored_config = dataclasses.replace(self._stored_config, train_mode=mode)
+            self._config = resolve_config(self._stored_config, self._overrides)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters an optimiser should update (deduplicated: tied embeddings count once)."""
@@ -330,7 +353,10 @@ class LeoVL:
 
     def load_bundle(self, path: str | Path) -> None:
         """Hot-swap a bundle saved by :meth:`save_bundle`; mismatched base -> ValueError."""
-        bundle_io.load_bundle(self, Path(path))
+        self._load(Path(path))
+
+    def _load(self, path: Path, weights_loaded: bool = False) -> None:
+        self._assemble(*bundle_io.read_bundle(self, path, weights_loaded))
 
 
 class _StepHook(StoppingCriteria):

@@ -8,7 +8,6 @@ each run in their own group on a multi-threaded executor.
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from typing import Any, Callable
 
 import rclpy
@@ -22,7 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from ..assistant import AssistantConfig, Interaction, RGBDFrame, RequestControl, RequestRefused, SceneSession
+from ..assistant import Interaction, RGBDFrame, RequestControl, RequestRefused, SceneSession
 from ..assistant.health import HealthMonitor
 from ..geometry import Intrinsics, depth_to_metres, xyz_quat_to_matrix
 from ..msg import Interaction as InteractionMsg
@@ -34,7 +33,7 @@ from .conversions import grid_cloud_msg, intrinsics_from_camera_info, seconds_to
 from .assistant_actions import RequestActions
 from .diagnostics import DiagnosticsPublisher
 from .model_source import ParameterError, load_model, resolve_model
-from .params import ASSISTANT_PARAMETERS, DTYPES, POSE_SOURCES
+from .params import from_values, node_parameters
 from .pose_sources import make_pose_source
 from .sync import CameraInfoCache, PoseLookupError
 
@@ -59,43 +58,34 @@ class _Drop(Exception):
 class AssistantNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("leovl_assistant", **kwargs)
-        p = {name: self.declare_parameter(name, default, ParameterDescriptor(description=text, read_only=True)).value
-             for name, (default, text) in ASSISTANT_PARAMETERS.items()}
-        if p["pose_source"] not in POSE_SOURCES:
-            raise ParameterError(f"parameter 'pose_source': {p['pose_source']!r} is not one of {POSE_SOURCES}")
-        if p["dtype"] not in DTYPES:
-            raise ParameterError(f"parameter 'dtype': {p['dtype']!r} is not one of {DTYPES}")
-        try:
-            extrinsic = xyz_quat_to_matrix(p["camera_extrinsic"][:3], p["camera_extrinsic"][3:])
-        except ValueError as exc:
-            raise ParameterError(f"parameter 'camera_extrinsic' (x y z qx qy qz qw): {exc}") from exc
-        self._map_frame = p["map_frame"]
+        values = {q.name: self.declare_parameter(q.name, q.default, ParameterDescriptor(
+            description=q.description, read_only=True)).value for q in node_parameters()}
         try:  # all cheap checks before the slow model load, so a typo fails in a second
-            self._pairer: ApproximateTimePairer[Image, Image] = ApproximateTimePairer(p["sync_slop"],
-                                                                                     p["sync_queue_size"])
-            self._pose = make_pose_source(self, p["pose_source"], map_frame=self._map_frame, topic=p["pose_topic"],
-                                          T_body_camera=extrinsic, tolerance_s=p["pose_tolerance"],
-                                          max_gap_s=p["pose_max_gap"], timeout_s=p["pose_timeout"],
-                                          group=MutuallyExclusiveCallbackGroup())
-            config = AssistantConfig(**{k: p[k] for k in (
-                "keyframe_translation", "keyframe_rotation_deg", "max_keyframe_rate", "depth_min", "depth_max",
-                "min_valid_fraction", "max_voxels", "voxel_size", "max_tokens", "token_selection", "eviction",
-                "map_device", "max_question_chars", "history_turns", "max_sessions", "max_interactions",
-                "default_anchor_radius", "compute_grounding",
-                "max_pending_requests", "request_timeout", "scene_dir", "interaction_log", "gravity_warn_deg",
-                "align_gravity")},
-                scene_write_dirs=tuple(d for d in p["scene_write_dirs"].split(":") if d.strip()))
+            p = from_values(values)
         except ValueError as exc:
             raise ParameterError(f"invalid parameters: {exc}") from exc
-        source = resolve_model(p["model"], p["adapter"], p["allow_network"])
-        self.get_logger().info(f"loading model {source.name} on {p['device']} ({p['dtype']})")
-        model = load_model(source, p["device"], p["dtype"], p["allow_network"])
-        config.generation = _generation_config(model, p)
-        self.max_pending_requests = config.max_pending_requests
-        self._camera_frame, self._rectified = p["camera_frame"], p["rectified"]
-        self._publish_grid = p["publish_grid"]
         try:
-            self.session = SceneSession(model, config, source.name, self._log, log_period_s=p["log_throttle"])
+            extrinsic = xyz_quat_to_matrix(p.camera_extrinsic[:3], p.camera_extrinsic[3:])
+        except ValueError as exc:
+            raise ParameterError(f"parameter 'camera_extrinsic' (x y z qx qy qz qw): {exc}") from exc
+        self._map_frame = p.map_frame
+        config = p.assistant
+        try:
+            self._pairer: ApproximateTimePairer[Image, Image] = ApproximateTimePairer(p.sync_slop, p.sync_queue_size)
+            self._pose = make_pose_source(self, p.pose_source, map_frame=self._map_frame, topic=p.pose_topic,
+                                          T_body_camera=extrinsic, tolerance_s=p.pose_tolerance,
+                                          max_gap_s=p.pose_max_gap, timeout_s=p.pose_timeout,
+                                          group=MutuallyExclusiveCallbackGroup())
+        except ValueError as exc:
+            raise ParameterError(f"invalid parameters: {exc}") from exc
+        source = resolve_model(p.model, p.adapter, p.allow_network)
+        self.get_logger().info(f"loading model {source.name} on {p.device} ({p.dtype})")
+        model = load_model(source, p.device, p.dtype, p.allow_network)
+        self.max_pending_requests = config.max_pending_requests
+        self._camera_frame, self._rectified = p.camera_frame, p.rectified
+        self._publish_grid = p.publish_grid
+        try:
+            self.session = SceneSession(model, config, source.name, self._log, log_period_s=p.log_throttle)
         except ValueError as exc:  # e.g. an interaction_log that cannot be opened
             raise ParameterError(str(exc)) from exc
         for stale in self.session.remove_stale_temps():
@@ -106,11 +96,11 @@ class AssistantNode(Node):
         # camera_info has its own callback group, so an image can wait for the info sent with it.
         self._infos: CameraInfoCache[tuple[Intrinsics | None, str]] = CameraInfoCache()
         self._unpaired_logged = 0
-        self._rgb_sub = self.create_subscription(Image, p["rgb_topic"], self._on_rgb, qos_profile_sensor_data,
+        self._rgb_sub = self.create_subscription(Image, p.rgb_topic, self._on_rgb, qos_profile_sensor_data,
                                                  callback_group=sensors)
-        self._depth_sub = self.create_subscription(Image, p["depth_topic"], self._on_depth, qos_profile_sensor_data,
+        self._depth_sub = self.create_subscription(Image, p.depth_topic, self._on_depth, qos_profile_sensor_data,
                                                    callback_group=sensors)
-        self._info_sub = self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_info,
+        self._info_sub = self.create_subscription(CameraInfo, p.camera_info_topic, self._on_info,
                                                   qos_profile_sensor_data,
                                                   callback_group=MutuallyExclusiveCallbackGroup())
 
@@ -127,9 +117,9 @@ class AssistantNode(Node):
             self.create_service(srv_type, name, handler, qos_profile=_SERVICE_QOS, callback_group=services)
         self._actions = RequestActions(self, self._fill_ask, self._fill_plan, services)
         self._diagnostics = DiagnosticsPublisher(self, HealthMonitor(config.max_pending_requests, config.max_voxels,
-                                                                     p["device"]))
+                                                                     p.device))
         self._grid_version = -1
-        self._status_timer = self.create_timer(1.0 / max(p["status_rate"], 1e-3), self._on_status,
+        self._status_timer = self.create_timer(1.0 / max(p.status_rate, 1e-3), self._on_status,
                                                callback_group=timers)
         self.get_logger().info(
             f"ready: model {source.name}; listening to {self._rgb_sub.topic_name}, {self._depth_sub.topic_name}, "
@@ -347,14 +337,6 @@ class AssistantNode(Node):
             res.success = True
             self.get_logger().info(f"now answering with {name}")
         return res
-
-
-def _generation_config(model, p: dict[str, Any]):
-    try:
-        return replace(model.config.generation, num_beams=p["num_beams"], max_new_tokens=p["max_new_tokens"],
-                       repetition_penalty=p["repetition_penalty"], length_penalty=p["length_penalty"])
-    except ValueError as exc:
-        raise ParameterError(f"generation parameters: {exc}") from exc
 
 
 def main(args: list[str] | None = None) -> int:

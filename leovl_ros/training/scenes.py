@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from leovl_ros.geometry import KeyframeSelector, cell_points
+from leovl_ros.fusion import FusionSettings
 from leovl_ros.voxel_map import VoxelMap
 
 from leovl_ros.scans.bag_reader import BagTopics, bag_frames, bag_scene_id
@@ -39,24 +39,24 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 @dataclass
-class FusionConfig:
-    """How frames become a voxel map (part of the cache key)."""
+class FusionConfig(FusionSettings):
+    """How frames become a voxel map (part of the cache key): the node's keyframe and depth
+    settings (:class:`FusionSettings`, the same keys) plus what only offline fusion has."""
 
-    keyframe_translation_m: float = 0.1
-    keyframe_rotation_deg: float = 10.0
     max_keyframes: int | None = None  # cap per scene (None = all)
-    depth_min: float = 0.1
-    depth_max: float = 10.0
-    min_valid_fraction: float = 0.1
     storage_dtype: str = "float32"  # float32 | bfloat16 | float16 (half the disk and RAM)
     encode_batch: int = 4  # images per vision-tower call
 
     def __post_init__(self) -> None:
+        try:
+            super().__post_init__()
+        except ValueError as exc:
+            raise ValueError(f"scenes.fusion: {exc}") from exc
         if self.storage_dtype not in _DTYPES:
             raise ValueError(f"scenes.fusion.storage_dtype must be one of {', '.join(_DTYPES)}, "
                              f"got {self.storage_dtype!r}")
-        if self.encode_batch < 1 or not 0 <= self.depth_min < self.depth_max:
-            raise ValueError("scenes.fusion: need encode_batch >= 1 and 0 <= depth_min < depth_max")
+        if self.encode_batch < 1:
+            raise ValueError("scenes.fusion: need encode_batch >= 1")
 
     def recipe(self) -> str:
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "encode_batch"}
@@ -74,14 +74,13 @@ def fuse_frames(encoder, vmap: VoxelMap, frames: Iterable[RGBDFrame],
                 config: FusionConfig | None = None) -> FusionStats:
     """Encode the keyframes of ``frames`` (batched) and fuse one point per feature cell."""
     config = config or FusionConfig()
-    selector = KeyframeSelector(config.keyframe_translation_m, config.keyframe_rotation_deg, max_rate_hz=0.0)
+    selector = config.keyframe_selector(max_rate_hz=0.0)
     stats, batch = FusionStats(), []
 
     def flush() -> None:
         encoded = encoder.encode_batch([f.rgb for f in batch])
         for f, enc in zip(batch, encoded):
-            points, cells = cell_points(f.depth_m, f.intrinsics, f.T_map_camera, enc.grid_hw, config.depth_min,
-                                        config.depth_max, config.min_valid_fraction)
+            points, cells = config.cell_points(f.depth_m, f.intrinsics, f.T_map_camera, enc.grid_hw)
             vmap.fuse(points, enc.features[torch.from_numpy(cells)])  # (N, 3), (N, d)
             stats.points += len(points)
         batch.clear()

@@ -1,7 +1,7 @@
 """The assistant session: live mapping, questions, plans, dialogue, feedback, hot swaps.
 
 :class:`SceneSession` owns the voxel map, the keyframe selector, the model and the threads
-around them; the ROS node only converts messages. Concurrency design (the paper is silent):
+around them; the ROS node only converts messages. Decision (paper silent), concurrency:
 
 - Mapping: ``offer`` is cheap (pose check only) and never blocks; keyframes wait in a
   one-slot mailbox (a newer keyframe replaces an unencoded one, counted as dropped) that a

@@ -2,7 +2,7 @@
 
 Paper values (Table 6): LoRA r=16, alpha=16, dropout 0 on q,k,v,o,gate,up,down; beam search
 with 5 beams, 256 new tokens, repetition penalty 3.0, length penalty 1.0. Everything else
-here is our choice where the paper is silent, kept configurable.
+is Decision (paper silent), kept configurable.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class GenerationConfig:
 class LeoVLConfig:
     """Everything that defines a LEO-VL model on top of its Qwen2.5-VL base.
 
-    Design choices (paper silent):
+    Decision (paper silent):
     - ``fourier_mlp_hidden``: width of the 2-layer GELU MLP on the Fourier features
       (None = LLM hidden size). Its output layer starts at zero, so an untrained model sees
       exactly the vision-tower features (like LoRA's B = 0).

@@ -6,7 +6,7 @@ Scene ids: synthetic rooms ``synth_<seed>`` (6 digits, as ``Room.scene_id``), ba
 ``bag_<folder name>``, and scans by their dataset id, resolved across ``scenes.sources``
 (ScanNet, 3RScan, MultiScan, ARKitScenes: scan_sources.py) in the listed order.
 
-Decisions (paper silent):
+Decision (paper silent):
 - Offline fusion uses the same keyframe rule as the robot (moved >= 0.1 m or turned >= 10
   degrees) without the rate limit, so a training map looks like a map the robot builds.
 """

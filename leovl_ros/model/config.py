@@ -2,7 +2,7 @@
 
 Paper values (Table 6): LoRA r=16, alpha=16, dropout 0 on q,k,v,o,gate,up,down; beam search
 with 5 beams, 256 new tokens, repetition penalty 3.0, length penalty 1.0. Everything else
-is Decision (paper silent), kept configurable.
+here: Decision (paper silent), each kept configurable.
 """
 from __future__ import annotations
 

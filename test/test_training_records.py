@@ -237,6 +237,40 @@ def test_convert_cli_reports_counts_and_skips(tmp_path, capsys):
     assert json.loads((tmp_path / "rep.json").read_text())["kept"] == {"qa": 1}
 
 
+def test_referit3d_keeps_its_ids_and_offers_its_filters(tmp_path, capsys):
+    """Nr3D's columns as referit3d writes them (pandas booleans "True"/"False")."""
+    boxes = _write(tmp_path / "boxes.json", {"scene0000_00": {"3": {"center": [1, 2, 0.4], "size": [0.5, 0.6, 0.8]},
+                                                              "4": {"center": [0, 1, 0.3], "size": [0.4, 0.4, 0.6]}}})
+    rows = [("a1", "scene0000_00-chair-2-3-4", "True", "True", 3, "the chair by the desk"),
+            ("a2", "scene0000_00-chair-2-3-4", "False", "True", 3, "the one by the desk"),
+            ("a3", "scene0000_00-lamp-2-4-3", "True", "False", 4, "the tall one"),
+            ("a4", "scene0000_00-lamp-2-4-3", "True", "True", 4, "the tall lamp")]
+    nr3d = tmp_path / "nr3d.csv"
+    nr3d.write_text("assignmentid,stimulus_id,correct_guess,mentions_target_class,scan_id,instance_type,target_id,"
+                    "utterance\n" + "".join(f"{a},{s},{g},{m},scene0000_00,x,{t},{u}\n" for a, s, g, m, t, u in rows))
+    out, rep = tmp_path / "nr3d.jsonl", tmp_path / "rep.json"
+    assert data_main(["convert", "nr3d", str(nr3d), "--boxes", boxes, "--out", str(out)]) == 0
+    assert [r.id for r in read_records(out)] == ["a1", "a2", "a3", "a4"]  # the dataset's own ids
+    assert data_main(["convert", "nr3d", str(nr3d), "--boxes", boxes, "--only", "correct_guess", "--only",
+                      "mentions_target_class", "--out", str(out), "--report", str(rep)]) == 0
+    assert [(r.id, r.response) for r in read_records(out)] == [("a1", "the chair by the desk"),
+                                                               ("a4", "the tall lamp")]
+    assert json.loads(rep.read_text())["skipped"] == {"filtered out: correct_guess is not True": 1,
+                                                      "filtered out: mentions_target_class is not True": 1}
+    # Sr3D: no assignmentid, the stimulus id (numbered when it repeats); no correct_guess column to filter on
+    sr3d = tmp_path / "sr3d.csv"
+    sr3d.write_text("stimulus_id,scan_id,target_id,utterance,mentions_target_class\n"
+                    "s1,scene0000_00,3,the chair near the lamp,True\ns1,scene0000_00,3,the chair left of the lamp,"
+                    "True\ns2,scene0000_00,4,the lamp far from the chair,True\n")
+    assert data_main(["convert", "sr3d", str(sr3d), "--boxes", boxes, "--out", str(out)]) == 0
+    assert [r.id for r in read_records(out)] == ["s1", "s1-2", "s2"]
+    capsys.readouterr()
+    assert data_main(["convert", "sr3d", str(sr3d), "--boxes", boxes, "--only", "correct_guess",
+                      "--out", str(out)]) == 2
+    assert "no 'correct_guess' column" in capsys.readouterr().err
+    assert data_main(["convert", "scanqa", str(nr3d), "--only", "correct_guess", "--out", str(out)]) == 2
+
+
 def test_convert_cli_rejects_unusable_input(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{oops")

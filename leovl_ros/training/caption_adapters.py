@@ -17,7 +17,7 @@ Formats:
 - ScanRefer / Scan2Cap (``daveredrum/ScanRefer``): ``[{scene_id, object_id, object_name,
   ann_id, description}]``.
 - Nr3D / Sr3D (``referit3d``): CSV with ``scan_id, target_id, utterance`` (and
-  ``instance_type``...).
+  ``assignmentid`` / ``stimulus_id``, ``correct_guess``, ``mentions_target_class``...).
 - scanscribe: ``[{scan_id, object_id, sentence}]``.
 - LEO object captions (3rscan_prompted): ``{scan_id: {"<label>-<id>": [{response}]}}``.
 - Generic object captions (SceneVerse, MMScan style lists): ``[{scan_id | scene_id,
@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from .records import Anchor, ConversionReport, Record, RecordError, convert_items
 
@@ -141,16 +141,37 @@ def convert_scanscribe(data: Any, boxes: Boxes, report: ConversionReport,
     yield from convert_items(_items(data, "scanscribe file"), one, report)
 
 
-def convert_referit3d(csv_text: str, boxes: Boxes, report: ConversionReport, source: str = "nr3d") -> Iterator[Record]:
-    """Nr3D / Sr3D CSV rows (``scan_id, target_id, utterance``) as object captions."""
+REFERIT3D_FILTERS = ("correct_guess", "mentions_target_class")
+
+
+def convert_referit3d(csv_text: str, boxes: Boxes, report: ConversionReport, source: str = "nr3d",
+                      only: Sequence[str] = ()) -> Iterator[Record]:
+    """Nr3D / Sr3D CSV rows (``scan_id, target_id, utterance``) as object captions. The record
+    id is the row's ``assignmentid`` (Nr3D: one per utterance), else its ``stimulus_id``
+    (``-2``, ``-3``... appended when a stimulus repeats), so predictions join back to rows.
+    ``only``: ReferIt3D's filters (its ``--mentions-target-class-only`` /
+    ``correct_guess``): rows whose column is not True are skipped and counted by filter."""
     reader = csv.DictReader(io.StringIO(csv_text))
     missing = {"scan_id", "target_id", "utterance"} - set(reader.fieldnames or [])
     if missing:
         raise ValueError(f"not a ReferIt3D CSV: no column(s) {', '.join(sorted(missing))}")
+    for name in only:
+        if name not in REFERIT3D_FILTERS:
+            raise ValueError(f"unknown ReferIt3D filter {name!r} (one of {', '.join(REFERIT3D_FILTERS)})")
+        if name not in reader.fieldnames:
+            raise ValueError(f"filter {name}: the CSV has no {name!r} column (Sr3D has no correct_guess)")
+    seen: Counter = Counter()
 
     def one(row: dict) -> list[Record]:
+        for name in only:
+            if str(row[name]).strip().lower() not in ("true", "1"):
+                raise RecordError(f"filtered out: {name} is not True")
+        key = (row.get("assignmentid") or row.get("stimulus_id") or "").strip() or None
+        if key is not None:
+            seen[key] += 1
+            key = key if seen[key] == 1 else f"{key}-{seen[key]}"
         return _object_record(row["scan_id"], row["target_id"], row["utterance"], boxes, source,
-                              OBJECT_CAPTION_INSTRUCTION)
+                              OBJECT_CAPTION_INSTRUCTION, key)
     yield from convert_items(((f"row {i + 2}", row) for i, row in enumerate(reader)), one, report)
 
 

@@ -57,6 +57,8 @@ def _seeds(text: str) -> list[int]:
 
 def _convert(args: argparse.Namespace, report: ConversionReport) -> list:
     fmt, inputs = args.format, args.inputs
+    if args.only and fmt not in ("nr3d", "sr3d"):
+        raise ValueError(f"--only filters Nr3D / Sr3D rows, not {fmt}")
     need = {"sqa3d": 2, "synthetic": 0}.get(fmt, 1)
     if len(inputs) != need:
         raise ValueError(f"format {fmt} takes {need} input file(s), got {len(inputs)}")
@@ -75,7 +77,8 @@ def _convert(args: argparse.Namespace, report: ConversionReport) -> list:
             path = Path(inputs[0])
             if not path.is_file():
                 raise ValueError(f"input file {path} does not exist")
-            records = list(caption_adapters.convert_referit3d(path.read_text(encoding="utf-8"), boxes, report, fmt))
+            records = list(caption_adapters.convert_referit3d(path.read_text(encoding="utf-8"), boxes, report, fmt,
+                                                              args.only or ()))
         else:
             records = list(OBJECT_FORMATS[fmt](_load_json(inputs[0]), boxes, report))
         args.ids_matched = boxes.matches()
@@ -210,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--id-rule", choices=caption_adapters.ID_RULES,
                    help="how the captions number objects: native (the annotation's ids) or sceneverse (ARKitScenes "
                         "by list position); default sceneverse for object-captions, native otherwise")
+    c.add_argument("--only", action="append", choices=caption_adapters.REFERIT3D_FILTERS,
+                   help="nr3d / sr3d: keep rows whose column is True (ReferIt3D's filters; repeatable); "
+                        "the others are counted as skipped")
     c.add_argument("--seeds", help="synthetic: room seeds, 'A:B' or 'a,b,c'")
     c.add_argument("--qa-per-type", type=int, help="synthetic: questions per room and question type (default 6)")
     c.add_argument("--report", help="also write the kept/skipped counts as JSON here")

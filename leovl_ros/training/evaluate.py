@@ -10,8 +10,9 @@ Benchmarks are the records' ``source``s; MSQA is split into its three domains as
 reports it (``msqa_scannet``, ``msqa_3rscan``, ``msqa_arkitscenes``; records converted
 before the split are assigned by their scan id's form). As LEO-VL (Tables 3 and 5: "metrics
 averaged per benchmark", then "averaged across all benchmarks"), a benchmark's score is the
-mean of its Table-2 metrics: ScanQA CIDEr and BLEU-4, SQA3D EM and EM-R, MSQA GPT-Score
-(:data:`BENCHMARK_METRICS`, the paper's benchmarks); other sources (ours, LEO's 3RScan QA,
+mean of its Table-2 metrics: ScanQA CIDEr and BLEU-4, SQA3D EM-LEO and EM-R (LEO's rule,
+as the published numbers: its ``in_domain_leo``), MSQA GPT-Score (:data:`BENCHMARK_METRICS`,
+the paper's benchmarks); other sources (ours, LEO's 3RScan QA,
 ...) use EM and EM-R when their records carry accepted answers, else CIDEr and BLEU-4.
 ``in_domain`` = mean of EM and EM-R (§4.4, SQA3D's in-domain score; ``in_domain_leo`` with
 EM-LEO: the number comparable with LEO's published ones). ``overall`` averages the paper's
@@ -38,7 +39,7 @@ from .metrics import NgramScorer, exact_match_scores
 from .records import Record
 
 BENCHMARK_METRICS: dict[str, tuple[str, ...]] = {
-    "scanqa": ("CIDEr", "BLEU-4"), "sqa3d": ("EM", "EM-R"), "msqa_scannet": ("GPT-Score",),
+    "scanqa": ("CIDEr", "BLEU-4"), "sqa3d": ("EM-LEO", "EM-R"), "msqa_scannet": ("GPT-Score",),
     "msqa_3rscan": ("GPT-Score",), "msqa_arkitscenes": ("GPT-Score",)}
 
 

@@ -1,10 +1,12 @@
 """A top-down picture of a scene's CFG: occupied columns, the columns kept as tokens, the camera
-path and an anchor (``leovl-scene show``).
+path, an anchor and, for an answer, where it came from (``leovl-scene show [--question]``).
 
 One square of ``cell_px`` pixels per voxel column, x to the right and y up (the map frame seen
 from above), a margin of ``PAD`` pixels and a legend strip of ``LEGEND_PX`` at the bottom. Kept
 columns are shaded by how many voxels they pool (darker = taller / denser), so walls and
-furniture stand out from the floor. Pure Pillow: no plotting library.
+furniture stand out from the floor. An answer's grounding (model/grounding.py) is a heat layer
+over them: yellow to red by the column's weight relative to the heaviest, the heaviest ringed.
+Pure Pillow: no plotting library.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ COLOURS = {
     "path": (220, 30, 30),
     "start": (30, 160, 60),
     "anchor": (245, 140, 0),
+    "heat_low": (255, 225, 0),  # a column with a small share of the answer's weight ...
+    "heat_high": (215, 0, 0),  # ... up to the heaviest
     "text": (40, 40, 40),
 }
 
@@ -76,13 +80,16 @@ def scene_layout(vmap: VoxelMap, cell_px: int, path: np.ndarray | None = None,
 
 
 def draw_scene(vmap: VoxelMap, max_tokens: int = 750, cell_px: int = 0, anchor: Sequence[float] | None = None,
-               anchor_radius: float = 0.5, token_selection: str = "densest") -> tuple[Image.Image, dict[str, int]]:
+               anchor_radius: float = 0.5, token_selection: str = "densest", grounding=None,
+               question: torch.Tensor | None = None) -> tuple[Image.Image, dict[str, int]]:
     """The picture and what it shows: voxels, columns, tokens, path points.
 
     ``cell_px`` 0 picks a size that makes the map about 800 px across (2..16 px per column).
     Kept columns are those whose voxels reach a token under ``max_tokens`` and ``token_selection``
     (cfg.voxel_tokens: with ``coarsen`` every column is kept, merged into fewer tokens), centred
-    like the node's on the anchor (``anchor``) or the map's last viewpoint (``nearest``).
+    like the node's on the anchor (``anchor``) or the map's last viewpoint (``nearest``), or by
+    ``question`` (its token embeddings) under ``question``. ``grounding`` (a model.grounding.Grounding)
+    adds the heat layer (none when it is flat: the legend says so).
     """
     if vmap.num_voxels == 0:
         raise ValueError("the scene has no voxels: nothing to draw")
@@ -96,7 +103,7 @@ def draw_scene(vmap: VoxelMap, max_tokens: int = 750, cell_px: int = 0, anchor: 
 
     cols, inverse, per_col = torch.unique(vmap.coords[:, :2].cpu(), dim=0, return_inverse=True, return_counts=True)
     config = GridConfig(max_tokens=max_tokens, pos_z="none", token_selection=token_selection)
-    token, xy, _ = voxel_tokens(vmap, config, focus_point(vmap, config, anchor))
+    token, xy, _ = voxel_tokens(vmap, config, focus_point(vmap, config, anchor), question)
     kept_col = torch.zeros(len(cols), dtype=torch.bool).index_fill_(0, inverse[token.cpu() >= 0], True)
     tokens = int(xy.shape[0])
     densest = int(per_col.max())
@@ -108,6 +115,9 @@ def draw_scene(vmap: VoxelMap, max_tokens: int = 750, cell_px: int = 0, anchor: 
         else:
             colour = COLOURS["dropped"]
         draw.rectangle(layout.cell_box(cx, cy), fill=colour)
+    heat = grounding is not None and not grounding.flat and grounding.weight.numel() > 0
+    if heat:
+        _heat(draw, layout, grounding)
 
     if anchor is not None:
         ax, ay = layout.point(anchor[0], anchor[1])
@@ -122,16 +132,32 @@ def draw_scene(vmap: VoxelMap, max_tokens: int = 750, cell_px: int = 0, anchor: 
         for (px, py), colour in ((pts[0], COLOURS["start"]), (pts[-1], COLOURS["path"])):
             draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=colour)
 
-    _legend(draw, layout, tokens)
+    extra = [] if grounding is None else [("heat_high", "answer came from" if heat else "grounding flat")]
+    _legend(draw, layout, tokens, extra)
     return image, {"voxels": vmap.num_voxels, "columns": len(cols), "tokens": tokens, "path_points": len(path)}
 
 
-def _legend(draw: ImageDraw.ImageDraw, layout: SceneLayout, tokens: int) -> None:
+def _heat(draw: ImageDraw.ImageDraw, layout: SceneLayout, grounding) -> None:
+    """Columns with at least 2 % of the heaviest column's weight, blended over the map by weight."""
+    w = grounding.weight.numpy()
+    t = w / w.max()
+    low, high = np.asarray(COLOURS["heat_low"]), np.asarray(COLOURS["heat_high"])
+    cells = np.floor(grounding.xyz[:, :2].numpy() / layout.voxel_size).astype(np.int64)
+    for i in np.argsort(t):  # heaviest drawn last
+        if t[i] < 0.02:
+            continue
+        draw.rectangle(layout.cell_box(*cells[i]), fill=tuple(int(v) for v in np.round(low + t[i] * (high - low))))
+    left, top, right, bottom = layout.cell_box(*cells[int(np.argmax(t))])
+    r = 2 * layout.cell_px
+    draw.ellipse((left - r, top - r, right + r, bottom + r), outline=COLOURS["heat_high"], width=2)
+
+
+def _legend(draw: ImageDraw.ImageDraw, layout: SceneLayout, tokens: int, extra: list[tuple[str, str]]) -> None:
     font = ImageFont.load_default()
     y = layout.size[1] - LEGEND_PX + 6
     x = PAD
-    for key, label in (("kept_dark", f"{tokens} tokens"), ("dropped", "not kept"), ("path", "camera"),
-                       ("anchor", "anchor")):
+    for key, label in [("kept_dark", f"{tokens} tokens"), ("dropped", "not kept"), ("path", "camera"),
+                       ("anchor", "anchor"), *extra]:
         draw.rectangle((x, y, x + 9, y + 9), fill=COLOURS[key])
         draw.text((x + 13, y - 1), label, fill=COLOURS["text"], font=font)
         x += 18 + int(draw.textlength(label, font=font)) + 10

@@ -87,3 +87,45 @@ def test_show_refuses_a_file_that_is_not_a_scene_with_one_line(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith("leovl-scene: error:") and "\n" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_grounding_is_a_heat_layer_and_a_flat_one_is_not_drawn(tmp_path):
+    from leovl_ros.model.grounding import Grounding
+    from leovl_ros.scene_picture import draw_scene
+
+    vmap = VoxelMap.load(_scene(tmp_path))
+    cols = torch.unique(vmap.coords[:, :2], dim=0)
+    xyz = torch.cat([(cols.float() + 0.5) * VS, torch.zeros(len(cols), 1)], 1)
+    weight = torch.zeros(len(cols))
+    hot = int(((cols[:, 0] == 3) & (cols[:, 1] == 2)).nonzero())
+    weight[hot], weight[0] = 0.9, 0.1  # column (3, 2) carries the answer, column (0, 0) a little
+    image, _ = draw_scene(vmap, 10, 12, grounding=Grounding(xyz, weight, False, "test"))
+    assert _pixel_of(3, 2, 12, image.convert("RGB"), y1=4) == COLOURS["heat_high"]
+    low, high = np.asarray(COLOURS["heat_low"]), np.asarray(COLOURS["heat_high"])
+    expected = tuple(int(v) for v in np.round(low + (0.1 / 0.9) * (high - low)))
+    assert _pixel_of(0, 0, 12, image.convert("RGB"), y1=4) == expected
+    assert _pixel_of(5, 1, 12, image.convert("RGB"), y1=4) == COLOURS["dropped"]  # no weight: the map shows
+    flat, _ = draw_scene(vmap, 10, 12, grounding=Grounding(xyz, torch.full((len(cols),), 1 / len(cols)), True, "x"))
+    assert not np.all(np.asarray(flat.convert("RGB")) == COLOURS["heat_high"], axis=2)[:-LEGEND_PX].any()
+
+
+def test_show_question_answers_and_draws_where_the_answer_came_from(tmp_path, capsys):
+    from leovl_ros.model.leovl import LeoVL
+    from leovl_ros.synth.render import render_frames
+    from leovl_ros.synth.rooms import generate_room
+    from leovl_ros.training.scenes import fuse_frames
+
+    model = LeoVL.from_pretrained("leovl_ros/bundled_models/leovl-tiny")
+    vmap = model.new_voxel_map()
+    vmap.track_columns(rope=True)
+    fuse_frames(model.encoder, vmap, (f.rgbd() for f in render_frames(generate_room(900001), 8, 224, 168)))
+    vmap.save(tmp_path / "room.safetensors")
+    out = tmp_path / "heat.png"
+    assert main(["show", str(tmp_path / "room.safetensors"), "--out", str(out), "--question",
+                 "What colour is the bed?", "--token-selection", "question", "--max-tokens", "64"]) == 0
+    said = capsys.readouterr().out
+    assert "answer: " in said and "grounding: " in said
+    assert 48 < int(said.split(" tokens")[0].split()[-1]) <= 64  # the model's grid under the question's selection
+    pixels = np.asarray(Image.open(out).convert("RGB"))
+    assert np.all(pixels == COLOURS["heat_high"], axis=2)[:-LEGEND_PX].sum() > 0  # the heaviest column, ringed
+    assert main(["show", str(tmp_path / "room.safetensors"), "--out", str(out), "--question", " "]) == 2

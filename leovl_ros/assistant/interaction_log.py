@@ -44,6 +44,7 @@ def interaction_to_dict(record: Interaction, stamp_s: float, frame_id: str = "")
     anchor = fields.pop("anchor")
     size = fields.pop("anchor_size")
     scene_stamp = fields.pop("scene_stamp_s")
+    fields["grounding_points"] = [dict(zip("xyz", map(float, p))) for p in fields["grounding_points"]]
     return {"header": {"stamp": _time(stamp_s), "frame_id": frame_id}, **fields,
             "has_anchor": anchor is not None,
             "anchor": dict(zip("xyz", (float(v) for v in anchor or (0.0, 0.0, 0.0)))),

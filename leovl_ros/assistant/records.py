@@ -35,6 +35,10 @@ class Interaction:
     latency: float = 0.0
     comment: str = ""
     anchor_size: tuple[float, float, float] | None = None  # a box region (then anchor_radius is 0)
+    # where the answer came from (model/grounding.py): heaviest columns (x, y centre, z mean height; m) and weights
+    grounding_points: list[tuple[float, float, float]] = field(default_factory=list)
+    grounding_weights: list[float] = field(default_factory=list)
+    grounding_flat: bool = False  # the question named nothing in the map: uniform weights
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Reply:
     answer: str
     interaction: Interaction
     steps: list[str] = field(default_factory=list)
+    grounding: object | None = None  # model.grounding.Grounding: every column's weight (published whole)
 
 
 @dataclass

@@ -100,7 +100,22 @@ def grid_cloud_msg(xyz: np.ndarray, intensity: np.ndarray, voxels: np.ndarray, h
     if xyz.shape != (n, 3) or intensity.shape != (n,) or voxels.shape != (n,):
         raise ValueError(f"cloud arrays disagree: xyz {xyz.shape}, intensity {intensity.shape}, voxels {voxels.shape}")
     cols = np.concatenate([xyz, intensity[:, None], voxels[:, None]], axis=1).astype(np.float32)  # (N, 5)
+    return _float_cloud(_CLOUD_FIELDS, cols, header)
+
+
+def grounding_cloud_msg(xyz: np.ndarray, weight: np.ndarray, header: Header) -> PointCloud2:
+    """PointCloud2 of an answer's grounding: N map columns with float32 fields x, y, z (column centre,
+    mean voxel height; m) and weight (share of the answer's grounding, the N sum to 1)."""
+    n = int(xyz.shape[0])
+    if xyz.shape != (n, 3) or weight.shape != (n,):
+        raise ValueError(f"cloud arrays disagree: xyz {xyz.shape}, weight {weight.shape}")
+    return _float_cloud(("x", "y", "z", "weight"), np.concatenate([xyz, weight[:, None]], 1).astype(np.float32),
+                        header)
+
+
+def _float_cloud(names: tuple[str, ...], cols: np.ndarray, header: Header) -> PointCloud2:
+    n = int(cols.shape[0])
     fields = [PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1)
-              for i, name in enumerate(_CLOUD_FIELDS)]
+              for i, name in enumerate(names)]
     return PointCloud2(header=header, height=1, width=n, fields=fields, is_bigendian=not _LITTLE,
                        point_step=4 * len(fields), row_step=4 * len(fields) * n, data=cols.tobytes(), is_dense=True)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import rclpy
 from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Point
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -29,8 +30,9 @@ from ..msg import Plan, PlanStep, SceneStatus
 from ..scans.images import decode_image
 from ..scans.pairing import ApproximateTimePairer
 from ..srv import AskScene, Feedback, LoadAdapter, LoadScene, PlanTask, SaveScene
-from .conversions import grid_cloud_msg, intrinsics_from_camera_info, seconds_to_stamp, stamp_to_seconds
-from .assistant_actions import RequestActions
+from .conversions import (grid_cloud_msg, grounding_cloud_msg, intrinsics_from_camera_info, seconds_to_stamp,
+                          stamp_to_seconds)
+from .assistant_actions import RequestActions, request_qos
 from .diagnostics import DiagnosticsPublisher
 from .model_source import ParameterError, load_model, resolve_model
 from .params import from_values, node_parameters
@@ -108,6 +110,7 @@ class AssistantNode(Node):
         self._status_pub = self.create_publisher(SceneStatus, "scene_status", 10)
         self._interaction_pub = self.create_publisher(InteractionMsg, "interactions", _RELIABLE)
         self._grid_pub = self.create_publisher(PointCloud2, "scene_grid", _LATCHED)
+        self._grounding_pub = self.create_publisher(PointCloud2, "answer_grounding", _LATCHED)  # the latest answer's
         for srv_type, name, handler in (
             (AskScene, "ask_scene", self._ask), (PlanTask, "plan_task", self._plan),
             (Trigger, "reset_scene", self._reset), (SaveScene, "save_scene", self._save),
@@ -266,6 +269,8 @@ class AssistantNode(Node):
             msg.anchor.x, msg.anchor.y, msg.anchor.z = (float(v) for v in r.anchor)
         if r.anchor_size is not None:
             msg.anchor_size.x, msg.anchor_size.y, msg.anchor_size.z = (float(v) for v in r.anchor_size)
+        msg.grounding_points, msg.grounding_weights, msg.grounding_flat = _points(r.grounding_points), \
+            [float(w) for w in r.grounding_weights], r.grounding_flat
         return msg
 
     def _ask(self, req: AskScene.Request, res: AskScene.Response) -> AskScene.Response:
@@ -283,7 +288,12 @@ class AssistantNode(Node):
             res.success, res.message, res.answer, res.interaction_id = reply.success, reply.message, reply.answer, \
                 r.interaction_id
             res.latency, res.scene_tokens, res.grounding_score = float(r.latency), r.scene_tokens, r.grounding_score
+            res.grounding_points, res.grounding_weights = _points(r.grounding_points), list(r.grounding_weights)
+            res.grounding_flat = r.grounding_flat
             self._interaction_pub.publish(self._interaction_msg(r))
+            if reply.grounding is not None:
+                g = reply.grounding
+                self._grounding_pub.publish(grounding_cloud_msg(g.xyz.numpy(), g.weight.numpy(), self._header()))
         return res
 
     def _plan(self, req: PlanTask.Request, res: PlanTask.Response) -> PlanTask.Response:
@@ -339,8 +349,12 @@ class AssistantNode(Node):
         return res
 
 
+def _points(xyz: list[tuple[float, float, float]]) -> list[Point]:
+    return [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in xyz]
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)  # ours: shutdown.py
     node = None
     try:
         node = AssistantNode()

@@ -1,7 +1,8 @@
 """Each checkout runs its own code (Makefile `venv`, env/venvs.sh): two clones of this
 repository, each set up with `make venv`, import their own `leovl_ros` and run their own
-console scripts; this checkout's environment is left alone; deleting one clone leaves the
-other working, and the deleted one's CLIs fail instead of running someone else's code."""
+console scripts; this checkout's environment is left alone; deleting one clone (and its
+venv) leaves the other working and the machine-wide include links intact, and the deleted
+one's CLIs fail instead of running someone else's code."""
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ from support.working_tree import REPO, snapshot
 
 WHERE = "import leovl_ros; print(leovl_ros.__file__)"
 MARK = "clone-b-code"
+NUMPY_INCLUDE_LINK = Path("/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include")
 
 
 def _user_env() -> dict[str, str]:
@@ -69,11 +71,16 @@ def test_two_clones_each_run_their_own_code(tmp_path):
         ours = _run([sys.executable, "-c", WHERE], tmp_path)
         assert Path(ours.stdout.strip()) == REPO / "leovl_ros" / "__init__.py", ours.stderr
 
+        # The ROS wheels' machine-wide include links (make setup) must not lead into a clone's venv.
+        links = _run([str(REPO / "env" / "include_links.sh"), str(venvs[a] / "bin" / "python")], tmp_path)
+        assert links.returncode == 0, links.stderr
         shutil.rmtree(a)
         help_b = _run([str(venvs[b] / "bin" / "leovl-data"), "--help"], tmp_path)
         assert help_b.returncode == 0 and help_b.stdout.startswith(MARK), help_b.stderr
         gone = _run([str(venvs[a] / "bin" / "leovl-data"), "--help"], tmp_path)
         assert gone.returncode != 0 and "usage" not in gone.stdout, "a deleted clone's CLI ran other code"
+        shutil.rmtree(venvs[a].parent)
+        assert NUMPY_INCLUDE_LINK.resolve().is_dir(), f"{NUMPY_INCLUDE_LINK} died with the deleted clone's venv"
         _make(b, "clean")
         assert not venvs[b].exists(), "make clean left the checkout's venv behind"
     finally:

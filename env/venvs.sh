@@ -24,22 +24,28 @@ base() {  # BASE LOCK
 checkout() {  # BASE VENV REPO
   local base=$1 venv=$2 repo=$3
   echo "[setup] checkout venv $venv <- $repo (on $base)"
-  "$base/bin/python" -m venv --clear --without-pip "$venv"
+  # Renewed in place, never cleared: tests of this checkout may be running from it.
+  [ -x "$venv/bin/python" ] || "$base/bin/python" -m venv --without-pip "$venv"
   local site
   site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   # The ROS wheels find their C libraries, CMake configs, ament index and the Python modules
   # their CMake code runs relative to the prefix of the running Python (sys.prefix,
   # AMENT_PREFIX_PATH=VENV): link in the base's, package by package, so this venv is a whole
   # prefix of its own, .pth hooks (the ROS wheels' bootstrapper) included.
-  rm -rf "$venv/include" && ln -s "$base/share" "$base/include" "$venv/"
+  [ -L "$venv/include" ] || rm -rf "$venv/include"
   local entry own_lib=${site%/site-packages}
-  for entry in "$base"/lib/* "${site/#$venv/$base}"/*; do
-    case $entry in "${own_lib/#$venv/$base}"|*/__pycache__) ;; *) ln -s "$entry" "${entry/#$base/$venv}";; esac
+  for entry in "$base/share" "$base/include" "$base"/lib/* "${site/#$venv/$base}"/*; do
+    case $entry in "${own_lib/#$venv/$base}"|*/__pycache__) ;; *) ln -sfn "$entry" "${entry/#$base/$venv}";; esac
   done
   # The base's tools (colcon, pytest, ...), but not its pip: installs go into this venv.
   for entry in "$base"/bin/*; do
-    case ${entry##*/} in activate*|Activate*|python*|pip*|__pycache__) ;; *) [ -e "$venv/bin/${entry##*/}" ] || ln -s "$entry" "$venv/bin/";; esac
+    case ${entry##*/} in
+      activate*|Activate*|python*|pip*|__pycache__) ;;
+      *) if [ -L "$venv/bin/${entry##*/}" ] || [ ! -e "$venv/bin/${entry##*/}" ]; then ln -sfn "$entry" "$venv/bin/"; fi;;
+    esac
   done
+  # Links into an older base (the lock changed) go.
+  find "$venv" -maxdepth 4 -type l -lname "$(dirname "$base")/*" ! -lname "$base/*" -delete
   echo "$repo" > "$venv/checkout"
   # pip and setuptools come from the base; --no-deps: the base holds every dependency.
   (cd "$repo" && pip "$venv/bin/python" --no-deps --no-build-isolation -e .)

@@ -14,6 +14,7 @@ Heavy imports (torch, transformers, peft) happen on first use of a name, so impo
     prefix_cache.py  the scene prefix's KV cache, computed once per scene
     grounding.py     how much each map column mattered to an answer
     bundle.py        adapter bundles (safetensors only, written atomically)
+    loading.py       the one way a model is loaded: base + adapter + run-time overrides
 """
 from importlib import import_module
 

@@ -128,15 +128,8 @@ class LeoVL:
         ``base`` may itself be a full bundle (weights + heads + config in one directory).
         Weights are read with safetensors only.
         """
-        base_path = Path(base)
-        model = bundle_io.load_qwen(base_path, dtype, allow_network)
-        config = LeoVLConfig(base_model=str(base), hidden_size=model.config.text_config.hidden_size)
-        leovl = cls(model.to(device), tokenizer or load_qwen_tokenizer(), config)
-        if bundle is not None:
-            leovl.load_bundle(bundle)
-        elif bundle_io.is_full_bundle(base_path):
-            leovl._load(base_path, weights_loaded=True)
-        return leovl
+        from .loading import load_model  # loading builds on this module
+        return load_model(base, bundle, device=device, dtype=dtype, allow_network=allow_network, tokenizer=tokenizer)
 
     def _fingerprint(self) -> str:
         inner = self.model.model
@@ -351,12 +344,10 @@ class LeoVL:
         """Adapter bundle (LoRA + heads + config), or full weights in 'full' mode; atomic."""
         bundle_io.save_bundle(self, Path(path))
 
-    def load_bundle(self, path: str | Path) -> None:
-        """Hot-swap a bundle saved by :meth:`save_bundle`; mismatched base -> ValueError."""
-        self._load(Path(path))
-
-    def _load(self, path: Path, weights_loaded: bool = False) -> None:
-        self._assemble(*bundle_io.read_bundle(self, path, weights_loaded))
+    def load_bundle(self, path: str | Path, weights_loaded: bool = False) -> None:
+        """Hot-swap a bundle saved by :meth:`save_bundle`; mismatched base -> ValueError.
+        ``weights_loaded``: the base was just loaded from this (full) bundle's own weights."""
+        self._assemble(*bundle_io.read_bundle(self, Path(path), weights_loaded))
 
 
 class _StepHook(StoppingCriteria):

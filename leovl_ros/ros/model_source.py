@@ -73,20 +73,18 @@ def resolve_model(model: str, adapter: str = "", allow_network: bool = False) ->
 
 
 def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32", allow_network: bool = False):
-    """The LeoVL model of ``source``; torch/transformers are imported only here (see module doc).
+    """The LeoVL model of ``source`` (:func:`leovl_ros.model.loading.load_model`), every failure
+    a ParameterError naming the parameter; torch/transformers are imported only here (see module doc).
 
     ``tiny-random`` is a seeded random tiny Qwen2.5-VL (hidden 64, real Qwen2.5 tokenizer):
     deterministic gibberish, for tests and for trying the ROS plumbing without a checkpoint.
     """
     import torch
 
-    from ..model.config import LeoVLConfig
-    from ..model.leovl import LeoVL
-    from ..model.tiny import tiny_qwen25vl_config
+    from ..model import loading
 
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if torch_dtype is None:
-        raise ParameterError(f"parameter 'dtype': {dtype!r} is not one of float32, bfloat16, float16")
+    if dtype not in loading.DTYPES:
+        raise ParameterError(f"parameter 'dtype': {dtype!r} is not one of {', '.join(loading.DTYPES)}")
     try:
         kind = torch.device(device).type
     except RuntimeError as exc:
@@ -94,15 +92,7 @@ def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32",
     if kind == "cuda" and not torch.cuda.is_available():
         raise ParameterError(f"parameter 'device': {device!r} but CUDA is not available here; use cpu")
     try:
-        if source.base == TINY_RANDOM:
-            qwen = tiny_qwen25vl_config()
-            config = LeoVLConfig(base_model=TINY_RANDOM, hidden_size=qwen.text_config.hidden_size)
-            model = LeoVL.from_config(qwen, config, seed=0, device=device, dtype=torch_dtype)
-            if source.bundle:
-                model.load_bundle(source.bundle)
-            return model
-        return LeoVL.from_pretrained(source.base, bundle=source.bundle, device=device, dtype=torch_dtype,
-                                     allow_network=allow_network)
+        return loading.load_model(source.base, source.bundle, device=device, dtype=dtype, allow_network=allow_network)
     except (ValueError, OSError, RuntimeError) as exc:
         which = "adapter" if source.bundle and "bundle" in str(exc) else "model"
         raise ParameterError(f"parameter '{which}': cannot load {source.name}: {exc}") from exc

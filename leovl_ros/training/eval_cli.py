@@ -13,7 +13,6 @@ written next to the report; with ``--predictions`` an existing predictions JSONL
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -61,7 +60,7 @@ def _generate(args: argparse.Namespace, records: list) -> list[str]:
     # The model stack is imported only when answers have to be generated.
     import torch
 
-    from leovl_ros.model.config import GenerationConfig
+    from leovl_ros.model.config import resolve_generation
 
     from .config import load_config
     from .evaluate import generate_predictions
@@ -74,7 +73,7 @@ def _generate(args: argparse.Namespace, records: list) -> list[str]:
         cfg.model.bundle = args.bundle
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(cfg.model, cfg.trainable, cfg.seed, device)
-    generation = GenerationConfig(**{**dataclasses.asdict(model.config.generation), **cfg.eval.generation})
+    generation = resolve_generation(model.config.generation, cfg.eval.generation)
     scenes = SceneStore(model, cfg.scenes)
     return generate_predictions(model, scenes, records, generation, cfg.optim.batch_size, progress=cfg.progress)
 

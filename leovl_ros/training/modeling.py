@@ -10,24 +10,20 @@ from pathlib import Path
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from leovl_ros.model.config import LeoVLConfig
+from leovl_ros.model import loading
+from leovl_ros.model.config import ConfigOverrides, LeoVLConfig
 from leovl_ros.model.leovl import LeoVL
+from leovl_ros.model.loading import torch_dtype
 from leovl_ros.model.tiny import tiny_qwen25vl_config
-from leovl_ros.model.tokenizer import load_qwen_tokenizer
 
 from .config import ModelSection
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """'auto' = bfloat16 on a CUDA device that supports it (paper: bf16 training), else float32."""
-    if name == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float32
-    if name not in _DTYPES:
+    if name not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"model.dtype must be auto | float32 | bfloat16, got {name!r}")
-    return _DTYPES[name]
+    return torch_dtype(name, device)
 
 
 def save_pretrained_atomic(model: Qwen2_5_VLForConditionalGeneration, path: str | os.PathLike) -> Path:
@@ -63,10 +59,11 @@ def create_random_base(path: str | os.PathLike, tiny_kwargs: dict, seed: int = 0
 _BUNDLE_GRID_KEYS = ("pos_z", "grid", "max_tokens", "sample_seed")
 
 
-def _override_grid(model: LeoVL, leovl: dict) -> None:
-    """Apply ``model.leovl: {grid: {...}}`` on top of a bundle's config. Other keys may only
-    repeat the bundle's own values (a config shared by the stages before and after)."""
-    current = dataclasses.asdict(model.config)
+def _bundle_overrides(config: LeoVLConfig, leovl: dict) -> ConfigOverrides:
+    """``model.leovl: {grid: {...}}`` on top of a bundle's config, as run-time overrides (saved
+    with the trained bundle). Other keys may only repeat the bundle's own values (a config
+    shared by the stages before and after)."""
+    current = dataclasses.asdict(config)
     grid = dict(leovl.get("grid", {}))
     changed = sorted(k for k, v in leovl.items() if k != "grid" and current.get(k, v) != v)
     changed += sorted(f"grid.{k}" for k, v in grid.items()
@@ -78,7 +75,7 @@ def _override_grid(model: LeoVL, leovl: dict) -> None:
     unknown = sorted(set(leovl) - set(current)) + sorted(f"grid.{k}" for k in set(grid) - set(current["grid"]))
     if unknown:
         raise ValueError(f"unknown model.leovl keys {unknown}")
-    model.config.grid = dataclasses.replace(model.config.grid, **{k: grid[k] for k in _BUNDLE_GRID_KEYS if k in grid})
+    return ConfigOverrides(grid={k: grid[k] for k in _BUNDLE_GRID_KEYS if k in grid})
 
 
 def load_model(section: ModelSection, trainable: str, seed: int, device: torch.device) -> LeoVL:
@@ -87,18 +84,10 @@ def load_model(section: ModelSection, trainable: str, seed: int, device: torch.d
     if section.init_random is not None and not base.exists():
         create_random_base(base, section.init_random, seed)
     dtype = resolve_dtype(section.dtype, device)
-    if section.bundle:
-        model = LeoVL.from_pretrained(base, bundle=section.bundle, device=device, dtype=dtype,
-                                      allow_network=section.allow_network)
-        _override_grid(model, section.leovl)
-        if model.config.train_mode != trainable:
-            model.set_trainable(trainable)
-        return model
-    try:
-        hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(base), dtype=dtype, local_files_only=not section.allow_network, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot load the base model {str(base)!r}: {exc}") from exc
-    config = LeoVLConfig.from_dict({**section.leovl, "base_model": str(base),
-                                    "hidden_size": hf.config.text_config.hidden_size, "train_mode": trainable})
-    return LeoVL(hf.to(device), load_qwen_tokenizer(), config, seed=seed)
+    if not section.bundle:
+        return loading.load_model(base, device=device, dtype=dtype, allow_network=section.allow_network,
+                                  new_config=section.leovl, train_mode=trainable, seed=seed)
+    model = loading.load_model(base, section.bundle, device=device, dtype=dtype,
+                               allow_network=section.allow_network, train_mode=trainable)
+    model.set_overrides(_bundle_overrides(model.stored_config, section.leovl))
+    return model

@@ -33,7 +33,6 @@ of periodic evaluation uses the epoch-0 draw, so the curve compares like with li
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from leovl_ros.model.config import GenerationConfig
+from leovl_ros.model.config import GenerationConfig, resolve_generation
 
 from .config import DPOSection, TrainConfig
 from .evaluate import generate_predictions
@@ -299,7 +298,7 @@ def run_dpo(cfg: TrainConfig) -> TrainResult:
     prefetch_scenes(accelerator, scenes, {r.scene_id for r in records + prefs + evals}, cfg.progress)
     mined_counts: dict[str, int] = {}
     if d.generate_negatives and unlabelled:
-        generation = GenerationConfig(**{**dataclasses.asdict(model.config.generation), **cfg.eval.generation})
+        generation = resolve_generation(model.config.generation, cfg.eval.generation)
         mined, mined_kinds, mined_counts = mine_negatives(model, scenes, unlabelled, generation,
                                                           _rephrasers(d, records + prefs, cfg.seed),
                                                           cfg.optim.batch_size)

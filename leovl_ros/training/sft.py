@@ -14,7 +14,6 @@ Decision (paper silent): two normalisations (``optim.loss_norm``):
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import zlib
 from typing import Callable, Sequence
@@ -22,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from leovl_ros.model.config import GenerationConfig
+from leovl_ros.model.config import resolve_generation
 
 from .config import TrainConfig
 from .evaluate import answer_nll, generate_predictions
@@ -106,7 +105,7 @@ def _training_query(record: Record):
 def make_eval_fn(model, scenes: SceneStore, records: Sequence[Record], cfg: TrainConfig) -> Callable[[], dict]:
     """Eval NLL per token on ``records`` and, with ``eval.generate`` > 0, EM / EM-R of that many
     generated answers among the records that carry accepted answers."""
-    generation = GenerationConfig(**{**dataclasses.asdict(model.config.generation), **cfg.eval.generation})
+    generation = resolve_generation(model.config.generation, cfg.eval.generation)
     qa = [r for r in records if r.answers][: cfg.eval.generate]
 
     def run() -> dict[str, float]:

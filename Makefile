@@ -46,7 +46,7 @@ $(BASE_STAMP): | $(STAMPS)/apt  # BASE is named by the lock's hash
 
 $(VENV_STAMP): $(BASE_STAMP) pyproject.toml env/venvs.sh  # pyproject: console scripts and extras
 	@env/venvs.sh checkout $(BASE) $(VENV) $(CURDIR)
-	@touch $@
+	@rm -f $(VENV)/.installed-* && touch $@  # one stamp: the lock its links are of
 
 # This checkout's venv alone (no colcon build): its CLIs, `python -m leovl_ros...` without ROS.
 venv: $(VENV_STAMP)

@@ -51,6 +51,8 @@ def test_defaults_are_the_papers_and_numbers_parse(tmp_path):
     ({"output_dir": "o", "model": {"base": "b"}, "trainable": "lora"}, "trainable must be 'adapter' or 'full'"),
     ({"output_dir": "o", "model": {"base": "b"}, "scenes": {"fusion": {"depth_max": "far"}}},
      "scenes.fusion.depth_max must be a number"),
+    ({"output_dir": "o", "model": {"base": "b"}, "log_with": ["tensorbord"]}, "log_with: ['tensorbord'] is not"),
+    ({"output_dir": "o", "model": {"base": "b"}, "log_with": "tensorboard"}, "log_with must be of type list"),
 ])
 def test_config_errors_name_the_key(tmp_path, data, message):
     with pytest.raises(ValueError) as info:
@@ -116,3 +118,14 @@ def test_scene_cache_keys_and_recovery(tmp_path, caplog):
 def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert cfg.output_dir.startswith("runs/") and cfg.model.base
+
+
+def test_trackers_auto_is_tensorboard_and_a_missing_one_is_an_error():
+    import importlib.util
+
+    from leovl_ros.training.trainer import trackers
+
+    assert trackers(["auto"]) == ["tensorboard"] and trackers([]) == []  # tensorboard is a training dependency
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(ValueError, match="log_with: wandb not installed"):
+            trackers(["tensorboard", "wandb"])

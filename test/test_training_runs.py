@@ -168,6 +168,15 @@ def test_scene_dpo_raises_scene_accuracy(workdir):
     train_logs = [h for h in map(json.loads, (workdir / "dpo" / "metrics.jsonl").read_text().splitlines())
                   if "scene_loss" in h]
     assert len(train_logs) == 8 and all(0 <= h["answer_acc"] <= 1 for h in train_logs)
+    # The curves in TensorBoard (log_with: auto), read back from the event file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir / "dpo" / "leovl-dpo")).Reload()
+    for key in ("answer_loss", "scene_loss", "nll", "answer_acc", "scene_acc", "loss", "lr"):  # L_a, L_s, L_NLL
+        got = [(e.step, e.value) for e in events.Scalars(f"train/{key}")]
+        assert got == [(h["step"], pytest.approx(h[key], rel=1e-6, abs=1e-7)) for h in train_logs], key
+    assert [(e.step, e.value) for e in events.Scalars("eval/scene_acc")] == [
+        (h["step"], pytest.approx(h["eval/scene_acc"])) for h in evals]
 
 
 def test_dpo_with_reference_and_mined_negatives(workdir, capsys):

@@ -138,6 +138,10 @@ class TrainConfig:
     trainable: str = _help("adapter (LoRA + heads, paper) | full (all LLM weights + heads)", "adapter")
     seed: int = _help("seed of initialisation, data order and negative scenes", 0)
     log_every: int = _help("log loss / lr every N optimizer steps", 10)
+    log_with: list[str] = _help("training-curve trackers of accelerate, rank 0 only: auto (tensorboard when "
+                                "installed) | [] (none) | names: tensorboard, wandb, mlflow, comet_ml, aim, clearml, "
+                                "dvclive, swanlab, trackio, all; TensorBoard writes to output_dir/leovl-<sft|dpo>",
+                                factory=lambda: ["auto"])
     save_every: int = _help("checkpoint every N optimizer steps (0 = only the final bundle)", 1000)
     save_total_limit: int = _help("keep at most N checkpoints (0 = all)", 3)
     resume: str | None = _help("checkpoint folder to resume from, or 'auto' for the latest in output_dir", None)
@@ -159,6 +163,12 @@ class TrainConfig:
                              "user text, not answers)")
         if o.loss_norm not in ("token", "sample"):
             raise ValueError(f"optim.loss_norm must be token | sample, got {o.loss_norm!r}")
+        from accelerate.utils import LoggerType
+
+        unknown = sorted(set(self.log_with) - set(LoggerType.list()) - {"auto"})
+        if unknown or ("auto" in self.log_with and len(self.log_with) > 1):
+            raise ValueError(f"log_with: {unknown or self.log_with} is not auto, [] or a list of "
+                             f"{', '.join(LoggerType.list())}")
         if d.rephrase.max_rule_words < 1:
             raise ValueError(f"dpo.rephrase.max_rule_words must be >= 1, got {d.rephrase.max_rule_words}")
         if d.reference not in ("none", "initial", "base") or d.nll not in ("token", "sequence"):

@@ -4,7 +4,13 @@ accumulation and clipping, progress bar, periodic evaluation, checkpoints, exact
 Multi-process (``torchrun`` / ``accelerate launch``, GPUs or CPU processes over gloo): each
 process takes every n-th batch of the epoch's order, gradients are averaged across processes
 (DDP), so n processes with accumulation k train like one process with accumulation n*k;
-only the main process writes checkpoints, bundles and logs. On a machine without CUDA the
+only the main process writes checkpoints, bundles and logs.
+
+Curves: every log entry goes to ``output_dir/metrics.jsonl`` and to accelerate's trackers
+(``log_with``; TensorBoard in ``output_dir/leovl-<kind>/`` by default when installed) as
+``train/<key>`` and ``eval/<key>``: loss, lr, grad_norm, SFT tokens; SceneDPO's
+``answer_loss`` (L_a), ``scene_loss`` (L_s), ``nll`` (L_NLL), ``answer_acc`` (preference
+accuracy) and ``scene_acc``; evaluation NLL, EM / EM-LEO / EM-R, in_domain. On a machine without CUDA the
 accelerator is told the CPU is the device, otherwise every launched process trains alone.
 
 Checkpoints (``output_dir/checkpoint-<step>/``, written to a temp folder and renamed):
@@ -19,6 +25,7 @@ weights, full-mode weight matrices); biases, norms and the anchor vector get non
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,6 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from accelerate import Accelerator
+from accelerate.tracking import get_available_trackers
 from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -69,6 +77,29 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def trackers(names: Sequence[str]) -> list[str]:
+    """``log_with`` resolved: "auto" is TensorBoard when installed (else nothing); a named
+    tracker that is not installed is an error, not a silently empty curve."""
+    available = {getattr(t, "value", str(t)) for t in get_available_trackers()}
+    if list(names) == ["auto"]:
+        return ["tensorboard"] if "tensorboard" in available else []
+    missing = [n for n in names if n != "all" and n not in available]
+    if missing:
+        raise ValueError(f"log_with: {', '.join(missing)} not installed (pip install it, or drop it from log_with)")
+    return list(names)
+
+
+def _hparams(cfg: TrainConfig) -> dict[str, Any]:
+    """The config flattened to scalars (TensorBoard's hparams take no lists, dicts or None)."""
+    def flat(d: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield prefix + k, v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+    return dict(flat(dataclasses.asdict(cfg)))
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     mp = cfg.optim.mixed_precision
     if mp == "auto":
@@ -78,7 +109,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # cpu=True without CUDA: accelerate only joins torchrun's processes (gloo) when told the
     # CPU is the device; left alone, each process would train the whole data by itself.
     return Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=mp, kwargs_handlers=[ddp],
-                       cpu=not torch.cuda.is_available())
+                       cpu=not torch.cuda.is_available(), log_with=trackers(cfg.log_with) or None,
+                       project_dir=cfg.output_dir)
 
 
 def prefetch_scenes(accelerator: Accelerator, scenes, scene_ids: Iterable[str], progress: bool) -> None:
@@ -206,11 +238,15 @@ def train_loop(cfg: TrainConfig, accelerator: Accelerator, model: LeoVL, items: 
         if ckpt is None:
             metrics_file.unlink(missing_ok=True)  # a fresh run starts a fresh log; a resumed one appends
 
+    accelerator.init_trackers(f"leovl-{kind}", config=_hparams(cfg))  # rank 0 only (accelerate)
+
     def log(entry: dict) -> None:
         state["history"].append(entry)
         if accelerator.is_main_process:
             with metrics_file.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
+        accelerator.log({(k if k.startswith("eval/") else f"train/{k}"): v for k, v in entry.items()
+                         if k != "step" and isinstance(v, (int, float))}, step=entry["step"])
 
     def evaluate() -> None:
         if eval_fn is not None and state.get("last_eval") != state["global_step"]:
@@ -282,4 +318,5 @@ def train_loop(cfg: TrainConfig, accelerator: Accelerator, model: LeoVL, items: 
     if accelerator.is_main_process:
         model.save_bundle(bundle)
         atomic_write_text(out / "history.json", json.dumps(state["history"], indent=1))
+    accelerator.end_training()  # flushes and closes the trackers
     return TrainResult(state["global_step"], bundle, state["history"])

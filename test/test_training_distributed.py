@@ -4,13 +4,16 @@ processes (gloo), against one process with twice the gradient accumulation.
 Shown: the two processes split every epoch (the logged samples of an epoch add up to the
 data once, not twice: each process saw half), the loss curve equals the single process's
 within 1e-4 (the same micro-batches reach each optimizer step; only the order of float sums
-differs), only the main process writes logs, checkpoints and the bundle, the scene cache is
-built once (by the main process), and a run killed after a checkpoint resumes to the same
-weights as the uninterrupted run. SceneDPO runs on two processes too; ``build-scenes --shard
-i/n`` splits the scenes.
+differs), and so do the trained weights, for SFT and SceneDPO (:func:`_assert_same_weights`:
+without the all-reduce each process steps on its own half of the batch), only the main process writes logs, checkpoints and the
+bundle, the scene cache is built once (by the main process), and a run killed after a
+checkpoint resumes to the same weights as the uninterrupted run. SceneDPO mines its
+negatives once for both processes; ``build-scenes --shard i/n`` splits the scenes.
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -26,9 +29,16 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import wait_for
+from support.chat_server import chat_server
+
+from leovl_ros.model.config import GenerationConfig
 from leovl_ros.training.adapters import convert_synthetic
+from leovl_ros.training.config import load_config
 from leovl_ros.training.data_cli import _shard
+from leovl_ros.training.evaluate import generate_predictions
+from leovl_ros.training.modeling import load_model
 from leovl_ros.training.records import ConversionReport, read_records, write_records
+from leovl_ros.training.scenes import SceneStore
 from leovl_ros.training.train_cli import main as train_main
 
 pytestmark = pytest.mark.slow  # four 2-process launches: ~1.5 min on 2 cores
@@ -73,13 +83,30 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def _assert_same_weights(run: Path, single: Path, init: Path) -> None:
+    """The trained adapter of ``run`` equals ``single``'s within 2% of how far training moved
+    it (float sums in another order could drift that little; measured: 0). Processes that do
+    not average their gradients (DDP's no_sync around forward and backward, tried once) end
+    51% (heads) and 71% (LoRA) of the update away after the SFT test's 8 steps."""
+    for name in ("adapter_model.safetensors", "leovl_heads.safetensors"):
+        a, b = load_file(run / "bundle" / name), load_file(single / "bundle" / name)
+        start = load_file(init / name)
+        assert a.keys() == b.keys() == start.keys(), name
+        moved = torch.cat([(b[k] - start[k]).flatten() for k in b]).norm()
+        apart = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
+        assert moved > 0 and apart <= 0.02 * moved, (name, float(apart), float(moved))
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     qa = [r for r in convert_synthetic([0, 1], ConversionReport()) if r.task == "qa"]
     write_records(root / "train.jsonl", qa[: N_RECORDS // 2] + qa[-N_RECORDS // 2:])
     torch.set_num_threads(1)
-    assert train_main(["sft", "--config", str(_config(root, "single", grad_accum=2))]) == 0  # also creates the base
+    config = _config(root, "single", grad_accum=2)
+    assert train_main(["sft", "--config", str(config)]) == 0  # also creates the base
+    # the adapter every run starts from (seeded): how far training moved it
+    load_model(load_config(config).model, "adapter", 0, torch.device("cpu")).save_bundle(root / "init")
     return root
 
 
@@ -93,9 +120,10 @@ def test_two_processes_train_like_one_with_double_accumulation(root):
     losses = [(a["loss"], b["loss"]) for a, b in zip(ddp, single)]
     assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in losses), losses
     assert losses[-1][0] < losses[0][0]  # it trains
+    _assert_same_weights(root / "ddp", root / "single", root / "init")
     assert out.count("sft: 8 steps") == 1 and "per process: [2, 0]" in out  # rank 0 prints; cache built once
     assert sorted(p.name for p in (root / "ddp").iterdir()) == [
-        "bundle", "checkpoint-2", "checkpoint-4", "checkpoint-6", "history.json", "metrics.jsonl"]
+        "bundle", "checkpoint-2", "checkpoint-4", "checkpoint-6", "history.json", "leovl-sft", "metrics.jsonl"]
 
 
 def test_a_killed_two_process_run_resumes_exactly(root):
@@ -136,6 +164,54 @@ def test_scene_dpo_runs_on_two_processes(root):
     assert out.count("dpo: 2 steps") == 1 and "per process: [0, 0]" in out
     trained = [m["step"] for m in _metrics(root / "dpo") if "loss" in m]  # one writer: each step once
     assert trained == [1, 2] and (root / "dpo" / "bundle").is_dir()
+    single = _config(root, "dpo_single", grad_accum=2, max_steps=2)
+    single.write_text(config.read_text().replace("grad_accum: 1", "grad_accum: 2").replace(
+        str(root / "dpo"), str(root / "dpo_single")))
+    assert train_main(["dpo", "--config", str(single)]) == 0
+    dpo, one = _metrics(root / "dpo"), _metrics(root / "dpo_single")
+    for key in ("loss", "answer_loss", "scene_loss", "nll"):
+        assert [m[key] for m in dpo if "loss" in m] == pytest.approx([m[key] for m in one if "loss" in m], rel=1e-4)
+    _assert_same_weights(root / "dpo", root / "dpo_single", root / "init")
+
+
+def test_scene_dpo_mines_negatives_once_for_both_processes(root):
+    """Both processes must train on the same pairs. The endpoint answers differently per call
+    (a usable negative, then the right answer again, which is no negative): mined on every
+    process, the two would hold different pairs and ask twice as often."""
+    config = _config(root, "mine", grad_accum=1, max_steps=2)
+    c = yaml.safe_load(config.read_text())
+    c["scenes"]["cache_dir"] = str(root / "cache_single")  # the maps are cached already
+    config.write_text(yaml.safe_dump(c))
+    cfg = load_config(config)
+    model = load_model(cfg.model, "adapter", 0, torch.device("cpu"))  # the policy the run starts from
+    generation = GenerationConfig(**{**dataclasses.asdict(model.config.generation), "max_new_tokens": 3})
+    qa = read_records(root / "train.jsonl")
+    answers = generate_predictions(model, SceneStore(model, cfg.scenes), qa, generation, 2)
+    # accepted answers = the model's own: every answer it gives is correct and goes to the endpoint
+    write_records(root / "mine.jsonl", [type(r).from_dict({**r.to_dict(), "response": a, "answers": [a]})
+                                        for r, a in zip(qa, answers) if a.strip()])
+    calls = itertools.count()
+
+    def reply(messages: list[dict]) -> str:
+        k = next(calls)
+        return f"zebra {k}" if k % 2 == 0 else messages[-1]["content"].rsplit("Correct answer: ", 1)[1]
+
+    with chat_server(reply) as server:
+        c["data"]["train"] = [str(root / "mine.jsonl")]
+        c["eval"]["generation"] = {"max_new_tokens": 3}
+        c["dpo"] = {"generate_negatives": True,
+                    "rephrase": {"rules": False, "endpoint": server.url, "model": "m", "api_key_env": ""}}
+        config.write_text(yaml.safe_dump(c))
+        out = _finish(_torchrun(config, "dpo"))
+        asked = len(server.requests)
+    summary = json.loads((root / "mine" / "dpo_pairs.json").read_text())
+    mining = summary["mining"]
+    correct = mining["rephrased_endpoint"] + mining["correct_not_rephrased"]
+    assert asked == correct > 0, (asked, mining)  # each correct answer asked once, by one process
+    assert mining["rephrased_endpoint"] >= 1 and summary["total"] == summary["pairs"]["rephrased_endpoint"] + \
+        summary["pairs"]["wrong"]
+    assert out.count("dpo: 2 steps") == 1
+    assert [m["step"] for m in _metrics(root / "mine") if "loss" in m] == [1, 2]
 
 
 def test_build_scenes_shards_cover_every_scene_once():

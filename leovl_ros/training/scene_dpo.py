@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.utils import broadcast_object_list, gather_object
 
 from leovl_ros.model.config import GenerationConfig, resolve_generation
 
@@ -275,11 +276,28 @@ def negative_pairs(records: Sequence[Record], predictions: Sequence[str],
     return out, kinds, counts
 
 
-def mine_negatives(model, scenes: SceneStore, records: Sequence[Record], generation: GenerationConfig,
+def mine_negatives(accelerator, model, scenes: SceneStore, records: Sequence[Record], generation: GenerationConfig,
                    rephrasers: Sequence[tuple[str, object]] = (),
                    batch_size: int = 4) -> tuple[list[Record], list[str], dict[str, int]]:
-    """:func:`negative_pairs` of the model's generated answers to ``records``."""
-    return negative_pairs(records, generate_predictions(model, scenes, records, generation, batch_size), rephrasers)
+    """:func:`negative_pairs` of the model's generated answers to ``records``, mined once for
+    all processes: each process answers its share of the records, the main process alone
+    rephrases (one endpoint call per answer, whatever the process count) and every process
+    receives the same pairs, so all train the same number of steps."""
+    rank, n = accelerator.process_index, accelerator.num_processes
+    mine = list(range(rank, len(records), n))
+    answers = generate_predictions(model, scenes, [records[i] for i in mine], generation, batch_size)
+    gathered = dict(gather_object(list(zip(mine, answers))) if n > 1 else zip(mine, answers))
+    payload: list = [None]
+    if accelerator.is_main_process:
+        try:
+            payload[0] = negative_pairs(records, [gathered[i] for i in range(len(records))], rephrasers)
+        except Exception as exc:  # noqa: BLE001 - every process must hear of it, or the others wait forever
+            payload[0] = exc
+    if n > 1:
+        broadcast_object_list(payload, from_process=0)
+    if isinstance(payload[0], Exception):
+        raise payload[0]
+    return payload[0]
 
 
 def run_dpo(cfg: TrainConfig) -> TrainResult:
@@ -299,7 +317,7 @@ def run_dpo(cfg: TrainConfig) -> TrainResult:
     mined_counts: dict[str, int] = {}
     if d.generate_negatives and unlabelled:
         generation = resolve_generation(model.config.generation, cfg.eval.generation)
-        mined, mined_kinds, mined_counts = mine_negatives(model, scenes, unlabelled, generation,
+        mined, mined_kinds, mined_counts = mine_negatives(accelerator, model, scenes, unlabelled, generation,
                                                           _rephrasers(d, records + prefs, cfg.seed),
                                                           cfg.optim.batch_size)
         prefs, kinds = prefs + mined, kinds + mined_kinds

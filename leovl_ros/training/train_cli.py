@@ -64,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         from .sft import run_sft as run
     else:
         from .scene_dpo import run_dpo as run
+    from .chat_endpoint import ChatError
+
     try:
         result = run(cfg)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ChatError) as exc:  # ChatError: the rephrasing endpoint failed
         print(f"leovl-train {args.command}: error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per launched process

@@ -5,8 +5,8 @@ Shown: the two processes split every epoch (the logged samples of an epoch add u
 data once, not twice: each process saw half), the loss curve equals the single process's
 within 1e-4 (the same micro-batches reach each optimizer step; only the order of float sums
 differs), and so do the trained weights, for SFT and SceneDPO (:func:`_assert_same_weights`:
-without the all-reduce each process steps on its own half of the batch), only the main process writes logs, checkpoints and the
-bundle, the scene cache is built once (by the main process), and a run killed after a
+without the all-reduce each process steps on its own half of the batch), only the main
+process writes logs, checkpoints and the bundle, the scene cache is built once (by the main process), and a run killed after a
 checkpoint resumes to the same weights as the uninterrupted run. SceneDPO mines its
 negatives once for both processes; ``build-scenes --shard i/n`` splits the scenes.
 """

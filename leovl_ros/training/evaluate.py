@@ -114,8 +114,9 @@ def score_predictions(records: Sequence[Record], predictions: Sequence[str], ngr
                       tokenizer: Literal["clean", "ptb"] = "clean", judge: GPTScorer | None = None,
                       judged_tasks: Sequence[str] = ("qa",)) -> dict[str, Any]:
     """``{"count", "tasks": {task: {...}}, "benchmarks": {source: {..., "score"}}, "overall",
-    "overall_missing", "other_sources": {source: score}}``; each entry holds count, EM, EM-LEO, EM-R, in_domain(_leo), qtypes,
-    the n-gram metrics and, with a ``judge``, GPT-Score (records of ``judged_tasks``)."""
+    "overall_missing", "other_sources": {source: score}}``; each entry holds count, EM,
+    EM-LEO, EM-R, in_domain(_leo), qtypes, the n-gram metrics and, with a ``judge``,
+    GPT-Score (records of ``judged_tasks``)."""
     if len(records) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions for {len(records)} records")
     by_task: dict[str, list[int]] = defaultdict(list)

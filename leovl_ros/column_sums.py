@@ -18,15 +18,18 @@ the map's ``max_voxels`` however long the robot runs.
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 
-from .voxel_map import _BITS, _OFFSET, VoxelMap
+from .voxel_keys import BITS, column_coords, column_ids
+
+if TYPE_CHECKING:  # the map builds these sums; only its type is needed here
+    from .voxel_map import VoxelMap
 
 __all__ = ["ColumnSums", "column_voxels", "rope_phase"]
 
 _CHUNK = 4096  # voxel rows per block when (re)computing sums: bounded temporaries at any map size
-_MASK = (1 << _BITS) - 1
 
 
 def rope_phase(levels: torch.Tensor, d: int, base: float = 10000.0) -> torch.Tensor:
@@ -39,15 +42,15 @@ def rope_phase(levels: torch.Tensor, d: int, base: float = 10000.0) -> torch.Ten
 
 
 def column_voxels(vmap: VoxelMap, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Voxel rows (R,) of the columns ``ids`` (K,) (column id = voxel key >> _BITS) and the index
+    """Voxel rows (R,) of the columns ``ids`` (K,) (see :func:`~leovl_ros.voxel_keys.column_ids`) and the index
     into ``ids`` of each row's column (R,)."""
-    keys = vmap._sorted_keys  # (V,) ascending: a column's voxels are one contiguous run
-    lo = torch.searchsorted(keys, ids << _BITS)
-    lens = torch.searchsorted(keys, (ids + 1) << _BITS) - lo  # (K,)
+    keys = vmap.sorted_keys  # (V,) ascending: a column's voxels are one contiguous run
+    lo = torch.searchsorted(keys, ids << BITS)
+    lens = torch.searchsorted(keys, (ids + 1) << BITS) - lo  # (K,)
     owner = torch.repeat_interleave(torch.arange(ids.numel(), device=ids.device), lens)  # (R,)
     start = torch.cumsum(lens, 0) - lens
     pos = lo[owner] + torch.arange(owner.numel(), device=ids.device) - start[owner]
-    return vmap._sorted_rows[pos], owner
+    return vmap.sorted_rows[pos], owner
 
 
 class ColumnSums:
@@ -64,7 +67,7 @@ class ColumnSums:
         self._free = torch.zeros(0, dtype=torch.int64, device=dev)  # storage rows to reuse
         self._top = 0  # storage rows handed out so far (used or free)
         self._shared = False  # a snapshot reads _sums/_count: copy them before the next write
-        self.refresh(vmap, vmap._sorted_keys)
+        self.refresh(vmap, vmap.sorted_keys)
 
     def snapshot(self) -> "ColumnSums":
         """A copy sharing the sums until this object next writes them (see VoxelMap.snapshot)."""
@@ -81,7 +84,7 @@ class ColumnSums:
 
     def columns(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ids (C,), column coords (C, 2) int64, voxel counts (C,), storage rows (C,)), raster order."""
-        cols = torch.stack([self._ids >> _BITS, self._ids & _MASK], 1) - _OFFSET
+        cols = column_coords(self._ids)
         return self._ids, cols, self._count[self._rows], self._rows
 
     def sums(self, rows: torch.Tensor) -> torch.Tensor:
@@ -100,7 +103,7 @@ class ColumnSums:
 
     def refresh(self, vmap: VoxelMap, voxel_keys: torch.Tensor) -> None:
         """Recompute the columns holding ``voxel_keys`` (any voxel keys, present or evicted)."""
-        ids = torch.unique(voxel_keys >> _BITS)  # (K,)
+        ids = torch.unique(column_ids(voxel_keys))  # (K,)
         if ids.numel() == 0:
             return
         rows, owner = column_voxels(vmap, ids)  # (R,), (R,)

@@ -48,7 +48,8 @@ import torch
 
 from .column_sums import column_voxels, rope_phase
 from .token_selection import TOKEN_SELECTIONS, question_relevance, select_tokens
-from .voxel_map import VoxelMap, voxel_keys
+from .voxel_keys import voxel_keys
+from .voxel_map import VoxelMap
 
 __all__ = ["CondensedGrid", "GridConfig", "build_grid", "focus_point", "fourier_input", "fourier_matrix", "rope_height",
            "voxel_tokens"]

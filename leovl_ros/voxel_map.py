@@ -17,36 +17,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .voxel_map_io import TEMP_SUFFIX, read_map, remove_stale_temps, write_map
+from .column_sums import ColumnSums
+from .voxel_keys import OFFSET, unpack_keys, voxel_keys
+from .voxel_map_io import STORAGE_DTYPES, TEMP_SUFFIX, VoxelMapState, read_state, remove_stale_temps, write_state
 
-__all__ = ["EVICTIONS", "TEMP_SUFFIX", "VoxelMap", "remove_stale_temps", "voxel_keys"]
+__all__ = ["EVICTIONS", "TEMP_SUFFIX", "VoxelMap", "VoxelMapState", "remove_stale_temps"]
 
 EVICTIONS = ("none", "least_recent", "farthest")
-
-# Voxel coordinates are packed into one int64 key with 21 bits per axis (signed by an
-# offset): +-2^20 voxels = +-209 km at 0.2 m, far beyond any robot map.
-_BITS = 21
-_OFFSET = 1 << (_BITS - 1)
 _EXACT_DTYPES = (torch.float32, torch.float64)
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-_DTYPE_NAMES = {
-    torch.float32: "float32",
-    torch.float64: "float64",
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-}
-
-
-def voxel_keys(coords: torch.Tensor) -> torch.Tensor:
-    """(N, 3) int64 voxel coords -> (N,) int64 keys whose order is lexicographic (x, y, z)."""
-    c = coords + _OFFSET
-    return (c[:, 0] << (2 * _BITS)) | (c[:, 1] << _BITS) | c[:, 2]
-
-
-def _unpack(keys: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`voxel_keys`: (N,) keys -> (N, 3) int64 voxel coords."""
-    mask = (1 << _BITS) - 1
-    return torch.stack([(keys >> (2 * _BITS)) & mask, (keys >> _BITS) & mask, keys & mask], 1) - _OFFSET
 
 
 class VoxelMap:
@@ -98,7 +77,7 @@ class VoxelMap:
         if not (voxel_size > 0 and math.isfinite(voxel_size)):
             raise ValueError(f"voxel_size must be a positive number of metres, got {voxel_size}")
         if storage_dtype not in _EXACT_DTYPES + _HALF_DTYPES:
-            raise ValueError(f"storage_dtype must be one of {list(_DTYPE_NAMES.values())}, got {storage_dtype}")
+            raise ValueError(f"storage_dtype must be one of {list(STORAGE_DTYPES.values())}, got {storage_dtype}")
         if int(max_voxels) <= 0:
             raise ValueError(f"max_voxels must be positive, got {max_voxels}")
         if eviction not in EVICTIONS:
@@ -165,9 +144,34 @@ class VoxelMap:
 
     def track_columns(self, rope: bool = True) -> None:
         """Keep per-column CFG sums (height-rotated with ``rope``) up to date from now on."""
-        from .column_sums import ColumnSums  # it builds on this module
-
         self.columns = ColumnSums(self, rope)
+
+    def state(self) -> VoxelMapState:
+        """Everything this map is (the used rows' tensors are views: read them, do not write)."""
+        n = self._n
+        return VoxelMapState(self._d, self._voxel_size, self._dtype, self._max_voxels, self._bounds, self._eviction,
+                             self._coords[:n], self._counts[:n], self._acc[:n], self._last_seen[:n],
+                             dict(self.metadata), self.dropped_full, self.dropped_out_of_bounds, self.evicted_voxels,
+                             self.evicted_points, self._frames, self.viewpoint)
+
+    @classmethod
+    def from_state(cls, state: VoxelMapState, device: str | torch.device = "cpu") -> "VoxelMap":
+        """A map (on ``device``, tensors copied) from :meth:`state`; ValueError if inconsistent."""
+        state.check()
+        vmap = cls(state.feature_dim, state.voxel_size, state.storage_dtype, state.bounds, state.max_voxels,
+                   state.eviction, device)
+        dev = vmap.device
+        vmap._acc, vmap._counts = state.acc.to(dev, copy=True), state.counts.to(dev, copy=True)
+        vmap._coords, vmap._last_seen = state.coords.to(dev, copy=True), state.last_seen.to(dev, copy=True)
+        vmap._n = state.coords.shape[0]
+        vmap._sorted_keys, vmap._sorted_rows = torch.sort(voxel_keys(vmap._coords))
+        if vmap._n > 1 and bool((vmap._sorted_keys[1:] == vmap._sorted_keys[:-1]).any()):
+            raise ValueError("voxel map has duplicate voxel coordinates")
+        vmap.metadata = dict(state.metadata)
+        vmap.dropped_full, vmap.dropped_out_of_bounds = state.dropped_full, state.dropped_out_of_bounds
+        vmap.evicted_voxels, vmap.evicted_points = state.evicted_voxels, state.evicted_points
+        vmap._frames, vmap.viewpoint = state.frames, state.viewpoint
+        return vmap
 
     @property
     def num_voxels(self) -> int:
@@ -203,13 +207,23 @@ class VoxelMap:
 
     @property
     def max_extent_m(self) -> float:
-        """Points farther than this from the origin along any axis cannot be keyed (see _BITS)."""
-        return (_OFFSET - 1) * self._voxel_size
+        """Points farther than this from the origin along any axis cannot be keyed (see voxel_keys)."""
+        return (OFFSET - 1) * self._voxel_size
 
     @property
     def coords(self) -> torch.Tensor:
         """(V, 3) int64 voxel indices floor(p / voxel_size), rows in creation order."""
         return self._coords[: self._n]
+
+    @property
+    def sorted_keys(self) -> torch.Tensor:
+        """(V,) int64 voxel keys, ascending (a column's voxels are one contiguous run); read-only."""
+        return self._sorted_keys
+
+    @property
+    def sorted_rows(self) -> torch.Tensor:
+        """(V,) int64 row of each of :attr:`sorted_keys`; read-only."""
+        return self._sorted_rows
 
     @property
     def centers(self) -> torch.Tensor:
@@ -282,8 +296,8 @@ class VoxelMap:
                     return 0
 
         coords = torch.floor(pts / self._voxel_size).to(torch.int64)  # (N, 3)
-        if bool((coords.abs() >= _OFFSET).any()):
-            raise ValueError(f"points beyond +-{_OFFSET * self._voxel_size:.0f} m from the map origin")
+        if bool((coords.abs() >= OFFSET).any()):
+            raise ValueError(f"points beyond +-{OFFSET * self._voxel_size:.0f} m from the map origin")
         keys = voxel_keys(coords)  # (N,)
         ukeys, inverse, ucount = torch.unique(keys, return_inverse=True, return_counts=True)  # (U,), (N,), (U,)
         urows, created = self._lookup_or_create(ukeys, ucount, origin, pts)  # (U,) row, -1 where the map is full
@@ -341,7 +355,7 @@ class VoxelMap:
         self._reserve(self._n + m)
         new_rows = torch.arange(self._n, self._n + m, device=self._device)
         urows[new] = new_rows
-        self._coords[new_rows] = _unpack(ukeys[new])
+        self._coords[new_rows] = unpack_keys(ukeys[new])
         self._merge_sorted(ukeys[new], new_rows)
         self._n += m
         return urows, m
@@ -409,10 +423,14 @@ class VoxelMap:
     # ------------------------------------------------------------------ io
     def save(self, path: str | os.PathLike) -> None:
         """Write the map to one safetensors file atomically (see :mod:`leovl_ros.voxel_map_io`)."""
-        write_map(self, path)
+        write_state(self.state(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "VoxelMap":
         """Read a map written by :meth:`save` (any version of it) onto ``device``; ``ValueError``
         on truncated or foreign files."""
-        return read_map(cls, path, device)
+        state = read_state(path)
+        try:
+            return cls.from_state(state, device)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e

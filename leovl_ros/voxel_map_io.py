@@ -5,6 +5,8 @@ int64, ``acc`` (V, d) sums (or means for half storage) and, since eviction, ``la
 (V,) int64; one sorted-JSON metadata entry holds the header. Keys added later (eviction,
 evicted counts, frames, viewpoint, ``last_seen``) are optional on reading, so files saved
 before them still load (as never-evicting maps whose voxels are all equally old).
+This module knows the file, not the map: it reads and writes a :class:`VoxelMapState`,
+which ``VoxelMap.state()`` gives and ``VoxelMap.from_state()`` takes.
 """
 from __future__ import annotations
 
@@ -12,22 +14,22 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-if TYPE_CHECKING:
-    from .voxel_map import VoxelMap
-
-__all__ = ["TEMP_SUFFIX", "read_map", "remove_stale_temps", "write_map"]
+__all__ = ["STORAGE_DTYPES", "TEMP_SUFFIX", "VoxelMapState", "read_state", "remove_stale_temps", "write_state"]
 
 _FORMAT = "leovl_ros.voxel_map"
 # Temp files of a save are ".<name>.<pid>.<random>.leovl-tmp": the writer's pid tells a
 # killed save's leftovers (removed at start-up) from a save in progress.
 TEMP_SUFFIX = ".leovl-tmp"
 _VERSION = "1"
+STORAGE_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+                  torch.bfloat16: "bfloat16"}  # as written in the header
+_BY_NAME = {v: k for k, v in STORAGE_DTYPES.items()}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -51,44 +53,77 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _header(vmap: "VoxelMap") -> dict:
-    from .voxel_map import _DTYPE_NAMES  # that module imports this one
+@dataclass
+class VoxelMapState:
+    """Everything a voxel map is, as plain values (:meth:`VoxelMap.state` / ``from_state``):
+    what a file holds, and what a map is rebuilt from. Tensors hold the used rows only."""
 
+    feature_dim: int
+    voxel_size: float
+    storage_dtype: torch.dtype
+    max_voxels: int
+    bounds: tuple[tuple[float, ...], tuple[float, ...]] | None
+    eviction: str
+    coords: torch.Tensor  # (V, 3) int64 voxel indices
+    counts: torch.Tensor  # (V,) int64 points per voxel
+    acc: torch.Tensor  # (V, d) storage dtype: sums (exact dtypes) or means (half dtypes)
+    last_seen: torch.Tensor  # (V,) int64 keyframe that last touched each voxel
+    metadata: dict[str, str] = field(default_factory=dict)
+    dropped_full: int = 0
+    dropped_out_of_bounds: int = 0
+    evicted_voxels: int = 0
+    evicted_points: int = 0
+    frames: int = 0  # fuse() calls so far (the clock of least_recent)
+    viewpoint: tuple[float, float, float] | None = None
+
+    def check(self) -> None:
+        """ValueError unless the tensors are consistent with each other and the header."""
+        n = self.coords.shape[0]
+        if (self.coords.shape != (n, 3) or self.counts.shape != (n,) or self.acc.shape != (n, self.feature_dim)
+                or self.last_seen.shape != (n,)
+                or (self.coords.dtype, self.counts.dtype, self.acc.dtype, self.last_seen.dtype)
+                != (torch.int64, torch.int64, self.storage_dtype, torch.int64)):
+            raise ValueError(
+                f"inconsistent voxel map tensors coords={tuple(self.coords.shape)} counts={tuple(self.counts.shape)} "
+                f"acc={tuple(self.acc.shape)} {self.acc.dtype} for feature_dim={self.feature_dim} "
+                f"{STORAGE_DTYPES.get(self.storage_dtype, self.storage_dtype)}")
+        if n > self.max_voxels:
+            raise ValueError(f"{n} voxels exceed its max_voxels={self.max_voxels}")
+        if not bool(torch.isfinite(self.acc).all()) or bool((self.counts <= 0).any()):
+            raise ValueError("voxel map has non-finite features or empty voxels (corrupted)")
+
+
+def _header(state: VoxelMapState) -> dict:
     return {
         "version": _VERSION,
-        "feature_dim": vmap._d,
-        "voxel_size": vmap._voxel_size,
-        "storage_dtype": _DTYPE_NAMES[vmap._dtype],
-        "max_voxels": vmap._max_voxels,
-        "bounds": vmap.bounds,
-        "dropped_full": vmap.dropped_full,
-        "dropped_out_of_bounds": vmap.dropped_out_of_bounds,
-        "metadata": vmap.metadata,
+        "feature_dim": state.feature_dim,
+        "voxel_size": state.voxel_size,
+        "storage_dtype": STORAGE_DTYPES[state.storage_dtype],
+        "max_voxels": state.max_voxels,
+        "bounds": state.bounds,
+        "dropped_full": state.dropped_full,
+        "dropped_out_of_bounds": state.dropped_out_of_bounds,
+        "metadata": state.metadata,
         # since eviction (absent from older files: read with these defaults)
-        "eviction": vmap._eviction,
-        "evicted_voxels": vmap.evicted_voxels,
-        "evicted_points": vmap.evicted_points,
-        "frames": vmap._frames,
-        "viewpoint": vmap.viewpoint,
+        "eviction": state.eviction,
+        "evicted_voxels": state.evicted_voxels,
+        "evicted_points": state.evicted_points,
+        "frames": state.frames,
+        "viewpoint": state.viewpoint,
     }
 
 
-def write_map(vmap: "VoxelMap", path: str | os.PathLike) -> None:
-    """Write ``vmap`` to one safetensors file atomically (temp file in the same dir + os.replace).
+def write_state(state: VoxelMapState, path: str | os.PathLike) -> None:
+    """Write a map's state to one safetensors file atomically (temp file in the same dir + os.replace).
 
     The header is one sorted-JSON metadata entry: safetensors stores metadata in a hash
     map, so several entries would make the bytes of identical maps differ between saves.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        "coords": vmap.coords.contiguous(),
-        "counts": vmap.counts.contiguous(),
-        "acc": vmap._acc[: vmap._n].contiguous(),
-        "last_seen": vmap._last_seen[: vmap._n].contiguous(),
-    }
-    tensors = {k: v.cpu() for k, v in tensors.items()}
-    header = {_FORMAT: json.dumps(_header(vmap), sort_keys=True)}
+    tensors = {"coords": state.coords, "counts": state.counts, "acc": state.acc, "last_seen": state.last_seen}
+    tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
+    header = {_FORMAT: json.dumps(_header(state), sort_keys=True)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
@@ -99,11 +134,9 @@ def write_map(vmap: "VoxelMap", path: str | os.PathLike) -> None:
         raise
 
 
-def read_map(cls: type, path: str | os.PathLike, device: str | torch.device = "cpu") -> "VoxelMap":
-    """A ``cls`` (VoxelMap) read from a file :func:`write_map` wrote (any version of it) onto
-    ``device``; ``ValueError`` on truncated or foreign files."""
-    from .voxel_map import _DTYPE_NAMES, voxel_keys  # that module imports this one
-
+def read_state(path: str | os.PathLike) -> VoxelMapState:
+    """The state in a file :func:`write_state` wrote (any version of it), checked; ``ValueError``
+    (naming the file) on truncated, foreign or inconsistent files."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"voxel map file {path} does not exist")
@@ -119,43 +152,21 @@ def read_map(cls: type, path: str | os.PathLike, device: str | torch.device = "c
         header = json.loads(raw)
         if header["version"] != _VERSION:
             raise ValueError(f"{path}: voxel map version {header['version']!r} unsupported (expected {_VERSION})")
-        dtype = {v: k for k, v in _DTYPE_NAMES.items()}[header["storage_dtype"]]
-        vmap = cls(header["feature_dim"], header["voxel_size"], dtype, header["bounds"], header["max_voxels"],
-                   header.get("eviction", "none"), device)
-        vmap.metadata = {str(k): str(v) for k, v in header["metadata"].items()}
-        vmap.dropped_full = int(header["dropped_full"])
-        vmap.dropped_out_of_bounds = int(header["dropped_out_of_bounds"])
-        vmap.evicted_voxels = int(header.get("evicted_voxels", 0))
-        vmap.evicted_points = int(header.get("evicted_points", 0))
-        vmap._frames = int(header.get("frames", 0))
+        n = tensors["coords"].shape[0]
         view = header.get("viewpoint")
-        vmap.viewpoint = None if view is None else tuple(float(v) for v in view)
+        state = VoxelMapState(
+            header["feature_dim"], header["voxel_size"], _BY_NAME[header["storage_dtype"]], header["max_voxels"],
+            None if header["bounds"] is None else tuple(tuple(b) for b in header["bounds"]),
+            header.get("eviction", "none"), tensors["coords"], tensors["counts"], tensors["acc"],
+            tensors.get("last_seen", torch.zeros(n, dtype=torch.int64)),  # older files: all equally old
+            {str(k): str(v) for k, v in header["metadata"].items()}, int(header["dropped_full"]),
+            int(header["dropped_out_of_bounds"]), int(header.get("evicted_voxels", 0)),
+            int(header.get("evicted_points", 0)), int(header.get("frames", 0)),
+            None if view is None else tuple(float(v) for v in view))
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: voxel map header is incomplete or malformed ({e!r})") from e
-    coords, counts, acc = tensors["coords"], tensors["counts"], tensors["acc"]
-    n = coords.shape[0]
-    last_seen = tensors.get("last_seen", torch.zeros(n, dtype=torch.int64))  # older files: all equally old
-    if (
-        coords.shape != (n, 3)
-        or counts.shape != (n,)
-        or acc.shape != (n, vmap.feature_dim)
-        or last_seen.shape != (n,)
-        or (coords.dtype, counts.dtype, acc.dtype, last_seen.dtype)
-        != (torch.int64, torch.int64, dtype, torch.int64)
-    ):
-        raise ValueError(
-            f"{path}: inconsistent voxel map tensors coords={tuple(coords.shape)} counts={tuple(counts.shape)} "
-            f"acc={tuple(acc.shape)} {acc.dtype} for feature_dim={vmap.feature_dim} {header['storage_dtype']}"
-        )
-    if n > vmap.max_voxels:
-        raise ValueError(f"{path}: {n} voxels exceed its max_voxels={vmap.max_voxels}")
-    if not bool(torch.isfinite(acc).all()) or bool((counts <= 0).any()):
-        raise ValueError(f"{path}: voxel map has non-finite features or empty voxels (corrupted)")
-    dev = vmap.device
-    vmap._acc, vmap._counts = acc.to(dev, copy=True), counts.to(dev, copy=True)
-    vmap._coords, vmap._last_seen, vmap._n = coords.to(dev, copy=True), last_seen.to(dev, copy=True), n
-    keys = voxel_keys(vmap._coords)
-    vmap._sorted_keys, vmap._sorted_rows = torch.sort(keys)
-    if n > 1 and bool((vmap._sorted_keys[1:] == vmap._sorted_keys[:-1]).any()):
-        raise ValueError(f"{path}: voxel map has duplicate voxel coordinates")
-    return vmap
+    try:
+        state.check()
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    return state

@@ -1,6 +1,7 @@
 """VoxelMap: exact running means, caps, reduced-precision storage, atomic safetensors io."""
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from leovl_ros.voxel_map import VoxelMap, voxel_keys
+from leovl_ros.voxel_keys import voxel_keys
+from leovl_ros.voxel_map import VoxelMap
 
 
 def frame(seed: int, n: int = 300, d: int = 16, extent: float = 2.0):
@@ -198,6 +200,47 @@ def test_truncated_and_foreign_files_give_clear_errors(tmp_path):
         VoxelMap.load(tmp_path / "missing.safetensors")
 
 
+def test_state_round_trips_and_inconsistent_states_are_refused(tmp_path):
+    vmap = VoxelMap(16, 0.1, eviction="farthest", max_voxels=400)
+    for s in range(3):
+        vmap.fuse(*frame(s), origin=(0.0, 0.0, float(s)))
+    vmap.metadata["encoder_id"] = "x"
+    back = VoxelMap.from_state(vmap.state())
+    assert torch.equal(back.coords, vmap.coords) and torch.equal(back.counts, vmap.counts)
+    assert torch.equal(back.means(), vmap.means()) and back.state().frames == 3  # the same rows, bit for bit
+    assert (back.viewpoint, back.eviction, back.max_voxels, back.metadata) == ((0.0, 0.0, 2.0), "farthest", 400,
+                                                                              {"encoder_id": "x"})
+    assert torch.equal(back.sorted_keys, torch.sort(voxel_keys(vmap.coords)).values)
+    back.fuse(*frame(9))  # its own tensors: the source map is untouched
+    assert vmap.state().frames == 3 and back.state().frames == 4
+    vmap.save(tmp_path / "a.safetensors")
+    VoxelMap.from_state(vmap.state()).save(tmp_path / "b.safetensors")
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    state = vmap.state()
+    twice = dataclasses.replace(state, coords=torch.cat([state.coords[:1], state.coords[:1]]),
+                         counts=state.counts[:2], acc=state.acc[:2], last_seen=state.last_seen[:2])
+    with pytest.raises(ValueError, match="duplicate voxel coordinates"):
+        VoxelMap.from_state(twice)
+    with pytest.raises(ValueError, match="inconsistent voxel map tensors"):
+        VoxelMap.from_state(dataclasses.replace(state, counts=state.counts[:1]))
+
+
+def test_the_voxel_modules_import_no_circle():
+    """voxel_keys <- voxel_map_io, column_sums <- voxel_map: the lower ones never import the map."""
+    import ast
+    import pathlib
+
+    import leovl_ros
+
+    root = pathlib.Path(leovl_ros.__file__).parent
+    for name in ("voxel_keys", "voxel_map_io", "column_sums"):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        runtime = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]  # not under TYPE_CHECKING
+        nested = [n for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.ClassDef))
+                  for n in ast.walk(f) if isinstance(n, ast.ImportFrom)]
+        assert not any(getattr(n, "module", None) == "voxel_map" for n in runtime + nested), name
+
+
 @pytest.mark.parametrize("eviction", ["least_recent", "farthest"])
 def test_eviction_keeps_memory_flat_keeps_the_current_view_and_counts_what_it_drops(tmp_path, eviction):
     """A robot walking along x for 30 frames through a map capped at 500 voxels."""
@@ -220,13 +263,13 @@ def test_eviction_keeps_memory_flat_keeps_the_current_view_and_counts_what_it_dr
     late = sizes[len(sizes) // 2 :]  # full since frame ~8: only the small per-column index tensors still vary
     assert max(late) <= 1.02 * min(late) and vmap._acc.shape[0] == 500
     assert vmap.centers[:, 0].min() > 2.0  # what is left is the end of the walk
-    assert torch.equal(voxel_keys(vmap.coords)[vmap._sorted_rows], vmap._sorted_keys)  # index still consistent
-    assert bool((vmap._sorted_keys[1:] > vmap._sorted_keys[:-1]).all())
+    assert torch.equal(voxel_keys(vmap.coords)[vmap.sorted_rows], vmap.sorted_keys)  # index still consistent
+    assert bool((vmap.sorted_keys[1:] > vmap.sorted_keys[:-1]).all())
     vmap.save(tmp_path / "m.safetensors")
     back = VoxelMap.load(tmp_path / "m.safetensors")
     assert (back.eviction, back.evicted_voxels, back.evicted_points, back.viewpoint) == (
         eviction, vmap.evicted_voxels, vmap.evicted_points, vmap.viewpoint)
-    assert torch.equal(back._last_seen[: back.num_voxels], vmap._last_seen[: vmap.num_voxels])
+    assert torch.equal(back.state().last_seen, vmap.state().last_seen)
 
 
 def test_files_saved_before_eviction_existed_still_load(tmp_path):
@@ -284,9 +327,7 @@ def test_a_snapshot_stays_as_it_was_while_the_map_keeps_fusing_and_evicting(evic
         assert torch.equal(a, b)
     after = build_grid(snap, GridConfig(max_tokens=20))
     assert torch.equal(after.features, before.features) and torch.equal(after.xy, before.xy)
-    fresh = VoxelMap(8, 0.2)  # and the live map is still right: its column sums match a rebuild
-    fresh._acc, fresh._counts, fresh._coords, fresh._n = vmap._acc, vmap._counts, vmap._coords, vmap.num_voxels
-    fresh._sorted_keys, fresh._sorted_rows, fresh._last_seen = vmap._sorted_keys, vmap._sorted_rows, vmap._last_seen
+    fresh = VoxelMap.from_state(vmap.state())  # and the live map is still right: its column sums match a rebuild
     fresh.track_columns()
     torch.testing.assert_close(build_grid(vmap, GridConfig(max_tokens=20)).features,
                                build_grid(fresh, GridConfig(max_tokens=20)).features, atol=1e-6, rtol=0)

@@ -8,7 +8,8 @@ import torch
 
 from ..condensed_grid import GridConfig, build_grid, focus_point, voxel_tokens
 from ..token_selection import select_tokens
-from ..voxel_map import VoxelMap, voxel_keys
+from ..voxel_keys import voxel_keys
+from ..voxel_map import VoxelMap
 
 __all__ = ["grid_cloud", "grid_stats"]
 

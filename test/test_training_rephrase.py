@@ -89,6 +89,7 @@ def test_shades_and_materials_are_not_colours_and_light_is_an_object():
     # "light brown": the colour is swapped, the shade kept (never "lamp brown"); with no other colour, nothing
     assert rules.rephrase(_rec("s3", "q?", "light brown"), "light brown") == "light grey"
     assert rules.rephrase(_rec("s3", "q?", "dark grey"), "dark grey") is None
+    assert "light" not in SceneVocabulary.from_records([_rec("s4", "Is the light brown desk tidy?", "yes")]).objects["s4"]
     # the object "light" becomes another object, never a colour, a lamp (its synonym) or its own synonym
     negatives = {rules.rephrase(_rec("s3", "q?", "light"), "light", index=i) for i in range(20)}
     assert negatives and negatives <= {"couch", "sofa", "desk", "rug", "carpet"}

@@ -70,6 +70,7 @@ OBJECT_NAMES = sorted(set(CATEGORY_NAMES) | set().union(*_OBJECT_GROUPS) | {
     "toilet paper", "towel", "trash can", "tv", "vase", "wall", "wardrobe", "washing machine", "whiteboard", "window"})
 _COLOUR_WORDS = set().union(*_COLOUR_GROUPS)
 _SHADES = {"light", "dark"}  # "light brown": a shade of a colour, not the object "light"
+_SHADE_OF_COLOUR = re.compile(r" (?:light|dark) (?=(?:" + "|".join(sorted(_COLOUR_WORDS)) + r") )")
 _WORD = re.compile(r"[a-z]+|\d+")
 
 DEFAULT_PROMPT = (
@@ -126,6 +127,7 @@ class SceneVocabulary:
             for text in _texts(r):
                 low = " " + " ".join(_WORD.findall(text.lower())) + " "
                 vocab.colours[r.scene_id] |= {w for w in low.split() if w in _COLOUR_WORDS}
+                low = _SHADE_OF_COLOUR.sub(" ", low)  # "light brown" names no light
                 vocab.objects[r.scene_id] |= {o for o in OBJECT_NAMES if f" {o} " in low}
         return vocab
 

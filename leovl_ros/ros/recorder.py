@@ -18,21 +18,28 @@ PyPI). Decisions:
 - QoS per topic as ``ros2 bag`` picks it: reliable only if every publisher is, transient local
   only if every publisher is (so /tf_static and the latched plan arrive). Latched messages are
   written again at the start of every segment so that each segment is complete on its own.
+- A full disk (or any write error) never stops the recorder: the open segment is abandoned as
+  it is (what was flushed stays; leovl-data recovers it like a killed recorder's), messages are
+  counted as not recorded, the error is logged once and reported on ``/diagnostics``, and a new
+  segment starts once ``resume_free_mb`` are free again.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Header
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from ..scans.bag_reader import bag_typestore
@@ -48,6 +55,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "topics": (RECORDED_TOPICS, "topics to record (relative names follow the recorder's namespace)"),
     "segment_seconds": (60.0, "start a new, separately closed segment bag after this many seconds"),
     "flush_period": (0.2, "s between writes to disk (fsync'd): the most a crash can lose"),
+    "resume_free_mb": (64.0, "after a full disk: start a new segment once this many MiB are free"),
 }
 
 
@@ -61,13 +69,16 @@ class RecorderNode(Node):
         super().__init__("leovl_recorder", **kwargs)
         p = {name: self.declare_parameter(name, default, ParameterDescriptor(description=text, read_only=True)).value
              for name, (default, text) in PARAMETERS.items()}
-        if p["segment_seconds"] <= 0 or p["flush_period"] <= 0:
-            raise ValueError("segment_seconds and flush_period must be > 0")
+        if p["segment_seconds"] <= 0 or p["flush_period"] <= 0 or p["resume_free_mb"] < 0:
+            raise ValueError("segment_seconds and flush_period must be > 0, resume_free_mb >= 0")
         self.output = Path(p["output"] or f"~/.ros/leovl_bags/leovl_{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
         if self.output.exists() and any(self.output.iterdir()):
             raise ValueError(f"output {self.output} is not empty: give a new folder")
         self.output.mkdir(parents=True, exist_ok=True)
         self._segment_seconds = p["segment_seconds"]
+        self._resume_free_bytes = int(p["resume_free_mb"] * 2**20)
+        self._failure = ""  # why recording is suspended ('' = writing)
+        self._not_recorded = 0  # messages received while suspended
         self._wanted = {self.resolve_topic_name(t) for t in p["topics"]}
         self._typestore = bag_typestore()
         self._types: dict[str, str] = {}  # topic -> msgtype, once subscribed
@@ -78,38 +89,83 @@ class RecorderNode(Node):
         self._segments = 0
         self._writer: Writer | None = None
         self._open_segment()
+        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(0.5, self._discover)
         self.create_timer(p["flush_period"], self._flush)
+        self.create_timer(1.0, self._report)
         self._discover()
         self.get_logger().info(f"recording {', '.join(sorted(self._wanted))} to {self.output}")
 
     # ------------------------------------------------------------------ segments
     def _open_segment(self) -> None:
         self._writer = Writer(self.output / f"{self._segments:05d}", version=9, storage_plugin=StoragePlugin.MCAP)
+        self._segments += 1  # first: a segment that failed to open is never reused
         self._writer.open()
-        self._segments += 1
         self._segment_start = time.monotonic()
         self._conns = {topic: self._writer.add_connection(topic, msgtype, typestore=self._typestore)
                        for topic, msgtype in self._types.items()}
         for topic, data in self._latched.items():
             self._write(topic, data)
 
+    def _disk(self, what: str, action) -> bool:
+        """Run a write; an OSError (disk full, I/O error) suspends recording instead of ending it."""
+        try:
+            action()
+            return True
+        except OSError as exc:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                try:  # closes the file without writing more; what was flushed stays on disk
+                    writer.abort()
+                except OSError:
+                    pass
+            self._failure = f"{what} failed: {exc.strerror or exc}"
+            self.get_logger().error(
+                f"recording suspended: {self._failure}; {self.output} keeps everything written so far; a new "
+                f"segment starts once {self._resume_free_bytes / 2**20:g} MiB are free (parameter resume_free_mb)")
+            return False
+
     def close(self) -> None:
         """Close the open segment (mcap footer + metadata.yaml)."""
-        if self._writer is not None:
-            self._writer.close()
+        writer = self._writer
+        if writer is not None and self._disk("closing the segment", writer.close):
             self._writer = None
 
     def _flush(self) -> None:
+        if self._writer is None:
+            self._resume()
+            return
+        self._disk("writing", self._sync)
+
+    def _sync(self) -> None:
         # rosbags' McapWriter (pinned 0.11.9) holds the open chunk in memory until it reaches
         # 1 MiB; close it early so what arrived is on disk and survives a crash.
-        storage = self._writer.storage if self._writer is not None else None
+        storage = self._writer.storage
         if storage is None:
             return
         if storage.chunk.bio.tell():
             storage.close_chunk()
         storage.bio.flush()
         os.fsync(storage.bio.fileno())
+
+    def _resume(self) -> None:
+        if not self._failure or shutil.disk_usage(self.output).free < self._resume_free_bytes:
+            return
+        if self._disk("opening a new segment", self._open_segment):
+            self.get_logger().info(f"recording resumed in segment {self._segments - 1:05d} ({self._not_recorded} "
+                                   "messages were not recorded)")
+            self._failure = ""
+
+    def _report(self) -> None:
+        level, message = (DiagnosticStatus.ERROR, f"suspended: {self._failure}") if self._failure else \
+            (DiagnosticStatus.OK, f"recording segment {self._segments - 1:05d}")
+        values = {"output": str(self.output), "segments": str(self._segments),
+                  "messages_not_recorded": str(self._not_recorded),
+                  "free_bytes": str(shutil.disk_usage(self.output).free)}
+        self._diagnostics.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[
+            DiagnosticStatus(level=level, name=f"{self.get_name()}: recording", message=message,
+                             hardware_id=self.get_fully_qualified_name(),
+                             values=[KeyValue(key=k, value=v) for k, v in values.items()])]))
 
     # ------------------------------------------------------------------ topics
     def _qos(self, topic: str) -> QoSProfile | None:
@@ -141,19 +197,24 @@ class RecorderNode(Node):
                 self.get_logger().warning(f"not recording {topic}: cannot import {msgtype} ({exc})")
                 continue
             self._types[topic] = msgtype
-            self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self._typestore)
+            if self._writer is not None:  # else the next segment adds it
+                self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self._typestore)
             latched = qos.durability == DurabilityPolicy.TRANSIENT_LOCAL
             self._subs[topic] = self.create_subscription(
                 cls, topic, lambda data, t=topic, keep=latched: self._on_message(t, data, keep), qos, raw=True)
             self.get_logger().info(f"recording {topic} ({msgtype})")
 
     def _on_message(self, topic: str, data: bytes, latched: bool) -> None:
-        if time.monotonic() - self._segment_start >= self._segment_seconds:
-            self.close()
-            self._open_segment()  # writes the latched messages received so far
         if latched:
-            self._latched[topic] = data
-        self._write(topic, data)
+            self._latched[topic] = data  # before writing: a segment opened now writes it too
+        if self._writer is not None and time.monotonic() - self._segment_start >= self._segment_seconds:
+            self.close()
+            if not self._failure:
+                self._disk("opening a new segment", self._open_segment)  # writes the latched messages
+            if self._writer is not None and latched:
+                return
+        if self._writer is None or not self._disk("writing", lambda: self._write(topic, data)):
+            self._not_recorded += 1
 
     def _write(self, topic: str, data: bytes) -> None:
         self._last_ns = max(time.time_ns(), self._last_ns)  # scanned (unindexed) mcap must be in time order

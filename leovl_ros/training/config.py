@@ -11,21 +11,17 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from leovl_ros.parameters import setting as _help  # one way to declare a setting with its help text
+
 from .gpt_score import DEFAULT_SYSTEM_PROMPT as JUDGE_SYSTEM_PROMPT
 from .rephrase import DEFAULT_PROMPT as REPHRASE_PROMPT
 from .scenes import ScenesConfig
-
-
-def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass

@@ -18,6 +18,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
@@ -37,6 +38,7 @@ from .diagnostics import DiagnosticsPublisher
 from .model_source import ParameterError, load_model, resolve_model
 from .params import from_values, node_parameters
 from .pose_sources import make_pose_source
+from .shutdown import SHUTTING_DOWN, RequestGate, spin_until_signal
 from .sync import CameraInfoCache, PoseLookupError
 
 __all__ = ["AssistantNode", "main"]
@@ -93,6 +95,8 @@ class AssistantNode(Node):
         for stale in self.session.remove_stale_temps():
             self.get_logger().info(f"removed {stale}, left by a save that was killed mid-write")
 
+        self._shutdown_timeout = p.shutdown_timeout
+        self._gate = RequestGate(self._log)  # shut_down: no request in flight loses its reply
         sensors = MutuallyExclusiveCallbackGroup()
         services, timers = ReentrantCallbackGroup(), MutuallyExclusiveCallbackGroup()
         # camera_info has its own callback group, so an image can wait for the info sent with it.
@@ -117,8 +121,10 @@ class AssistantNode(Node):
             (LoadScene, "load_scene", self._load), (Feedback, "scene_feedback", self._feedback),
             (LoadAdapter, "load_adapter", self._load_adapter),
         ):
-            self.create_service(srv_type, name, handler, qos_profile=_SERVICE_QOS, callback_group=services)
-        self._actions = RequestActions(self, self._fill_ask, self._fill_plan, services)
+            self.create_service(srv_type, name, self._gate.wrap(name, handler), qos_profile=_SERVICE_QOS,
+                                callback_group=services)
+        self._actions = RequestActions(self, self._gate.wrap("ask_scene", self._fill_ask),
+                                       self._gate.wrap("plan_task", self._fill_plan), services)
         self._diagnostics = DiagnosticsPublisher(self, HealthMonitor(config.max_pending_requests, config.max_voxels,
                                                                      p.device))
         self._grid_version = -1
@@ -148,6 +154,10 @@ class AssistantNode(Node):
 
     def _header(self) -> Header:
         return Header(stamp=self.get_clock().now().to_msg(), frame_id=self._map_frame)
+
+    def shut_down(self) -> None:
+        """On SIGTERM / SIGINT, while the executor still spins: see shutdown.py."""
+        self._gate.close(self._shutdown_timeout)
 
     def destroy_node(self) -> None:
         self._actions.destroy()
@@ -249,7 +259,7 @@ class AssistantNode(Node):
         try:
             return call()
         except RequestRefused as exc:
-            message = str(exc)
+            message = f"{SHUTTING_DOWN}: {exc}" if self._gate.closed else str(exc)
             self.get_logger().info(f"{what} refused: {message}")
         except Exception as exc:  # never let a request kill the node
             message = f"internal error in {what}: {type(exc).__name__}: {exc}"
@@ -274,7 +284,7 @@ class AssistantNode(Node):
         return msg
 
     def _ask(self, req: AskScene.Request, res: AskScene.Response) -> AskScene.Response:
-        return self._fill_ask(req, res, None)
+        return self._fill_ask(req, res, self._gate.control())
 
     def _fill_ask(self, req, res, control: RequestControl | None):
         """Answer an AskScene request or action goal into its response or result (same fields)."""
@@ -297,7 +307,7 @@ class AssistantNode(Node):
         return res
 
     def _plan(self, req: PlanTask.Request, res: PlanTask.Response) -> PlanTask.Response:
-        return self._fill_plan(req, res, None)
+        return self._fill_plan(req, res, self._gate.control())
 
     def _fill_plan(self, req, res, control: RequestControl | None):
         """Answer a PlanTask request or action goal into its response or result (same fields)."""
@@ -360,7 +370,7 @@ def main(args: list[str] | None = None) -> int:
         node = AssistantNode()
         executor = MultiThreadedExecutor(num_threads=node.max_pending_requests + 4)
         executor.add_node(node)
-        executor.spin()
+        spin_until_signal(executor, node.shut_down)
     except ParameterError as exc:
         print(f"[leovl_assistant] cannot start: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -62,12 +62,16 @@ class NodeParameters:
     publish_grid: bool = setting("publish the condensed feature grid as a PointCloud2 on scene_grid (for RViz)",
                                  True)
     log_throttle: float = setting("s between repeated warnings of the same kind", 5.0)
+    shutdown_timeout: float = setting("on SIGTERM / SIGINT: s the requests in flight may take to finish before they "
+                                      "are refused (new ones are refused at once; each gets its reply)", 10.0)
 
     def __post_init__(self) -> None:
         if self.pose_source not in POSE_SOURCES:
             raise ValueError(f"pose_source {self.pose_source!r} is not one of {POSE_SOURCES}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        if not self.shutdown_timeout >= 0:
+            raise ValueError(f"shutdown_timeout must be >= 0 s, got {self.shutdown_timeout}")
 
 
 def node_parameters() -> list[Parameter]:

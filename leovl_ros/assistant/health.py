@@ -80,7 +80,8 @@ class HealthMonitor:
         return Check("mapping", OK, f"{fuse_rate:.1f} keyframes/s from {frame_rate:.1f} pairs/s", values)
 
     def _requests(self, s: SceneStats) -> Check:
-        values = {"pending": str(s.pending_requests), "max_pending_requests": str(self.max_pending_requests)}
+        values = {"pending": str(s.pending_requests), "max_pending_requests": str(self.max_pending_requests),
+                  **{k: str(v) for k, v in s.answering.items()}}
         if s.pending_requests >= self.max_pending_requests:
             return Check("requests", WARN, "request queue full: new requests are refused busy", values)
         return Check("requests", OK, f"{s.pending_requests} pending", values)

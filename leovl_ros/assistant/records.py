@@ -70,6 +70,7 @@ class SceneStats:
     leveled_deg: float = 0.0  # rotation applied to incoming poses by align_gravity
     voxels_evicted: int = 0  # voxels forgotten by the eviction policy since the map was made
     points_dropped_full: int = 0  # points not fused because the map was full (eviction none)
+    answering: dict[str, int] = field(default_factory=dict)  # batches and the prefix cache: see SceneSession.stats
 
 
 class RequestRefused(Exception):

@@ -8,8 +8,10 @@ around them; the ROS node only converts messages. Decision (paper silent), concu
   dedicated worker thread encodes and fuses. A slow encoder therefore costs dropped frames,
   never a growing queue.
 - Questions: at most ``max_pending_requests`` run or wait at once (more are refused at
-  once); they take the model lock in turn, waiting at most ``request_timeout`` s. They read
-  a copy of the map taken when it last changed, so fusion continues during generation.
+  once), waiting at most ``request_timeout`` s; one answering thread takes up to
+  ``max_batch`` of them per model call (request_queue), which holds the model lock. They
+  read a copy of the map taken when it last changed, so fusion continues during generation,
+  and start from that copy's scene prefix, prefilled once (``prefix_cache_mb``).
 - Adapter swap: takes the model lock and pauses the encoder; questions arriving meanwhile
   wait for it (or time out with a clear message). If loading fails the old adapter stays.
 - Lock order: model lock -> encoder lock -> map lock, and mailbox -> map lock; the map
@@ -35,13 +37,14 @@ import torch
 
 from ..camera_path import CAMERA_PATH_KEY, CameraPath
 from ..gravity import depth_samples
+from ..model.grounding import GROUNDING_TOP_K, answer_grounding
 from ..model.prompts import SceneQuery, plan_instruction
 from ..model.scene_tokens import check_map
 from ..voxel_map import VoxelMap
 from . import scene_files
 from .grid_view import grid_cloud, grid_stats
 from .leveling import GravityTracker, relevel_map
-from .request_queue import RequestQueue
+from .request_queue import Job, RequestQueue
 from .interaction_book import InteractionBook
 from .records import (ASK_TASKS, Interaction, RGBDFrame, Reply, RequestControl, RequestRefused,
                       SceneStats, split_plan_steps)
@@ -74,7 +77,9 @@ class SceneSession:
         self._throttle = _Throttle(log_period_s)
         # The model runs with these on top of whatever bundle it holds, across swaps (model.config).
         model.set_overrides(config.model_overrides())
-        self._requests = RequestQueue(config.max_pending_requests, config.request_timeout)
+        model.prefix_cache.max_bytes = int(config.prefix_cache_mb * 2**20)  # the weights stay fixed here
+        self._requests = RequestQueue(config.max_pending_requests, config.request_timeout, config.max_batch,
+                                      self._answer_batch)
         self._encoder_lock = threading.Lock()
         self._map_lock = threading.Lock()  # map, keyframes, counters, snapshot
         self._map = model.new_voxel_map(**self._map_options())
@@ -88,6 +93,7 @@ class SceneSession:
         self._wake = threading.Condition()
         self._closed = False
         self.worker_restarts, self._worker_error = 0, ""
+        self.swap_note = ""  # what the last adapter swap did to the scene ('' = nothing)
         self._start_worker()
 
     # ------------------------------------------------------------------ mapping
@@ -243,6 +249,7 @@ class SceneSession:
             self._closed = True
             self._wake.notify_all()
         self._worker.join(timeout=30.0)
+        self._requests.close()
         self._book.close()
 
     # ------------------------------------------------------------------ scene state
@@ -311,7 +318,15 @@ class SceneSession:
                               compression, preservation, self._map.memory_bytes(), self._newest_stamp,
                               self.model_name, dict(self._drops), pending, self.worker_restarts,
                               self._gravity.plane_angle_deg(),
-                              self._gravity.leveled_deg, self._map.evicted_voxels, self._map.dropped_full)
+                              self._gravity.leveled_deg, self._map.evicted_voxels, self._map.dropped_full,
+                              self._answering_counters())
+
+    def _answering_counters(self) -> dict[str, int]:
+        """Model calls, the requests they answered, and the prefix cache's memory and use."""
+        c = self.model.prefix_cache.stats()
+        return {"batches": self._requests.batches, "batched_requests": self._requests.batched_requests,
+                "prefix_cache_entries": c.entries, "prefix_cache_bytes": c.bytes, "prefix_cache_max_bytes": c.max_bytes,
+                "prefix_cache_hits": c.hits, "prefix_cache_misses": c.misses, "prefix_cache_evictions": c.evictions}
 
     def cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The current CFG cells for display, see :func:`grid_cloud`."""
@@ -431,42 +446,58 @@ class SceneSession:
         if self.stats().num_voxels == 0:
             raise RequestRefused("the scene is empty: no keyframe has been fused yet; check that rgb, depth, "
                                  "camera_info and poses arrive (see scene_status), or load_scene a saved one")
-        with self._requests.turn(control):
-            answer, grounding, newest, tokens = self._generate(query, record, control)
+        answer, grounding, newest, tokens, where = self._requests.submit((query, record), control)
         record.answer, record.scene_stamp_s, record.scene_tokens = answer, newest, tokens
         record.grounding_score, record.latency = float(grounding), time.monotonic() - start
+        if where is not None:
+            points, weights = where.top(GROUNDING_TOP_K)
+            record.grounding_points = [tuple(map(float, p)) for p in points.tolist()]
+            record.grounding_weights, record.grounding_flat = [float(w) for w in weights], where.flat
         self._book.remember(record)
         message = "" if answer else "the model wrote an empty answer; give the right one with scene_feedback"
-        return Reply(bool(answer), message, answer, record)
+        return Reply(bool(answer), message, answer, record, grounding=where)
 
-    def _generate(self, query: SceneQuery, record: Interaction,
-                  control: RequestControl) -> tuple[str, float, float | None, int]:
-        """(answer, grounding score, scene stamp, scene tokens); the caller holds the model lock."""
+    def _answer_batch(self, jobs: list[Job]) -> None:
+        """Answer queued requests in one generate call (the answering thread, holding the model
+        lock): each job gets (answer, grounding score, scene stamp, scene tokens, grounding map) or an error."""
         scene, newest = self._scene()
-        tokens = grid_stats(scene, self.model.config.grid)[0]
         if scene.num_voxels == 0:
-            raise RequestRefused("the scene was reset while this request waited; ask again once mapped")
-
-        def on_step(text: str) -> bool:
-            if control.progress is not None:
-                control.progress("answering", 0, text)
-            return control.cancel.is_set()
-
+            for job in jobs:
+                job.error = RequestRefused("the scene was reset while this request waited; ask again once mapped")
+            return
+        tokens = grid_stats(scene, self.model.config.grid)[0]
+        queries = [job.payload[0] for job in jobs]
         try:
-            answer = self.model.generate([scene], [query], on_step=on_step)[0]
-            if control.cancel.is_set():
-                raise RequestRefused("cancelled while answering")
-            grounding = (self.model.grounding_score(scene, query, answer)
-                         if self.config.compute_grounding and answer else 0.0)
-        except RequestRefused:
-            raise
+            answers = self.model.generate([scene] * len(jobs), queries, on_step=[_streamer(j.control) for j in jobs])
+            grounding = [0.0] * len(jobs)
+            scored = [i for i, job in enumerate(jobs) if answers[i] and not job.control.cancel.is_set()]
+            if self.config.compute_grounding and scored:  # both passes of every answer in one call
+                n = len(scored)
+                lp = self.model.score([scene] * n + [None] * n, [queries[i] for i in scored] * 2,
+                                      [answers[i] for i in scored] * 2)
+                for k, i in enumerate(scored):
+                    grounding[i] = float(lp[k] - lp[n + k])
+            where = [None] * len(jobs)  # the per-column map: one forward + backward pass per answer
+            for i in scored if self.config.compute_grounding else []:
+                where[i] = answer_grounding(self.model, scene, queries[i], answers[i])
         except Exception as exc:
-            self.warn_once("model failure", "error", f"model failure on {record.kind}: {type(exc).__name__}: {exc}")
-            raise RequestRefused(f"the model failed ({type(exc).__name__}: {exc}); see the node log") from exc
-        if not math.isfinite(grounding):
-            self.warn_once("non-finite score", "error", "the model gives non-finite scores: its weights are broken")
-            raise RequestRefused("the model produced non-finite scores (broken weights?); load another adapter")
-        return answer, grounding, newest, tokens
+            if len(jobs) > 1:  # a request the model fails on is refused alone; the others are answered
+                for job in jobs:
+                    self._answer_batch([job])
+                return
+            self.warn_once("model failure", "error",
+                           f"model failure on {jobs[0].payload[1].kind}: {type(exc).__name__}: {exc}")
+            jobs[0].error = RequestRefused(f"the model failed ({type(exc).__name__}: {exc}); see the node log")
+            return
+        for job, answer, score, place in zip(jobs, answers, grounding, where):
+            if job.control.cancel.is_set():
+                job.error = RequestRefused("cancelled while answering")
+            elif not math.isfinite(score):
+                self.warn_once("non-finite score", "error", "the model gives non-finite scores: its weights are broken")
+                job.error = RequestRefused("the model produced non-finite scores (broken weights?); load another "
+                                           "adapter")
+            else:
+                job.result = (answer, score, newest, tokens, place)
 
     def feedback(self, interaction_id: str, corrected_answer: str, comment: str = "") -> Interaction:
         """The feedback record for an earlier interaction (logged; to publish); raises RequestRefused."""
@@ -489,13 +520,40 @@ class SceneSession:
                                          "the previous adapter stays in use") from exc
                 self.model_name = f"{self.model.config.base_model}+{path.resolve()}"
                 with self._map_lock:
-                    try:
-                        check_map(self._map, self.model.config, self.model.encoder.encoder_id)
-                    except ValueError as exc:  # e.g. the bundle was trained at another voxel size
-                        self._log("warn", f"the new adapter cannot use the current scene ({exc}); scene reset")
-                        self._map = self.model.new_voxel_map(**self._map_options())
-                        self._reset_state()
+                    self.swap_note = self._keep_scene_for_adapter()
                     self._snapshot = self._stats_cache = None  # the bundle's grid config may differ
         finally:
             self._requests.model_lock.release()
+        if self.swap_note:
+            self._log("warn", self.swap_note)
         return self.model_name
+
+    def _keep_scene_for_adapter(self) -> str:
+        """After a swap (map lock held): '' if the map suits the new model; else a map of another
+        voxel size is re-binned into the new one (each voxel's mean feature at its centre: the
+        features come from the same vision encoder), and any other map is reset. Says which."""
+        try:
+            check_map(self._map, self.model.config, self.model.encoder.encoder_id)
+            return ""
+        except ValueError as exc:
+            old, count = self._map, self._map.num_voxels
+            self._map = self.model.new_voxel_map(**self._map_options())
+            if old.feature_dim != self._map.feature_dim or old.voxel_size == self._map.voxel_size or \
+                    old.metadata.get("encoder_id", self.model.encoder.encoder_id) != self.model.encoder.encoder_id:
+                self._reset_state()
+                return f"the new adapter cannot use the current scene ({exc}); scene reset ({count} voxels dropped)"
+        self._map = relevel_map(old, np.eye(3), self._map)
+        self._version += 1
+        self._epoch += 1  # a keyframe encoded before the swap must not be fused at the new size
+        return (f"scene kept: its {count} voxels of {old.voxel_size:g} m were re-binned into "
+                f"{self._map.num_voxels} voxels of {self._map.voxel_size:g} m, the new adapter's voxel size")
+
+
+def _streamer(control: RequestControl) -> Callable[[str], bool]:
+    """Per-token feedback of one request in a batch; True (stop its row) once it is cancelled."""
+    def on_step(text: str) -> bool:
+        if control.progress is not None:
+            control.progress("answering", 0, text)
+        return control.cancel.is_set()
+
+    return on_step

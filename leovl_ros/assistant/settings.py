@@ -53,7 +53,12 @@ class AssistantConfig:
                                            0.0)
     compute_grounding: bool = setting("score every answer with and without the scene (two extra forward passes)",
                                       True)
-    max_pending_requests: int = setting("questions answered or waiting at once; more are refused immediately", 4)
+    max_pending_requests: int = setting("questions answered or waiting at once; more are refused immediately "
+                                        "(clients: see the README for the reply queue depth this needs)", 64)
+    max_batch: int = setting("questions answered together in one model call (those waiting when the model "
+                             "becomes free)", 8)
+    prefix_cache_mb: float = setting("memory (MiB) for prefilled scene prefixes (prompt + scene tokens, per map "
+                                     "snapshot and referred region), reused by every question; 0 = off", 256.0)
     request_timeout: float = setting("s a request waits for the model (busy or swapping adapters) before it is "
                                      "refused", 60.0)
     # --- output
@@ -69,6 +74,8 @@ class AssistantConfig:
     def __post_init__(self) -> None:
         if self.max_pending_requests < 1 or self.max_question_chars < 1 or self.history_turns < 0:
             raise ValueError("max_pending_requests and max_question_chars must be >= 1, history_turns >= 0")
+        if self.max_batch < 1 or self.prefix_cache_mb < 0:
+            raise ValueError("need max_batch >= 1 and prefix_cache_mb >= 0")
         if self.max_tokens < 0 or self.voxel_size < 0:
             raise ValueError("need max_tokens >= 0 and voxel_size >= 0")
         if self.max_keyframe_rate < 0 or self.max_voxels < 1:

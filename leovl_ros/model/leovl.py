@@ -18,9 +18,9 @@ from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from transformers import DynamicCache
 from transformers import GenerationConfig as HFGenerationConfig
-from transformers import (LogitsProcessorList, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, StoppingCriteria,
-                          StoppingCriteriaList)
+from transformers import LogitsProcessorList, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, StoppingCriteriaList
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from ..condensed_grid import CondensedGrid
@@ -28,6 +28,8 @@ from ..voxel_map import VoxelMap
 from . import bundle as bundle_io
 from .config import ConfigOverrides, GenerationConfig, LeoVLConfig, resolve_config
 from .encoder import VisionEncoder, weights_fingerprint
+from .generation import StepHook
+from .prefix_cache import PrefixCache, ScenePrefix, prefill, prefix_groups, suffix_inputs
 from .prompts import PromptBuilder, SceneQuery
 from .scene_tokens import SceneHeads, check_map, scene_grid
 from .tokenizer import load_qwen_tokenizer
@@ -68,6 +70,7 @@ class LeoVL:
         self.tokenizer = tokenizer
         self._seed = seed
         self._overrides = overrides or ConfigOverrides()
+        self.prefix_cache = PrefixCache()  # off until a caller with fixed weights sets max_bytes (the assistant)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             heads = SceneHeads(config).to(model.device)
@@ -107,6 +110,7 @@ class LeoVL:
         (a bad one raises ValueError and changes nothing)."""
         config = resolve_config(self._stored_config, overrides)
         self._overrides, self._config = overrides, config
+        self.prefix_cache.clear()  # prefixes of the old grid / prompt settings
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -266,6 +270,18 @@ class LeoVL:
         hidden = self.hidden_states(batch)
         return self.model.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
 
+    # ------------------------------------------------------------------ scene prefixes
+    def scene_prefix(self, scene: VoxelMap | None, query: SceneQuery) -> ScenePrefix:
+        """The prompt up to and including ``<|vision_end|>``, prefilled once per (scene, region,
+        grid and prompt settings) while ``prefix_cache`` is on, else computed for this call."""
+        if not self.prefix_cache.enabled:
+            return prefill(self, scene, query)
+        region = (None if query.anchor_center is None else tuple(map(float, query.anchor_center)),
+                  query.anchor_radius, None if query.anchor_size is None else tuple(map(float, query.anchor_size)))
+        key = (region, repr(self.config.grid), self.config.anchor_radius, self.config.system_prompt,
+               str(self.dtype), str(self.device), self.selection_key(query))
+        return self.prefix_cache.get(scene, key, lambda: prefill(self, scene, query))
+
     # ------------------------------------------------------------------ scoring
     def sequence_logprobs(self, scenes: Sequence[VoxelMap | None], queries: Sequence[SceneQuery],
                           answers: Sequence[str], history_turns: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,24 +294,47 @@ class LeoVL:
         otherwise cost more than the whole transformer.
         """
         batch = self.prepare_batch(scenes, queries, answers)
-        hidden = self.hidden_states(batch)  # (B, L, d)
-        B, L = batch.input_ids.shape
         lengths = torch.tensor(batch.answer_lengths, device=self.device)
-        # Row b's answer fills its last lengths[b] positions; position t is predicted at t - 1.
-        target = (torch.arange(1, L, device=self.device)[None, :] >= (L - lengths)[:, None])  # (B, L-1)
+        target = self._answer_targets(lengths, batch.input_ids.shape[1])
         if history_turns:
             target |= batch.history_targets[:, 1:]
             lengths = target.sum(-1)
-        logits = self.model.lm_head(hidden[:, :-1][target]).float()  # (N, V), N = sum of lengths
-        token_lp = -torch.nn.functional.cross_entropy(logits, batch.input_ids[:, 1:][target], reduction="none")
+        return self._target_logprobs(self.hidden_states(batch), batch.input_ids, target), lengths
+
+    def _answer_targets(self, lengths: torch.Tensor, L: int) -> torch.Tensor:
+        """(B, L-1) bool: row b's answer fills its last lengths[b] positions; position t is predicted at t - 1."""
+        return torch.arange(1, L, device=self.device)[None, :] >= (L - lengths)[:, None]
+
+    def _target_logprobs(self, hidden: torch.Tensor, ids: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B,) summed log p of ``ids[:, 1:][target]`` given ``hidden`` (B, L, d)."""
+        B, L = ids.shape
+        logits = self.model.lm_head(hidden[:, :-1][target]).float()  # (N, V), N = number of targets
+        token_lp = -torch.nn.functional.cross_entropy(logits, ids[:, 1:][target], reduction="none")
         row = torch.arange(B, device=self.device)[:, None].expand(B, L - 1)[target]  # (N,)
-        return torch.zeros(B, device=self.device, dtype=token_lp.dtype).index_add(0, row, token_lp), lengths
+        return torch.zeros(B, device=self.device, dtype=token_lp.dtype).index_add(0, row, token_lp)
 
     @torch.no_grad()
     def score(self, scenes: Sequence[VoxelMap | None], queries: Sequence[SceneQuery],
               answers: Sequence[str]) -> torch.Tensor:
-        """(B,) summed log-likelihood of the given answers (no gradients)."""
-        return self.sequence_logprobs(scenes, queries, answers)[0]
+        """(B,) summed log-likelihood of the given answers (no gradients); from cached scene
+        prefixes while ``prefix_cache`` is on (the same numbers, within float rounding)."""
+        if not self.prefix_cache.enabled:
+            return self.sequence_logprobs(scenes, queries, answers)[0]
+        if len(scenes) != len(queries) or len(answers) != len(queries) or not queries:
+            raise ValueError(f"got {len(scenes)} scenes, {len(queries)} queries, {len(answers)} answers: "
+                             "lengths must match and not be 0")
+        out = torch.zeros(len(queries), device=self.device)
+        for prefix, idx in prefix_groups(self, scenes, queries):
+            rows = [self.prompts.prompt_ids(queries[i], prefix.num_scene_tokens)[prefix.length:]
+                    + self.prompts.answer_ids(answers[i]) for i in idx]
+            ids, mask = suffix_inputs(self, prefix, rows)
+            self.model.model.rope_deltas = None
+            hidden = self.model.model(inputs_embeds=self.model.get_input_embeddings()(ids), attention_mask=mask,
+                                      position_ids=(mask.cumsum(-1) - 1)[:, prefix.length:],
+                                      past_key_values=prefix.cache(len(idx), self.model.config), use_cache=True)[0]
+            lengths = torch.tensor([len(self.prompts.answer_ids(answers[i])) for i in idx], device=self.device)
+            out[idx] = self._target_logprobs(hidden, ids, self._answer_targets(lengths, ids.shape[1])).to(out.dtype)
+        return out
 
     def grounding_score(self, scene: VoxelMap | None, query: SceneQuery, answer: str,
                         other: VoxelMap | None = None) -> float:
@@ -314,11 +353,16 @@ class LeoVL:
     @torch.no_grad()
     def generate(self, scenes: Sequence[VoxelMap | None], queries: Sequence[SceneQuery],
                  generation: GenerationConfig | None = None,
-                 on_step: Callable[[str], bool] | None = None) -> list[str]:
+                 on_step: Callable[[str], bool] | Sequence[Callable[[str], bool] | None] | None = None) -> list[str]:
         """Answers for a batch of (scene, query) pairs; beam search by default (paper settings).
 
-        ``on_step(text)`` is called after every generated token with the first query's best
-        hypothesis so far (the top beam); returning True stops generation (cancel).
+        ``on_step``: one callback, or one per row (None = none for that row), called after
+        every generated token with that row's best hypothesis so far (its top beam);
+        returning True stops that row (cancel) and leaves the other rows' answers unchanged.
+        A single callable belongs to the first row and stops every row (one request).
+
+        While ``prefix_cache`` is on, rows sharing a scene prefix start from its cached keys
+        and values (one generate call per prefix); the answers equal the uncached ones.
 
         The repetition penalty covers generated tokens only (the prompt is embeddings; as
         in LEO). It is passed as our own processor because transformers 5 maps left-padding
@@ -326,13 +370,35 @@ class LeoVL:
         silently exempts a padded row's first tokens and makes answers batch-dependent.
         """
         gen = generation or self.config.generation
-        batch = self.prepare_batch(scenes, queries)
+        hooks = list(on_step) if isinstance(on_step, Sequence) else [on_step] + [None] * (len(queries) - 1)
+        stop_all = callable(on_step)
+        if len(hooks) != len(queries):
+            raise ValueError(f"{len(hooks)} on_step callbacks for {len(queries)} queries")
+        if not self.prefix_cache.enabled:
+            batch = self.prepare_batch(scenes, queries)
+            return self._hf_generate(batch.inputs_embeds, batch.attention_mask, gen, hooks, stop_all)
+        if len(scenes) != len(queries) or not queries:
+            raise ValueError(f"got {len(scenes)} scenes and {len(queries)} queries: lengths must match and not be 0")
+        answers = [""] * len(queries)
+        for prefix, idx in prefix_groups(self, scenes, queries):
+            ids, mask = suffix_inputs(
+                self, prefix, [self.prompts.prompt_ids(queries[i], prefix.num_scene_tokens)[prefix.length:] for i in idx])
+            embeds = torch.cat([prefix.embeds.expand(len(idx), -1, -1), self.model.get_input_embeddings()(ids)], 1)
+            cache = prefix.cache(len(idx) * gen.num_beams, self.model.config)
+            texts = self._hf_generate(embeds, mask, gen, [hooks[i] for i in idx], stop_all, cache)
+            for i, text in zip(idx, texts):
+                answers[i] = text
+        return answers
+
+    def _hf_generate(self, embeds: torch.Tensor, mask: torch.Tensor, gen: GenerationConfig,
+                     hooks: list[Callable[[str], bool] | None], stop_all: bool,
+                     cache: DynamicCache | None = None) -> list[str]:
         processors = LogitsProcessorList()
         if gen.repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(float(gen.repetition_penalty)))
+        stopping = StoppingCriteriaList([StepHook(self.tokenizer, hooks, stop_all)] if any(hooks) else [])
         self.model.model.rope_deltas = None  # batch size and padding differ from the last call
-        stopping = StoppingCriteriaList([_StepHook(self.tokenizer, on_step)] if on_step is not None else [])
-        out = self.model.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+        out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache,
                                   generation_config=self._hf_generation_config(gen), logits_processor=processors,
                                   stopping_criteria=stopping)
         self.model.model.rope_deltas = None
@@ -347,23 +413,8 @@ class LeoVL:
     def load_bundle(self, path: str | Path, weights_loaded: bool = False) -> None:
         """Hot-swap a bundle saved by :meth:`save_bundle`; mismatched base -> ValueError.
         ``weights_loaded``: the base was just loaded from this (full) bundle's own weights."""
+        self.prefix_cache.clear()  # before loading: a failed load may have changed some weights already
         self._assemble(*bundle_io.read_bundle(self, Path(path), weights_loaded))
-
-
-class _StepHook(StoppingCriteria):
-    """Streams the top hypothesis to a callback and stops every sequence when it says so.
-
-    Stopping criteria see the running sequences sorted best first (beam search passes its
-    top-k continuations), so row 0 is the first query's best hypothesis at every step; a
-    ``TextStreamer`` would not do: transformers refuses streamers with beam search.
-    """
-
-    def __init__(self, tokenizer, on_step: Callable[[str], bool]) -> None:
-        self.tokenizer, self.on_step = tokenizer, on_step
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        stop = bool(self.on_step(self.tokenizer.decode(input_ids[0], skip_special_tokens=True).strip()))
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 def count_trainable_parameters(qwen_config: Qwen2_5_VLConfig, leovl_config: LeoVLConfig) -> dict[str, int]:

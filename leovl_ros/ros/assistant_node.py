@@ -43,9 +43,6 @@ from .sync import CameraInfoCache, PoseLookupError
 
 __all__ = ["AssistantNode", "main"]
 
-# Deep request queues: a burst of calls must reach the callback (to be answered or refused
-# with a message), not be dropped silently by a KEEP_LAST 10 history.
-_SERVICE_QOS = QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE)
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 _RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -121,10 +118,12 @@ class AssistantNode(Node):
             (LoadScene, "load_scene", self._load), (Feedback, "scene_feedback", self._feedback),
             (LoadAdapter, "load_adapter", self._load_adapter),
         ):
-            self.create_service(srv_type, name, self._gate.wrap(name, handler), qos_profile=_SERVICE_QOS,
-                                callback_group=services)
+            # Deep request queues: a burst of calls must reach the callback (answered or refused busy).
+            self.create_service(srv_type, name, self._gate.wrap(name, handler),
+                                qos_profile=request_qos(config.max_pending_requests), callback_group=services)
         self._actions = RequestActions(self, self._gate.wrap("ask_scene", self._fill_ask),
-                                       self._gate.wrap("plan_task", self._fill_plan), services)
+                                       self._gate.wrap("plan_task", self._fill_plan), services,
+                                       config.max_pending_requests)
         self._diagnostics = DiagnosticsPublisher(self, HealthMonitor(config.max_pending_requests, config.max_voxels,
                                                                      p.device))
         self._grid_version = -1
@@ -354,7 +353,7 @@ class AssistantNode(Node):
         name = self._serve(res, "load_adapter", lambda: self.session.load_adapter(req.bundle_path))
         res.model = self.session.model_name
         if name is not None:
-            res.success = True
+            res.success, res.message = True, self.session.swap_note  # what became of the scene, if anything
             self.get_logger().info(f"now answering with {name}")
         return res
 

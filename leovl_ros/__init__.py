@@ -14,7 +14,8 @@ The scene core (imports go downward: docs/design.md "Import map"):
     gravity.py         which way is up: from the cameras and the floor they saw
     camera_path.py     the keyframe positions of a map, kept in its metadata
     voxel_map.py       sparse voxel map of encoder features, exact running mean per voxel
-    voxel_map_io.py    voxel maps as one safetensors file, written atomically
+    voxel_map_io.py    voxel maps as one safetensors file, written atomically (a VoxelMapState)
+    voxel_keys.py      voxel coordinates packed into sortable int64 keys; column ids
     column_sums.py     per-column accumulators for the incremental CFG
     condensed_grid.py  the condensed feature grid (CFG): a map as at most max_tokens tokens
     token_selection.py which columns become tokens

@@ -3,7 +3,8 @@
 Heavy imports (torch, transformers, peft) happen on first use of a name, so importing
 ``leovl_ros.model`` for a type or a constant stays cheap.
 
-    config.py        LeoVLConfig and GenerationConfig (paper values, JSON round trip)
+    config.py        LeoVLConfig and GenerationConfig (paper values, JSON round trip); resolve_config
+                     (stored config + ConfigOverrides = what a model runs with)
     tiny.py          Qwen2.5-VL configs built in code (tiny for tests, 7B for counts)
     tokenizer.py     the real Qwen2.5 tokenizer, built offline
     encoder.py       the vision tower as a per-cell 2D encoder

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -49,22 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _ask(args: argparse.Namespace, vmap):
     """(answer, grounding, question embeddings for the selection) of --question."""
+    from .model.config import ConfigOverrides
     from .model.grounding import answer_grounding
-    from .model.leovl import LeoVL
+    from .model.loading import load_model
     from .model.prompts import SceneQuery
 
     path = Path(args.model) if args.model else Path(__file__).parent / "bundled_models" / "leovl-tiny"
-    model = LeoVL.from_pretrained(path)
-    grid = model.config.grid
-    grid.token_selection = args.token_selection
+    grid = {"token_selection": args.token_selection}
     if args.max_tokens is not None:
-        grid.max_tokens = args.max_tokens
-    args.max_tokens = grid.max_tokens  # the picture shows the grid the model answered from
+        grid["max_tokens"] = args.max_tokens
+    # a picture tool on a CPU: one beam, not the node's five
+    model = load_model(path, overrides=ConfigOverrides(grid=grid, generation={"num_beams": 1}))
+    args.max_tokens = model.config.grid.max_tokens  # the picture shows the grid the model answered from
     anchor = None if args.anchor is None else (*args.anchor[:2], args.anchor[2] if len(args.anchor) > 2 else 0.0)
     query = SceneQuery("qa", args.question, anchor_center=anchor,
                        anchor_radius=args.anchor_radius if anchor is not None and args.anchor_radius > 0 else None)
-    greedy = replace(model.config.generation, num_beams=1)  # a picture tool on a CPU: one beam, not the node's five
-    answer = model.generate([vmap], [query], greedy)[0]
+    answer = model.generate([vmap], [query])[0]
     return answer, answer_grounding(model, vmap, query, answer), model.question_embeddings(query)
 
 

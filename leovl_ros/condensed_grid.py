@@ -253,7 +253,7 @@ def _grid_from_columns(vmap: VoxelMap, config: GridConfig, anchor_center, anchor
     ids, cols, counts, srows = vmap.columns.columns()  # (C,), (C, 2), (C,), (C,)
     relevance = None
     if config.token_selection == "question" and question is not None and ids.numel() > config.max_tokens:
-        relevance = question_relevance(vmap.columns.sums(srows) / counts[:, None].to(torch.float32), question)
+        relevance = question_relevance(vmap.columns.sums(srows), question, counts)
     col_token, xy, tcount = select_tokens(cols, counts, config.max_tokens, config.token_selection,
                                           vmap.voxel_size, focus_point(vmap, config, anchor_center), relevance)
     T = tcount.numel()

@@ -20,8 +20,8 @@ One function, used by the batch CFG (from voxel coordinates) and by the incremen
   and its position is the voxel-weighted centroid of the block's column centres (the
   centre of what is occupied, not of the empty square; one column = its centre).
 - ``question``: the columns most relevant to the question (``question_relevance``) keep a
-  token each (3/4 of the budget), the rest of the map is covered coarsely by ``coarsen`` in
-  the remaining quarter, so nothing is dropped and the asked-about part stays sharp. Ties
+  token each (3/4 of the budget), the rest of the map is covered by uniform 2^j x 2^j blocks
+  of columns in the remaining quarter, so nothing is dropped and the asked-about part stays sharp. Ties
   (and no relevance at all: a question that names nothing) go to the denser column.
 
 Ties in ``nearest``/``anchor`` go to the lowest (x, y); tokens are always emitted in (x, y)
@@ -29,6 +29,7 @@ raster order of their column (block), so token order never depends on frame orde
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -39,6 +40,7 @@ TOKEN_SELECTIONS = ("densest", "nearest", "anchor", "coarsen", "question")
 # Decision (paper silent): 3/4 of the budget for the most relevant columns, 1/4 for a coarse
 # cover of the rest (context for counts and "which room" questions; see docs/design.md).
 QUESTION_SHARE = 0.75
+_Z_SAMPLE = 2048  # columns a token's relevance mean and spread are estimated from
 
 
 def select_tokens(
@@ -79,25 +81,33 @@ def select_tokens(
     return col_token, _centres(cols[kept], voxel_size), counts[kept]
 
 
-def question_relevance(features: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    """(C,) relevance of columns with (C, d) mean ``features`` to a question's (Q, d) token embeddings.
+def question_relevance(features: torch.Tensor, queries: torch.Tensor,
+                       counts: torch.Tensor | None = None) -> torch.Tensor:
+    """(C,) relevance of columns with (C, d) mean ``features`` to a question's (Q, d) token embeddings
+    (``counts`` (C,): the features are sums over that many voxels, e.g. the column sums).
 
-    Per question token: cosine between each column's feature, centred on the map's mean
-    column (floor and walls, the bulk of every map, score ~0), and the token's embedding,
-    standardised over the columns; a column's relevance is its best token's z-score. Tokens
-    such as "what" or "the" match no column in particular and add noise of z ~ 2-3; a word
-    that names what a column shows stands out above it. O(C x d x Q), no model call.
+    Per question token: the dot product of each column's feature with the token's embedding,
+    standardised over the columns (so centred on the map's mean column: floor and walls, the
+    bulk of every map, score ~0); a column's relevance is its best token's z-score. The
+    column is not normalised: a column that shows an object strongly (a large centred
+    feature) should outrank one that resembles it faintly (on a 14x-budget floor the asked
+    object is among the 192 best columns for 82 % of objects, 58 % with the cosine). Tokens
+    such as "what" or "the" match no column in particular; a word that names what a column
+    shows stands out. O(C x d x Q), no model call.
     """
     C = features.shape[0]
     if C == 0 or queries.shape[0] == 0:
         return torch.zeros(C, device=features.device)
-    x = torch.nn.functional.normalize(features.float() - features.float().mean(0), dim=1)  # (C, d)
-    q = torch.nn.functional.normalize(queries.to(x.device, torch.float32), dim=1)  # (Q, d)
-    cos = x @ q.T  # (C, Q)
+    score = queries.to(features.device, torch.float32) @ features.float().T  # (Q, C)
+    if counts is not None:
+        score /= counts.to(score.dtype)[None]
     if C == 1:
-        return cos.max(1).values
-    z = (cos - cos.mean(0)) / cos.std(0).clamp(min=1e-6)
-    return z.max(1).values
+        return score.amax(0)
+    # Each token's mean and spread over the columns, from an even sample of them: a z-score
+    # needs no more precision, and the full pass would double the cost on a floor.
+    sample = score[:, :: max(1, C // _Z_SAMPLE)]
+    std, mean = torch.std_mean(sample, 1)
+    return ((score - mean[:, None]) / std.clamp(min=1e-6)[:, None]).amax(0)
 
 
 def _question(cols: torch.Tensor, counts: torch.Tensor, max_tokens: int, voxel_size: float,
@@ -105,19 +115,20 @@ def _question(cols: torch.Tensor, counts: torch.Tensor, max_tokens: int, voxel_s
     """The ``QUESTION_SHARE`` most relevant columns one token each, the rest coarsened into what is left."""
     C, dev = cols.shape[0], cols.device
     n_keep = max(1, min(max_tokens - 1, round(max_tokens * QUESTION_SHARE))) if max_tokens > 1 else 1
-    order = torch.sort(counts, descending=True, stable=True).indices  # ties of relevance: denser first
+    key = counts.to(torch.float64)  # ties of relevance (and no relevance at all): the denser column
     if relevance is not None:
         if relevance.shape != (C,):
             raise ValueError(f"relevance must have one value per column ({C},), got {tuple(relevance.shape)}")
-        score = torch.nan_to_num(relevance.to(dev, torch.float64), nan=float("-inf"))
-        order = order[torch.sort(score[order], descending=True, stable=True).indices]
+        score = torch.nan_to_num(relevance.to(dev, torch.float64), nan=-1e9, posinf=1e9, neginf=-1e9)
+        key = score + key / (2.0 * float(counts.max()) + 1.0) * 1e-6  # counts only break ties
+    top = torch.topk(key, n_keep).indices
     keep = torch.zeros(C, dtype=torch.bool, device=dev)
-    keep[order[:n_keep]] = True
+    keep[top] = True
     if n_keep == max_tokens:  # a budget of one token: nothing left to cover the rest with
         col_token = torch.where(keep, 0, -1)
         return col_token, _centres(cols[keep], voxel_size), counts[keep]
     rest = torch.nonzero(~keep).squeeze(1)  # (R,) raster order
-    rest_token, rest_xy, rest_count = _coarsen(cols[rest], counts[rest], max_tokens - n_keep, voxel_size)
+    rest_token, rest_xy, rest_count = _blocks(cols[rest], counts[rest], max_tokens - n_keep, voxel_size)
     # One raster order over kept columns and coarse groups (each group at its first column).
     first = torch.full((rest_count.numel(),), C, dtype=torch.int64, device=dev).scatter_reduce_(
         0, rest_token, rest, "amin")
@@ -131,6 +142,28 @@ def _question(cols: torch.Tensor, counts: torch.Tensor, max_tokens: int, voxel_s
     col_token[keep] = new_of[: int(keep.sum())]
     col_token[rest] = new_of[int(keep.sum()) + rest_token]
     return col_token, xy[rank], tcount[rank]
+
+
+def _blocks(cols: torch.Tensor, counts: torch.Tensor, budget: int,
+            voxel_size: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The columns merged into aligned 2^j x 2^j blocks, j the finest level with at most ``budget``
+    occupied blocks. Decision (paper silent): a uniform level, not ``coarsen``'s adaptive merge,
+    for the question's background cover: it is found in one or two ``unique`` passes (the
+    adaptive merge costs ~6 ms at 16k columns, over the selection's 5 ms budget) and the cover
+    is context, not detail. Tokens as in ``coarsen``: voxel-weighted centroid, raster order."""
+    R = cols.shape[0]
+    j = max(0, math.ceil(math.log(max(R / budget, 1.0), 4)))  # 4^j columns per block at best
+    while True:
+        bkeys, token = torch.unique(_key(torch.div(cols, 1 << j, rounding_mode="floor")), return_inverse=True)
+        if bkeys.numel() <= budget:
+            break
+        j += 1
+    T = bkeys.numel()
+    tcount = torch.zeros(T, dtype=torch.int64, device=cols.device).index_add_(0, token, counts)
+    w = counts.to(torch.float64)[:, None]
+    centroid = torch.zeros(T, 2, dtype=torch.float64, device=cols.device).index_add_(
+        0, token, (cols.to(torch.float64) + 0.5) * w) / tcount.to(torch.float64)[:, None]
+    return token, centroid.to(torch.float32) * voxel_size, tcount
 
 
 def _centres(cols: torch.Tensor, voxel_size: float) -> torch.Tensor:

@@ -29,7 +29,7 @@ def scene():
 
 def test_weights_are_a_distribution_over_the_columns(scene):
     model, vmap = scene
-    g = answer_grounding(model, vmap, SceneQuery("qa", "What colour is the mug?"), "red")
+    g = answer_grounding(model, vmap, SceneQuery("qa", "What colour is the mug?"), "red", min_gain=-float("inf"))
     columns = torch.unique(vmap.coords[:, :2], dim=0).shape[0]
     assert g.xyz.shape == (columns, 3) and g.weight.shape == (columns,)
     assert not g.flat and bool((g.weight >= 0).all()) and float(g.weight.sum()) == pytest.approx(1.0, abs=1e-5)
@@ -43,7 +43,7 @@ def test_heaviest_tokens_are_those_whose_removal_costs_the_answer_most(scene):
     model, vmap = scene
     query = SceneQuery("qa", "What colour is the mug?")
     grid = model.scene_grid(vmap, query)
-    g = answer_grounding(model, vmap, query, "red")
+    g = answer_grounding(model, vmap, query, "red", min_gain=-float("inf"))
     tokens = model.scene_tokens(vmap, query).detach()
     # per token weight back from the columns (every token here is one column: the map is under the budget)
     assert grid.num_tokens == g.weight.numel()
@@ -63,10 +63,13 @@ def test_heaviest_tokens_are_those_whose_removal_costs_the_answer_most(scene):
     assert sum(top) > sum(bottom)
 
 
-def test_a_question_that_names_nothing_gets_a_flat_map_and_says_so(scene):
+def test_an_answer_the_map_does_not_support_gets_a_flat_map_and_says_so(scene):
     model, vmap = scene
-    g = answer_grounding(model, vmap, SceneQuery("qa", "Tell me a joke."), "no")
-    assert g.flat and "names nothing" in g.note
+    query = SceneQuery("qa", "Tell me a joke.")
+    gain = model.grounding_score(vmap, query, "no")  # log p with the map - without it, the scoring path
+    g = answer_grounding(model, vmap, query, "no", min_gain=gain + 0.5)
+    assert g.flat and "names nothing" in g.note and g.scene_gain == pytest.approx(gain, abs=1e-3)
     assert torch.allclose(g.weight, torch.full_like(g.weight, 1.0 / g.weight.numel()))
+    assert not answer_grounding(model, vmap, query, "no", min_gain=gain - 0.5).flat
     empty = answer_grounding(model, model.new_voxel_map(), SceneQuery("qa", "What colour is the mug?"), "red")
     assert empty.flat and empty.weight.numel() == 0

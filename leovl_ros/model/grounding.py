@@ -12,8 +12,8 @@ Decision (paper silent): gradient x input rather than the alternatives —
   forward pass per token: 256+ passes per answer;
 - gradient x input costs about 3 forward passes (forward + backward) whatever the number of
   tokens, and is exact to first order.
-Cost measured by bench/floors.py. A question that names nothing in the map (no column stands
-out in ``question_relevance``, see NAMES_NOTHING_Z) still gets a map: flat, and flagged so.
+Cost measured by bench/floors.py. A question that names nothing in the map still gets a map:
+flat, and flagged so (MIN_SCENE_GAIN).
 """
 from __future__ import annotations
 
@@ -22,18 +22,19 @@ from dataclasses import dataclass
 import torch
 
 from ..condensed_grid import focus_point, voxel_tokens
-from ..token_selection import question_relevance
 from ..voxel_map import VoxelMap
 from .prompts import SceneQuery
 
-__all__ = ["GROUNDING_TOP_K", "Grounding", "NAMES_NOTHING_Z", "answer_grounding"]
+__all__ = ["GROUNDING_TOP_K", "Grounding", "MIN_SCENE_GAIN", "answer_grounding"]
 
 GROUNDING_TOP_K = 16  # columns an answer reports (AskScene, Interaction); the topic carries them all
 
-# Decision (paper silent): a question "names something in the map" when some column's
-# relevance z-score (token_selection.question_relevance) reaches this; filler words alone
-# reach ~3-4 over a few thousand columns (bench/floors.py prints both distributions).
-NAMES_NOTHING_Z = 5.0
+# Decision (paper silent): an answer rests on the map when the map makes it at least this many
+# nats likelier than no map (log p(answer | map) - log p(answer | no scene tokens)); below it
+# the question named nothing the model found there, and a gradient map would point somewhere
+# for no reason: the map is flat instead. (Word-feature relevance cannot tell: filler words
+# peak as high over a floor's columns as object names; bench/floors.py prints the gains.)
+MIN_SCENE_GAIN = 1.0
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Grounding:
     weight: torch.Tensor  # (C,) float32, sums to 1 (uniform when flat)
     flat: bool  # the question names nothing in the map: the weights say nothing either
     note: str  # one line for the user
+    scene_gain: float = 0.0  # log p(answer | map) - log p(answer | no map), nats
 
     def top(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The k heaviest columns: centres (k, 3) metres and weights (k,), heaviest first."""
@@ -61,8 +63,10 @@ def _columns(vmap: VoxelMap, vox_token: torch.Tensor) -> tuple[torch.Tensor, tor
     return torch.cat([xy, z[:, None]], 1), vox_token.cpu()[first], n.cpu()
 
 
-def answer_grounding(model, vmap: VoxelMap, query: SceneQuery, answer: str) -> Grounding:
-    """Per-column weights of ``answer`` to ``query`` about ``vmap`` under ``model`` (a LeoVL)."""
+def answer_grounding(model, vmap: VoxelMap, query: SceneQuery, answer: str,
+                     min_gain: float = MIN_SCENE_GAIN) -> Grounding:
+    """Per-column weights of ``answer`` to ``query`` about ``vmap`` under ``model`` (a LeoVL);
+    flat when the map makes the answer less than ``min_gain`` nats likelier."""
     if vmap is None or vmap.num_voxels == 0:
         return Grounding(torch.zeros(0, 3), torch.zeros(0), True, "no map: nothing to ground the answer in")
     config = model.config.grid
@@ -70,31 +74,21 @@ def answer_grounding(model, vmap: VoxelMap, query: SceneQuery, answer: str) -> G
     center = None if query.anchor_center is None else query.anchor_center
     vox_token, _, tcount = voxel_tokens(vmap, config, focus_point(vmap, config, center), question)
     xyz, col_token, col_voxels = _columns(vmap, vox_token)
-    names = _names_something(vmap, model, query)
     with torch.enable_grad():
         tokens = model.scene_tokens(vmap, query).detach().requires_grad_(True)  # (T, d)
         logp = _answer_logprob(model, query, answer, tokens)
         (grad,) = torch.autograd.grad(logp, tokens)
+    with torch.no_grad():
+        gain = float(logp) - float(_answer_logprob(model, query, answer, tokens[:0]))
     token_w = (grad * tokens).sum(1).clamp(min=0).detach().cpu()  # (T,)
     col_w = torch.zeros(xyz.shape[0])
     kept = col_token >= 0
     col_w[kept] = token_w[col_token[kept]] * col_voxels[kept] / tcount.cpu()[col_token[kept]]
-    if not names or float(col_w.sum()) <= 0:
-        note = ("the question names nothing in the map: the answer does not rest on a place" if not names
-                else "no scene token supports the answer")
-        return Grounding(xyz, torch.full((xyz.shape[0],), 1.0 / xyz.shape[0]), True, note)
-    return Grounding(xyz, col_w / col_w.sum(), False, "gradient x input on the scene tokens")
-
-
-def _names_something(vmap: VoxelMap, model, query: SceneQuery) -> bool:
-    if vmap.columns is None:
-        return True  # no column sums to score against: do not claim the question is empty
-    _, _, counts, rows = vmap.columns.columns()
-    text = " ".join(t for t in (query.situation, query.instruction) if t)
-    ids = torch.tensor(model.tokenizer.encode(text, add_special_tokens=False), device=model.device)
-    emb = model.model.get_input_embeddings().weight.detach()[ids].float()
-    rel = question_relevance(vmap.columns.sums(rows) / counts[:, None].to(torch.float32), emb)
-    return bool(rel.numel()) and float(rel.max()) >= NAMES_NOTHING_Z
+    if gain < min_gain or float(col_w.sum()) <= 0:
+        note = (f"the question names nothing in the map: the map makes the answer only {gain:.1f} nats likelier"
+                if gain < min_gain else "no scene token supports the answer")
+        return Grounding(xyz, torch.full((xyz.shape[0],), 1.0 / xyz.shape[0]), True, note, gain)
+    return Grounding(xyz, col_w / col_w.sum(), False, "gradient x input on the scene tokens", gain)
 
 
 def _answer_logprob(model, query: SceneQuery, answer: str, tokens: torch.Tensor) -> torch.Tensor:

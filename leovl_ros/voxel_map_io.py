@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -23,8 +24,10 @@ from safetensors.torch import save_file
 __all__ = ["STORAGE_DTYPES", "TEMP_SUFFIX", "VoxelMapState", "read_state", "remove_stale_temps", "write_state"]
 
 _FORMAT = "leovl_ros.voxel_map"
-# Temp files of a save are ".<name>.<pid>.<random>.leovl-tmp": the writer's pid tells a
-# killed save's leftovers (removed at start-up) from a save in progress.
+# A save writes in a temp folder ".<name>.<pid>.<random>.leovl-tmp" (safetensors >= 0.7 writes
+# its own ".tmpXXXXXX" beside the file and renames it: inside our folder, a killed save leaves
+# nothing outside it); the writer's pid tells a killed save's leftovers (removed at start-up)
+# from a save in progress.
 TEMP_SUFFIX = ".leovl-tmp"
 _VERSION = "1"
 STORAGE_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
@@ -47,8 +50,11 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     removed = []
     for tmp in Path(directory).glob(f".*{TEMP_SUFFIX}"):
         parts = tmp.name[: -len(TEMP_SUFFIX)].rsplit(".", 2)  # ['.<name>', '<pid>', '<random>']
-        if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])) and tmp.is_file():
-            tmp.unlink(missing_ok=True)
+        if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:  # the single temp file of earlier versions
+                tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
 
@@ -124,14 +130,12 @@ def write_state(state: VoxelMapState, path: str | os.PathLike) -> None:
     tensors = {"coords": state.coords, "counts": state.counts, "acc": state.acc, "last_seen": state.last_seen}
     tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
     header = {_FORMAT: json.dumps(_header(state), sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent))
     try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        save_file(tensors, tmp / path.name, metadata=header)
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_state(path: str | os.PathLike) -> VoxelMapState:

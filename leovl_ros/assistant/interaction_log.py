@@ -58,12 +58,21 @@ class InteractionLog:
     def __init__(self, path: str | os.PathLike, frame_id: str = "") -> None:
         self.path = Path(path).expanduser()
         self.frame_id = frame_id
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"cannot open the interaction log {self.path}: {exc.strerror or exc}") from exc
+        self._file = self._open(self.path)
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _open(path: Path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot open the interaction log {path}: {exc.strerror or exc}") from exc
+
+    @classmethod
+    def check(cls, path: str | os.PathLike) -> None:
+        """ValueError now if ``path`` cannot be appended to (a node checks before loading its model)."""
+        cls._open(Path(path).expanduser()).close()
 
     def append(self, record: Interaction, stamp_s: float | None = None) -> None:
         """Write one record durably; raises OSError (e.g. disk full) after which the log stays usable."""

@@ -18,10 +18,26 @@ from .settings import AssistantConfig
 __all__ = ["remove_killed_saves", "resolve", "save_target", "writable_dirs"]
 
 
+def _limits() -> tuple[int, int]:
+    """(longest file name, longest path) in bytes that the file system takes."""
+    try:
+        return os.pathconf("/", "PC_NAME_MAX"), os.pathconf("/", "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows): the common limits
+        return 255, 4096
+
+
 def resolve(config: AssistantConfig, path: str) -> Path:
-    """An absolute path; a relative one is under ``scene_dir``."""
+    """An absolute path; a relative one is under ``scene_dir``. RequestRefused for a path the
+    file system cannot take (checked here: the OS would answer with an OSError deep inside)."""
     p = Path(path.strip()).expanduser()
-    return (p if p.is_absolute() else Path(config.scene_dir).expanduser() / p).resolve()
+    p = p if p.is_absolute() else Path(config.scene_dir).expanduser() / p
+    name_max, path_max = _limits()
+    longest = max(len(os.fsencode(part)) for part in p.parts)
+    if longest > name_max or len(os.fsencode(str(p))) >= path_max:
+        raise RequestRefused(f"path too long: {len(str(p))} characters with a name of {longest} bytes (the file "
+                             f"system takes names up to {name_max} bytes, paths up to {path_max}): "
+                             f"{str(p)[:60]}...")
+    return p.resolve()
 
 
 def writable_dirs(config: AssistantConfig) -> list[Path]:

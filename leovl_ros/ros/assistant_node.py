@@ -25,6 +25,7 @@ from std_srvs.srv import Trigger
 
 from ..assistant import Interaction, RGBDFrame, RequestControl, RequestRefused, SceneSession
 from ..assistant.health import HealthMonitor
+from ..assistant.interaction_log import InteractionLog
 from ..geometry import Intrinsics, depth_to_metres, xyz_quat_to_matrix
 from ..msg import Interaction as InteractionMsg
 from ..msg import Plan, PlanStep, SceneStatus
@@ -79,6 +80,11 @@ class AssistantNode(Node):
                                           group=MutuallyExclusiveCallbackGroup())
         except ValueError as exc:
             raise ParameterError(f"invalid parameters: {exc}") from exc
+        if config.interaction_log:  # before the model: loading a 7B takes minutes
+            try:
+                InteractionLog.check(config.interaction_log)
+            except ValueError as exc:
+                raise ParameterError(f"parameter 'interaction_log': {exc}") from exc
         source = resolve_model(p.model, p.adapter, p.allow_network)
         self.get_logger().info(f"loading model {source.name} on {p.device} ({p.dtype})")
         model = load_model(source, p.device, p.dtype, p.allow_network)

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--cell-px", type=int, default=0, help="pixels per voxel column (0: about 800 px across)")
     show.add_argument("--anchor", type=_point, help="anchor point X,Y[,Z] (m, map frame) to mark")
     show.add_argument("--anchor-radius", type=float, default=0.5, help="anchor radius (m)")
-    show.add_argument("--question", help="ask this about the scene (greedy decoding) and draw where the answer came from")
+    show.add_argument("--question",
+                      help="ask this about the scene (greedy decoding) and draw where the answer came from")
     show.add_argument("--model", help="model bundle for --question (default: the bundled leovl-tiny)")
     return parser
 
@@ -89,7 +90,8 @@ def _show(args: argparse.Namespace) -> str:
     if grounding is None:
         return done
     (x, y, _), w = (v[0].tolist() for v in grounding.top(1))
-    where = grounding.note if grounding.flat else f"heaviest column at ({x:.2f}, {y:.2f}) m, {100 * w:.1f} % of the weight"
+    where = (grounding.note if grounding.flat
+             else f"heaviest column at ({x:.2f}, {y:.2f}) m, {100 * w:.1f} % of the weight")
     return f"{done}\nanswer: {said}\ngrounding: {where}"
 
 

@@ -20,14 +20,14 @@ pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run through `make test`)")
 pytest.importorskip("leovl_ros.msg", reason="interfaces not built (run through `make test`)")
 from nav_msgs.msg import Odometry  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from leovl_ros.ros.conversions import matrix_to_pose, numpy_to_image, seconds_to_stamp  # noqa: E402
 from leovl_ros.srv import AskScene, Feedback, LoadAdapter, LoadScene, PlanTask, SaveScene  # noqa: E402
 
-from support.node_harness import Operator, REPO, start as _start, start_assistant, stop as _stop  # noqa: E402
+from support.node_harness import LATCHED, Operator, REPO, start as _start, start_assistant, stop as _stop  # noqa: E402
 
 PLAYER_FRAMES = 30
 
@@ -91,6 +91,18 @@ def test_streamed_keyframes_are_fused_and_questions_answered(operator):
     assert (got.kind, got.task, got.instruction, got.answer) == ("ask", "qa", "what is next to the sofa?", res.answer)
     assert got.scene_stamp.sec > 0 and got.scene_tokens == res.scene_tokens and got.header.frame_id == "map"
     assert got.grounding_score == pytest.approx(res.grounding_score)
+    # where the answer came from: the top columns in the reply and the record, every column on the topic
+    assert 0 < len(res.grounding_points) == len(res.grounding_weights) <= 16
+    assert list(res.grounding_weights) == sorted(res.grounding_weights, reverse=True)
+    assert [(p.x, p.y, p.z) for p in got.grounding_points] == [(p.x, p.y, p.z) for p in res.grounding_points]
+    assert list(got.grounding_weights) == pytest.approx(list(res.grounding_weights))
+    clouds = []
+    operator.node.create_subscription(PointCloud2, "answer_grounding", clouds.append, LATCHED)
+    wait_for(lambda: clouds, 20.0, "the answer_grounding point cloud")
+    assert [f.name for f in clouds[-1].fields] == ["x", "y", "z", "weight"] and clouds[-1].header.frame_id == "map"
+    cells = np.frombuffer(bytes(clouds[-1].data), np.float32).reshape(-1, 4)
+    assert cells[:, 3].sum() == pytest.approx(1.0, abs=1e-4) and cells[:, 3].max() == pytest.approx(
+        res.grounding_weights[0])
     wait_for(lambda: operator.grids, 20.0, "the scene_grid point cloud")
     assert operator.grids[-1].width == status.num_tokens and operator.grids[-1].header.frame_id == "map"
 

@@ -75,7 +75,8 @@ class SceneSession:
         self.model_name = model_name
         self._log = log or (lambda level, text: None)
         self._throttle = _Throttle(log_period_s)
-        # The model runs with these on top of whatever bundle it holds, across swaps (model.config).
+        # The model runs with these on top of whatever bundle it holds, across swaps (model.config);
+        # a model serves one session: another session made on it would replace them.
         model.set_overrides(config.model_overrides())
         model.prefix_cache.max_bytes = int(config.prefix_cache_mb * 2**20)  # the weights stay fixed here
         self._requests = RequestQueue(config.max_pending_requests, config.request_timeout, config.max_batch,

@@ -42,6 +42,7 @@ from std_msgs.msg import Header
 from ..rgbd_frame import RGBDFrame
 from ..scans.images import RGB_ENCODINGS
 from .conversions import matrix_to_pose, matrix_to_transform, numpy_to_image
+from .dds import use_large_image_profile
 from .replay_sources import bag_messages, bag_poses, bag_topics, detect_kind, scan_frames, \
     synthetic_frames
 
@@ -295,6 +296,7 @@ def _encode_rgb(rgb: np.ndarray, encoding: str) -> np.ndarray:
 
 
 def main(args: list[str] | None = None) -> int:
+    use_large_image_profile()  # it writes camera-size images: see dds.py (the user's profile wins)
     rclpy.init(args=args)
     node = None
     try:

@@ -75,8 +75,10 @@ test: setup
 	@$(RUN) python -m pytest
 
 # SOURCE=path: play a recorded scan or rosbag2 recording instead; PICTURE=map.png: also draw the map
+# STRIDE=n / RATE=hz: play every n-th frame of a scan at hz (default: chosen for the scan and the node)
 demo: setup
-	@$(RUN) python -m leovl_ros.ros.demo $(if $(SOURCE),--source "$(SOURCE)") $(if $(PICTURE),--picture "$(PICTURE)")
+	@$(RUN) python -m leovl_ros.ros.demo $(if $(SOURCE),--source "$(SOURCE)") $(if $(PICTURE),--picture "$(PICTURE)") \
+		$(if $(STRIDE),--stride "$(STRIDE)") $(if $(RATE),--rate "$(RATE)")
 
 # Retrain the bundled model from nothing (about an hour on 2 cores; finished stages are kept
 # in runs/leovl-tiny: delete that folder for a clean rebuild).

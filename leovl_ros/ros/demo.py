@@ -36,9 +36,12 @@ from ..synth.annotate import annotate_room
 from ..synth.language import PLAN_Q
 from ..synth.rooms import generate_room
 from .dds import use_large_image_profile
+from .demo_pacing import MapSettled, choose_rate, choose_stride, node_settings, scan_poses
 from .model_source import BUNDLED_MODEL, TINY_RANDOM, ParameterError, resolve_model
+from .replay_sources import detect_kind
 
 REPO = Path(__file__).resolve().parents[2]
+PARAMS_FILE = REPO / "config" / "assistant.yaml"
 QTYPES = ("colour", "count", "existence", "above_below", "left_right", "nearest")
 # Recorded sources have no annotations: questions any indoor scene can answer, and one goal.
 GENERIC_QUESTIONS = ("What kind of room is this?", "What objects are in this room?",
@@ -55,11 +58,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     # The bundled model was trained on maps of 30 frames at 448x336 along the same path.
     ap.add_argument("--frames", type=int, default=30, help="frames of the walk-through")
     ap.add_argument("--size", default="448x336", help="camera resolution WxH")
-    ap.add_argument("--rate", type=float, default=5.0, help="frame rate (Hz) of the stream")
+    ap.add_argument("--rate", type=float, default=None, help="frame rate (Hz) of the stream (default: 60%% of the "
+                                                             "node's max_keyframe_rate, see demo_pacing.py)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for start-up and mapping")
     ap.add_argument("--source", default="", help="play this scan folder or rosbag2 recording instead of a "
                                                  "synthetic room (generic questions, no ground truth)")
-    ap.add_argument("--stride", type=int, default=10, help="scans: play every n-th frame")
+    ap.add_argument("--stride", type=int, default=0, help="scans: play every n-th frame (default: chosen from "
+                                                          "the scan's poses, see demo_pacing.py)")
     ap.add_argument("--picture", default="", help="also save the mapped scene and draw it to this PNG")
     return ap.parse_args(argv)
 
@@ -222,17 +227,58 @@ def _draw(demo: Demo, picture: str, anchor: tuple | None) -> None:
           f"{shown['path_points']} camera positions)")
 
 
+def _pace(args: argparse.Namespace) -> None:
+    """Rate (and a scan's stride) the node can map without dropping a frame that moved."""
+    settings = node_settings(PARAMS_FILE)
+    limit = float(settings["max_keyframe_rate"])
+    if args.rate and limit and args.rate >= limit:
+        print(f"WARNING: --rate {args.rate:g} Hz reaches the node's max_keyframe_rate {limit:g} Hz: jitter will drop "
+              "keyframes", flush=True)
+    args.rate = choose_rate(args.rate, limit)
+    if args.source and not args.stride:
+        source = Path(args.source).expanduser().resolve()
+        kind = detect_kind(source)
+        if kind != "bag":
+            poses = scan_poses(source, kind)
+            args.stride = choose_stride(poses, float(settings["keyframe_translation"]),
+                                        float(settings["keyframe_rotation_deg"]))
+            print(f"      {kind} scan of {len(poses)} frames: playing every {args.stride}. frame at {args.rate:g} Hz "
+                  "(STRIDE=/RATE= override)", flush=True)
+    args.stride = args.stride or 1
+
+
+def _sent(log: str) -> int | None:
+    """The frames the player reports as sent (scans and rooms; a bag counts images, not pairs)."""
+    match = re.search(r"done: (\d+) frames sent", log)
+    return int(match.group(1)) if match else None
+
+
+def _report_gravity(demo: "Demo", final: SceneStatus) -> None:
+    """The map frame's tilt and the node's warnings: its log goes with the demo's temp folder."""
+    if final.gravity_angle_deg < 0:
+        print("      gravity: no floor seen yet (tilt unknown)")
+    else:
+        print(f"      gravity: the map frame is {final.gravity_angle_deg:.1f} deg from level"
+              + (f" after levelling by {final.leveled_deg:.1f} deg" if final.leveled_deg else ""))
+    log = (demo.workdir / "assistant.log").read_text(errors="replace").splitlines()
+    warnings = list(dict.fromkeys(re.sub(r"^\[(WARN|ERROR)\] \[[\d.]+\] \[[^]]*\]: ", r"\1: ", line)
+                                  for line in log if line.startswith(("[WARN]", "[ERROR]")) and "[rcl]" not in line))
+    for line in warnings[:10]:
+        print(f"      node {line}")
+
+
 def run(args: argparse.Namespace, workdir: Path) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     args.model = _usable_model(args.model)
     if args.source and not Path(args.source).expanduser().exists():
         raise RuntimeError(f"--source {args.source}: no such scan folder or recording")
+    _pace(args)
     room = None if args.source else generate_room(args.seed)
     demo = Demo(args, workdir)
     try:
         print(f"[1/4] starting leovl_assistant (model={args.model}) on ROS domain {demo.domain_id} ...", flush=True)
         demo.start("assistant", "leovl_ros.ros.assistant_node",
-                   ["--params-file", str(REPO / "config" / "assistant.yaml"), "-p", f"model:={args.model}",
+                   ["--params-file", str(PARAMS_FILE), "-p", f"model:={args.model}",
                     "-p", f"scene_dir:={workdir / 'scenes'}",
                     "-p", f"interaction_log:={workdir / 'interactions.jsonl'}"])  # not the robot's own log
         demo.wait(lambda: demo.ask.service_is_ready() and demo.plan.service_is_ready(), args.timeout,
@@ -250,32 +296,29 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                        ["-p", f"seed:={args.seed}", "-p", f"num_frames:={args.frames}", "-p", f"width:={width}",
                         "-p", f"height:={height}", "-p", f"rate:={args.rate}"])
         player = demo.procs["player"]
-
-        def settled() -> bool:  # the stream ended and every received pair was fused or dropped
-            last = demo.status[-1] if demo.status else None
-            return player.poll() is not None and last is not None and \
-                last.keyframes_fused + last.frames_dropped >= last.frames_received
-
+        settled = MapSettled()
         shown, printed = 0, None
         deadline = time.monotonic() + args.timeout
-        while not settled():
-            demo.wait(lambda: len(demo.status) > shown or player.poll() is not None,
+        while not settled.done:
+            demo.wait(lambda: len(demo.status) > shown or (player.poll() is not None and settled.sent is None),
                       max(1.0, deadline - time.monotonic()), "the room to be mapped")
-            if len(demo.status) > shown:
-                shown, s = len(demo.status), demo.status[-1]
-                if (s.frames_received, s.keyframes_fused) == printed:
-                    continue
+            if player.poll() is not None and settled.sent is None:
+                if player.returncode != 0:
+                    raise RuntimeError(f"scene_player failed:\n{demo.log_tail('player')}")
+                settled.player_exited(_sent((workdir / "player.log").read_text(errors="replace")))
+                continue  # only reports from now on can show its last frame
+            shown, s = len(demo.status), demo.status[-1]
+            settled.status(s.frames_received, s.keyframes_fused, s.frames_dropped)
+            if (s.frames_received, s.keyframes_fused) != printed:
                 printed = (s.frames_received, s.keyframes_fused)
                 print(f"      frames {s.frames_received:3d} | keyframes {s.keyframes_fused:3d} | voxels "
                       f"{s.num_voxels:5d} | tokens {s.num_tokens:4d} | preserved {s.preservation_rate:.2f}",
                       flush=True)
-            elif not settled():
-                time.sleep(0.2)
-        if player.returncode not in (0, None):
-            raise RuntimeError(f"scene_player failed:\n{demo.log_tail('player')}")
         final = demo.status[-1]
+        lost = f"; {settled.lost} frames never arrived" if settled.lost else ""
         print(f"      mapped: {final.keyframes_fused} keyframes, {final.num_voxels} voxels -> "
-              f"{final.num_tokens} scene tokens (preservation {final.preservation_rate:.2f})")
+              f"{final.num_tokens} scene tokens (preservation {final.preservation_rate:.2f}){lost}")
+        _report_gravity(demo, final)
 
         print("[3/4] asking questions ...", flush=True)
         if room is None:

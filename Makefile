@@ -25,7 +25,7 @@ BUILD_INPUTS := package.xml CMakeLists.txt $(wildcard msg/*.msg srv/*.srv action
   $(shell find leovl_ros -name "*.py" -not -path "*/__pycache__/*" 2>/dev/null)
 RUN := env/ros_env.sh $(VENV)
 
-.PHONY: help setup venv venv-path test demo bench tiny-model lock clean
+.PHONY: help setup venv venv-path test demo bench gpu-check tiny-model lock clean
 
 help:
 	@echo "make demo   set up, then run the assistant on the bundled model over a synthetic room"
@@ -87,6 +87,10 @@ tiny-model: setup
 
 bench: setup
 	@for b in bench/*.py; do m=$$(basename $$b .py); echo "== bench/$$m"; $(RUN) python -m bench.$$m; done
+
+# The 7B architecture (random weights) timed on CUDA, then the CUDA-only tests; exits 2 without a GPU.
+gpu-check: setup
+	@$(RUN) python -m bench.gpu
 
 # Re-pin every package after editing requirements/*.in (needs the registries).
 lock:

@@ -13,6 +13,10 @@ the LLM two ways, through the same vision tower:
   cost is the prefill; re-encoding the frames per question is shown separately since a
   video model may cache it.
 Only the last position's logits are computed (prefill cost, not a 150k-vocab matmul per token).
+
+Then, on the CFG scene, what the assistant does per question: time to first token with the
+scene prefix prefilled per question vs taken from the prefix cache, and 8 questions answered
+in one batched generate call vs one call each (greedy, 16 tokens).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from leovl_ros.geometry import Intrinsics, cell_points, depth_to_metres  # noqa: E402
-from leovl_ros.model.config import LeoVLConfig  # noqa: E402
+from leovl_ros.model.config import GenerationConfig, LeoVLConfig  # noqa: E402
 from leovl_ros.model.leovl import LeoVL, count_trainable_parameters  # noqa: E402
 from leovl_ros.model.prompts import SceneQuery  # noqa: E402
 from leovl_ros.model.tiny import qwen25vl_7b_config, tiny_leovl, tiny_qwen25vl_config  # noqa: E402
@@ -83,6 +87,27 @@ def build_map(model: LeoVL, frames, encoded) -> object:
         points, cells = cell_points(depth_to_metres(frame.depth_mm), intr, frame.T_map_camera, enc.grid_hw)
         vmap.fuse(points, enc.features[torch.from_numpy(cells)])
     return vmap
+
+
+def serving(model: LeoVL, vmap, repeats: int) -> None:
+    """TTFT without / with the prefix cache, and 8 questions batched vs one at a time."""
+    first = GenerationConfig(num_beams=1, max_new_tokens=1, repetition_penalty=1.0)
+    short = GenerationConfig(num_beams=1, max_new_tokens=16)
+    questions = [SceneQuery("qa", f"How many chairs are there in room {i}?") for i in range(8)]
+    rows = []
+    for cached in (False, True):
+        model.prefix_cache.max_bytes = 256 * 2**20 if cached else 0
+        model.prefix_cache.clear()
+        ttft, _ = timed(lambda: model.generate([vmap], [QUESTION], first), repeats)
+        batched, _ = timed(lambda: model.generate([vmap] * 8, questions, short), repeats)
+        alone, _ = timed(lambda: [model.generate([vmap], [q], short) for q in questions], repeats)
+        rows.append((cached, ttft, batched, alone))
+    model.prefix_cache.max_bytes = 0
+    print(f"\n{'scene prefix':<24}{'first token s':>14}{'8 batched s':>13}{'8 alone s':>11}{'batch speed-up':>16}")
+    for cached, ttft, batched, alone in rows:
+        print(f"{'cached' if cached else 'prefilled per question':<24}{ttft:>14.4f}{batched:>13.3f}{alone:>11.3f}"
+              f"{alone / batched:>16.2f}")
+    print(f"time to first token, cached / per question: {rows[1][1] / rows[0][1]:.3f}")
 
 
 def main() -> None:
@@ -140,6 +165,8 @@ def main() -> None:
         print(f"{name:<28}{n_scene:>10}{n_prefill:>12}{sec:>12.3f}{enc:>11.2f}"
               f"{n_prefill / rows[0][2]:>13.3f}{sec / rows[0][3]:>12.3f}")
     print(f"\nprefill tokens: CFG uses 1/{len(frame_ids) / cfg_len:.1f} of the 32-frame prompt")
+    with torch.inference_mode():
+        serving(model, vmap, args.repeats)
 
     print("\ntrainable parameters (LoRA r=16 on q,k,v,o,gate,up,down + Fourier W and MLP (F = d) + anchor):")
     for name, qc, hidden in (("tiny test config", tiny_qwen25vl_config(), 64),

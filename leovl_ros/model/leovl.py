@@ -18,17 +18,14 @@ from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
-from transformers import DynamicCache
-from transformers import GenerationConfig as HFGenerationConfig
-from transformers import LogitsProcessorList, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, StoppingCriteriaList
-from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from ..condensed_grid import CondensedGrid
 from ..voxel_map import VoxelMap
 from . import bundle as bundle_io
 from .config import ConfigOverrides, GenerationConfig, LeoVLConfig, resolve_config
 from .encoder import VisionEncoder, weights_fingerprint
-from .generation import StepHook
+from .generation import hf_generate
 from .prefix_cache import PrefixCache, ScenePrefix, prefill, prefix_groups, suffix_inputs
 from .prompts import PromptBuilder, SceneQuery
 from .scene_tokens import SceneHeads, check_map, scene_grid
@@ -320,11 +317,8 @@ class LeoVL:
         prefixes while ``prefix_cache`` is on (the same numbers, within float rounding)."""
         if not self.prefix_cache.enabled:
             return self.sequence_logprobs(scenes, queries, answers)[0]
-        if len(scenes) != len(queries) or len(answers) != len(queries) or not queries:
-            raise ValueError(f"got {len(scenes)} scenes, {len(queries)} queries, {len(answers)} answers: "
-                             "lengths must match and not be 0")
         out = torch.zeros(len(queries), device=self.device)
-        for prefix, idx in prefix_groups(self, scenes, queries):
+        for prefix, idx in prefix_groups(self, scenes, queries, answers):
             rows = [self.prompts.prompt_ids(queries[i], prefix.num_scene_tokens)[prefix.length:]
                     + self.prompts.answer_ids(answers[i]) for i in idx]
             ids, mask = suffix_inputs(self, prefix, rows)
@@ -343,13 +337,6 @@ class LeoVL:
         return float(lp[0] - lp[1])
 
     # ------------------------------------------------------------------ generation
-    def _hf_generation_config(self, gen: GenerationConfig) -> HFGenerationConfig:
-        sampling = dict(temperature=gen.temperature, top_p=gen.top_p) if gen.do_sample else {}
-        return HFGenerationConfig(
-            num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens, length_penalty=gen.length_penalty,
-            do_sample=gen.do_sample, **sampling, eos_token_id=[self.prompts.im_end_id, self.tokenizer.pad_token_id],
-            pad_token_id=self.tokenizer.pad_token_id, use_cache=True)
-
     @torch.no_grad()
     def generate(self, scenes: Sequence[VoxelMap | None], queries: Sequence[SceneQuery],
                  generation: GenerationConfig | None = None,
@@ -363,11 +350,6 @@ class LeoVL:
 
         While ``prefix_cache`` is on, rows sharing a scene prefix start from its cached keys
         and values (one generate call per prefix); the answers equal the uncached ones.
-
-        The repetition penalty covers generated tokens only (the prompt is embeddings; as
-        in LEO). It is passed as our own processor because transformers 5 maps left-padding
-        lengths onto the *generated* tokens when only ``inputs_embeds`` are given, which
-        silently exempts a padded row's first tokens and makes answers batch-dependent.
         """
         gen = generation or self.config.generation
         hooks = list(on_step) if isinstance(on_step, Sequence) else [on_step] + [None] * (len(queries) - 1)
@@ -376,34 +358,17 @@ class LeoVL:
             raise ValueError(f"{len(hooks)} on_step callbacks for {len(queries)} queries")
         if not self.prefix_cache.enabled:
             batch = self.prepare_batch(scenes, queries)
-            return self._hf_generate(batch.inputs_embeds, batch.attention_mask, gen, hooks, stop_all)
-        if len(scenes) != len(queries) or not queries:
-            raise ValueError(f"got {len(scenes)} scenes and {len(queries)} queries: lengths must match and not be 0")
+            return hf_generate(self, batch.inputs_embeds, batch.attention_mask, gen, hooks, stop_all)
         answers = [""] * len(queries)
         for prefix, idx in prefix_groups(self, scenes, queries):
-            ids, mask = suffix_inputs(
-                self, prefix, [self.prompts.prompt_ids(queries[i], prefix.num_scene_tokens)[prefix.length:] for i in idx])
+            rows = [self.prompts.prompt_ids(queries[i], prefix.num_scene_tokens)[prefix.length:] for i in idx]
+            ids, mask = suffix_inputs(self, prefix, rows)
             embeds = torch.cat([prefix.embeds.expand(len(idx), -1, -1), self.model.get_input_embeddings()(ids)], 1)
             cache = prefix.cache(len(idx) * gen.num_beams, self.model.config)
-            texts = self._hf_generate(embeds, mask, gen, [hooks[i] for i in idx], stop_all, cache)
+            texts = hf_generate(self, embeds, mask, gen, [hooks[i] for i in idx], stop_all, cache)
             for i, text in zip(idx, texts):
                 answers[i] = text
         return answers
-
-    def _hf_generate(self, embeds: torch.Tensor, mask: torch.Tensor, gen: GenerationConfig,
-                     hooks: list[Callable[[str], bool] | None], stop_all: bool,
-                     cache: DynamicCache | None = None) -> list[str]:
-        processors = LogitsProcessorList()
-        if gen.repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(float(gen.repetition_penalty)))
-        stopping = StoppingCriteriaList([StepHook(self.tokenizer, hooks, stop_all)] if any(hooks) else [])
-        self.model.model.rope_deltas = None  # batch size and padding differ from the last call
-        out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache,
-                                  generation_config=self._hf_generation_config(gen), logits_processor=processors,
-                                  stopping_criteria=stopping)
-        self.model.model.rope_deltas = None
-        # With inputs_embeds only, generate() returns just the new tokens.
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     # ------------------------------------------------------------------ bundles
     def save_bundle(self, path: str | Path) -> None:

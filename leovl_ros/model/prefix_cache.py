@@ -129,8 +129,12 @@ def prefill(model, scene, query) -> ScenePrefix:
     return ScenePrefix(int(tokens.shape[0]), embeds, [(layer.keys, layer.values) for layer in cache.layers])
 
 
-def prefix_groups(model, scenes: Sequence, queries: Sequence) -> list[tuple[ScenePrefix, list[int]]]:
+def prefix_groups(model, scenes: Sequence, queries: Sequence,
+                  answers: Sequence | None = None) -> list[tuple[ScenePrefix, list[int]]]:
     """Rows sharing a scene prefix, in first-seen order: (prefix, row indices)."""
+    if len(scenes) != len(queries) or (answers is not None and len(answers) != len(queries)) or not queries:
+        raise ValueError(f"got {len(scenes)} scenes, {len(queries)} queries, "
+                         f"{'no' if answers is None else len(answers)} answers: lengths must match and not be 0")
     groups: dict[tuple, tuple[ScenePrefix, list[int]]] = {}
     for i, (scene, query) in enumerate(zip(scenes, queries)):
         key = (id(scene), query.anchor_center, query.anchor_radius, query.anchor_size, model.selection_key(query))

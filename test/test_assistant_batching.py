@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from leovl_ros.assistant import AssistantConfig, RequestControl, RequestRefused, SceneSession
+from leovl_ros.assistant.request_queue import RequestQueue
 from leovl_ros.model.config import LeoVLConfig
 from leovl_ros.model.leovl import LeoVL
 from leovl_ros.model.tiny import tiny_qwen25vl_config
@@ -137,3 +138,30 @@ def test_malformed_request_is_refused_and_the_rest_answered(model, frames, alone
         session.close()
     assert "question has 101 characters; the limit is 100" in replies[1]
     assert (replies[0].answer, replies[2].answer) == (alone[QUESTIONS[0]][0], alone[QUESTIONS[1]][0])
+
+
+def test_requests_with_other_decoding_settings_never_share_a_call():
+    calls: list[list[object]] = []
+
+    def run(jobs):
+        calls.append([job.group for job in jobs])
+        for job in jobs:
+            job.result = job.payload
+
+    queue = RequestQueue(max_pending=6, timeout_s=30.0, max_batch=8, run_batch=run)
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda i=i: results.append(queue.submit(i, RequestControl(), group=i % 2)))
+               for i in range(6)]
+    try:
+        with queue.model_lock:
+            for t in threads:
+                t.start()
+            wait_for(lambda: queue.pending() == 6, 30.0, "six queued requests")
+            with pytest.raises(RequestRefused, match="busy: 6 requests"):
+                queue.submit(6, RequestControl())
+        for t in threads:
+            t.join(30.0)
+    finally:
+        queue.close()
+    assert sorted(results) == list(range(6))
+    assert sorted(calls) == [[0, 0, 0], [1, 1, 1]]

@@ -89,7 +89,7 @@ class GravityTracker:
         self._at = (version, time.monotonic())
         tol = max(DEPTH_TOLERANCE_M, 0.6 * voxel_size) if self.coarse else DEPTH_TOLERANCE_M
         e = self.estimate = estimate_up(points, cameras, tol)
-        if e is None or not e.from_plane:
+        if e is None or not e.from_plane or e.angle_deg <= _RELEVEL_DEG[0]:  # level: nothing to confirm
             return None
         halves = [estimate_up(points[i::2], cameras, tol, seed=1 + i) for i in range(2)]
         if not all(h is not None and h.from_plane and _angle(h.up, e.up) <= _AGREE_DEG for h in halves):

@@ -1,6 +1,6 @@
 """How `make demo` paces a stream so the node maps it as well as it can, and when the map is done.
 
-Decisions (the paper is silent; a robot user's expectations):
+Decision (paper silent): what a robot user expects of a demo.
 
 - Rate: below the node's ``max_keyframe_rate`` (at 60 % of it), so timing jitter between the
   player and the node never makes the rate limit drop a frame that moved far enough.

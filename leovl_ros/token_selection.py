@@ -19,8 +19,8 @@ One function, used by the batch CFG (from voxel coordinates) and by the incremen
   their height-rotated features (so each voxel weighs the same, exactly as in a column),
   and its position is the voxel-weighted centroid of the block's column centres (the
   centre of what is occupied, not of the empty square; one column = its centre).
-- ``question``: the columns most relevant to the question (``question_relevance``, shared
-  with their neighbours) keep a token each (3/4 of the budget), the rest of the map is covered by uniform 2^j x 2^j blocks
+- ``question``: the columns most relevant to the question (``question_relevance``) keep a
+  token each (3/4 of the budget), the rest of the map is covered by uniform 2^j x 2^j blocks
   of columns in the remaining quarter, so nothing is dropped and the asked-about part stays sharp. Ties
   (and no relevance at all: a question that names nothing) go to the denser column.
 
@@ -119,8 +119,7 @@ def _question(cols: torch.Tensor, counts: torch.Tensor, max_tokens: int, voxel_s
     if relevance is not None:
         if relevance.shape != (C,):
             raise ValueError(f"relevance must have one value per column ({C},), got {tuple(relevance.shape)}")
-        score = _spread(cols, torch.nan_to_num(relevance.to(dev, torch.float32), nan=-1e9, posinf=1e9,
-                                               neginf=-1e9)).to(torch.float64)
+        score = torch.nan_to_num(relevance.to(dev, torch.float64), nan=-1e9, posinf=1e9, neginf=-1e9)
         key = score + key / (2.0 * float(counts.max()) + 1.0) * 1e-6  # counts only break ties
     top = torch.topk(key, n_keep).indices
     keep = torch.zeros(C, dtype=torch.bool, device=dev)
@@ -143,25 +142,6 @@ def _question(cols: torch.Tensor, counts: torch.Tensor, max_tokens: int, voxel_s
     col_token[keep] = new_of[: int(keep.sum())]
     col_token[rest] = new_of[int(keep.sum()) + rest_token]
     return col_token, xy[rank], tcount[rank]
-
-
-def _spread(cols: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
-    """Relevance shared with the 8 neighbouring columns: max(r, 0.2 r + 0.8 max of the 3 x 3 around).
-
-    Decision (paper silent): an object spans several 0.3 m columns and the word matches its
-    most telling one best; its neighbours are kept with it (on held-out floors the share of
-    the asked object's voxels kept at full resolution rises from 30 % to 39 %). Dense 3 x 3
-    max-pool over the map's bounding grid; a map too wide for that (> 16M cells) is not spread.
-    """
-    lo = cols.min(0).values
-    c = cols - lo + 1  # one empty cell of margin all round
-    H, W = int(c[:, 0].max()) + 2, int(c[:, 1].max()) + 2
-    if H * W > 16_000_000:
-        return relevance
-    grid = torch.full((H, W), -1e9, dtype=relevance.dtype, device=relevance.device)
-    grid[c[:, 0], c[:, 1]] = relevance
-    around = torch.nn.functional.max_pool2d(grid[None, None], 3, 1, 1)[0, 0][c[:, 0], c[:, 1]]  # (C,)
-    return torch.maximum(relevance, 0.2 * relevance + 0.8 * around)
 
 
 def _blocks(cols: torch.Tensor, counts: torch.Tensor, budget: int,

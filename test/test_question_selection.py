@@ -2,7 +2,6 @@
 model path (the question's embeddings choose the tokens)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from leovl_ros.condensed_grid import GridConfig, build_grid
@@ -25,11 +24,7 @@ def test_most_relevant_columns_keep_a_token_each_and_nothing_is_dropped():
     assert xy.shape[0] <= 64 and int(col_token.min()) >= 0  # every column lands in some token
     assert int(tcount.sum()) == int(counts.sum())
     per_token = torch.bincount(col_token, minlength=xy.shape[0])
-    # a column counts as relevant as 0.2 x its own + 0.8 x its best neighbour's (3 x 3) when that is more
-    grid = np.pad(relevance.numpy().reshape(40, 30), 1, constant_values=-np.inf)
-    around = np.max([grid[1 + dx: 41 + dx, 1 + dy: 31 + dy] for dx in (-1, 0, 1) for dy in (-1, 0, 1)], 0)
-    spread = torch.from_numpy(np.maximum(relevance.numpy(), 0.2 * relevance.numpy() + 0.8 * around.reshape(-1)))
-    top = torch.topk(spread, round(64 * QUESTION_SHARE)).indices
+    top = torch.topk(relevance, round(64 * QUESTION_SHARE)).indices
     assert bool((per_token[col_token[top]] == 1).all())  # the relevant ones are single columns...
     assert torch.allclose(xy[col_token[top]], (cols[top].float() + 0.5) * 0.3)  # ...at their own centres
     first = torch.full((xy.shape[0],), cols.shape[0]).scatter_reduce(0, col_token, torch.arange(cols.shape[0]),

@@ -4,7 +4,8 @@ path, an anchor and, for an answer, where it came from (``leovl-scene show [--qu
 One square of ``cell_px`` pixels per voxel column, x to the right and y up (the map frame seen
 from above), a margin of ``PAD`` pixels and a legend strip of ``LEGEND_PX`` at the bottom. Kept
 columns are shaded by how many voxels they pool (darker = taller / denser), so walls and
-furniture stand out from the floor. An answer's grounding (model/grounding.py) is a heat layer
+furniture stand out from the floor; columns merged with others into one coarse token
+(``coarsen``, ``question``) are grey-blue. An answer's grounding (model/grounding.py) is a heat layer
 over them: yellow to red by the column's weight relative to the heaviest, the heaviest ringed.
 Pure Pillow: no plotting library.
 """
@@ -30,6 +31,7 @@ COLOURS = {
     "dropped": (205, 205, 205),  # occupied column the CFG leaves out (past max_tokens)
     "kept_light": (160, 200, 240),  # kept column pooling one voxel ...
     "kept_dark": (20, 60, 160),  # ... up to the densest column
+    "merged": (185, 200, 220),  # kept, merged with other columns into one coarse token (coarsen, question)
     "path": (220, 30, 30),
     "start": (30, 160, 60),
     "anchor": (245, 140, 0),
@@ -102,14 +104,21 @@ def draw_scene(vmap: VoxelMap, max_tokens: int = 750, cell_px: int = 0, anchor: 
     draw = ImageDraw.Draw(image)
 
     cols, inverse, per_col = torch.unique(vmap.coords[:, :2].cpu(), dim=0, return_inverse=True, return_counts=True)
-    config = GridConfig(max_tokens=max_tokens, pos_z="none", token_selection=token_selection)
+    # pos_z only matters to the question's relevance (RoPE'd column means, as the model sees them)
+    config = GridConfig(max_tokens=max_tokens, pos_z="none" if question is None else "rope",
+                        token_selection=token_selection)
     token, xy, _ = voxel_tokens(vmap, config, focus_point(vmap, config, anchor), question)
-    kept_col = torch.zeros(len(cols), dtype=torch.bool).index_fill_(0, inverse[token.cpu() >= 0], True)
+    col_token = torch.full((len(cols),), -1, dtype=torch.int64).scatter_(0, inverse, token.cpu())
+    kept_col = col_token >= 0
+    shared = torch.bincount(col_token[kept_col], minlength=int(xy.shape[0]))[col_token.clamp(min=0)] > 1
+    merged_col = kept_col & shared
     tokens = int(xy.shape[0])
     densest = int(per_col.max())
     light, dark = np.asarray(COLOURS["kept_light"]), np.asarray(COLOURS["kept_dark"])
-    for (cx, cy), n, kept in zip(cols.tolist(), per_col.tolist(), kept_col.tolist()):
-        if kept:
+    for (cx, cy), n, kept, merged in zip(cols.tolist(), per_col.tolist(), kept_col.tolist(), merged_col.tolist()):
+        if merged:
+            colour = COLOURS["merged"]
+        elif kept:
             t = 0.0 if densest == 1 else (n - 1) / (densest - 1)
             colour = tuple(int(v) for v in np.round(light + t * (dark - light)))
         else:
@@ -156,8 +165,8 @@ def _legend(draw: ImageDraw.ImageDraw, layout: SceneLayout, tokens: int, extra: 
     font = ImageFont.load_default()
     y = layout.size[1] - LEGEND_PX + 6
     x = PAD
-    for key, label in [("kept_dark", f"{tokens} tokens"), ("dropped", "not kept"), ("path", "camera"),
-                       ("anchor", "anchor"), *extra]:
+    for key, label in [("kept_dark", f"{tokens} tokens"), ("merged", "merged"), ("dropped", "not kept"),
+                       ("path", "camera"), ("anchor", "anchor"), *extra]:
         draw.rectangle((x, y, x + 9, y + 9), fill=COLOURS[key])
         draw.text((x + 13, y - 1), label, fill=COLOURS["text"], font=font)
         x += 18 + int(draw.textlength(label, font=font)) + 10

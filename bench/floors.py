@@ -103,6 +103,17 @@ def column_share(vmap: VoxelMap, xyz: torch.Tensor, weight: torch.Tensor, mask: 
     return float(weight[on].sum()), float(on.float().mean())
 
 
+def draw_picture(model: LeoVL, vmap: VoxelMap, query: SceneQuery, grounding, said: str, out: Path) -> None:
+    from leovl_ros.scene_picture import draw_scene
+
+    image, _ = draw_scene(vmap, model.config.grid.max_tokens, 0, None, 0.5, "question", grounding,
+                          model.question_embeddings(query))
+    tmp = out.with_name(f".{out.name}.tmp")
+    image.save(tmp, format="PNG", optimize=True)
+    tmp.replace(out)
+    print(f"picture: {out} — {query.instruction!r} -> {said!r}")
+
+
 def timing_rows(d: int) -> list:
     from bench.scene_core import synthetic_map
 
@@ -140,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-floor", type=int, default=12, help="colour questions per floor (at most)")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/bench-floors"))
     p.add_argument("--model", type=Path, default=TINY)
+    p.add_argument("--picture", type=Path, help="PNG of the first correctly answered question's floor with its "
+                                                "grounding heat layer (the README's)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     model = LeoVL.from_pretrained(args.model)
@@ -191,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     model.config.grid.token_selection = "question"
     ratios, random_ratios, flat, cost, gains = [], [], 0, [], []
     gen = torch.Generator().manual_seed(0)
+    shown = None
     for (i, r), q, o, pred in zip(recs, queries, objs, preds_q):
         if exact_match_scores([pred], [r["answers"]], ["c"])["overall"]["EM"] < 100:
             continue
@@ -199,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         cost.append(time.perf_counter() - t)
         flat += g.flat
         gains.append(g.scene_gain)
+        shown = shown or (None if g.flat else (maps[i], q, g, pred))
         mask = object_voxels(maps[i], o)
         w_on, share = column_share(maps[i], g.xyz, g.weight, mask)
         rnd = torch.rand(g.weight.shape[0], generator=gen)
@@ -210,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(mean {np.mean(ratios) if ratios else float('nan'):.1f}x), random weights "
           f"{np.median(random_ratios) if ratios else float('nan'):.1f}x (goal >= 3x); {flat} flat; "
           f"{1e3 * np.median(cost) if cost else float('nan'):.0f} ms per answer")
+    if args.picture and shown:
+        draw_picture(model, *shown, args.picture)
     filler = [answer_grounding(model, vm, q, answer(model, [vm], [q])[0]) for vm in maps
               for q in (SceneQuery("qa", f) for f in FILLER)]
     print(f"map's gain for the answer (log p with - without it): correct colour answers median "

@@ -28,7 +28,8 @@ class AssistantConfig:
     token_selection: str = setting(
         "which columns become tokens when the map has more than max_tokens: densest (the paper's), nearest "
         "(around the camera), anchor (around the question's region), coarsen (merge neighbouring columns: "
-        "nothing dropped); '' = the model's", "")
+        "nothing dropped), question (the columns the question's words match, the rest coarse); '' = the model's",
+        "")
     eviction: str = setting("once max_voxels is reached: none (new space is ignored), least_recent (forget the "
                             "voxels seen longest ago) or farthest (forget the voxels farthest from the camera)",
                             "none")

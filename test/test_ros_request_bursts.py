@@ -11,6 +11,7 @@ from conftest import next_domain_id, wait_for
 pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run through `make test`)")
 pytest.importorskip("leovl_ros.msg", reason="interfaces not built (run through `make test`)")
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 
@@ -38,6 +39,8 @@ def op(tmp_path_factory):
                            max_pending_requests=MAX_PENDING, max_batch=MAX_PENDING, scene_dir=tmp,
                            interaction_log=tmp / "log.jsonl", status_rate=5.0)
     operator = Operator(context, node, log)
+    operator.diagnostics = []
+    operator.node.create_subscription(DiagnosticArray, "/diagnostics", operator.diagnostics.append, 50)
     try:
         wait_for(lambda: operator.clients["ask_scene"].service_is_ready() or not operator.alive(), 90.0,
                  f"ask_scene\n{operator.log_tail()}")
@@ -96,3 +99,18 @@ def test_a_burst_of_action_goals_each_gets_accepted_or_rejected_and_a_result(op)
     assert all(r.result.success or r.result.message.startswith("busy") for r in finished)
     assert any(r.result.success and r.result.answer for r in finished)
     client.destroy()
+
+
+def test_diagnostics_count_batches_and_the_prefix_cache_within_its_budget(op):
+    def requests() -> dict[str, str]:
+        for array in reversed(op.diagnostics):
+            for status in array.status:
+                if status.name.endswith("requests"):
+                    return {kv.key: kv.value for kv in status.values}
+        return {}
+
+    wait_for(lambda: int(requests().get("batches", 0)) > 0, 30.0, "/diagnostics after the bursts")
+    values = requests()
+    assert int(values["batched_requests"]) >= int(values["batches"]) > 0
+    assert 0 < int(values["prefix_cache_bytes"]) <= int(values["prefix_cache_max_bytes"]) == 256 * 2**20
+    assert int(values["prefix_cache_hits"]) > 0

@@ -57,7 +57,7 @@ class AssistantConfig:
     max_pending_requests: int = setting("questions answered or waiting at once; more are refused immediately "
                                         "(clients: see the README for the reply queue depth this needs)", 64)
     max_batch: int = setting("questions answered together in one model call (those waiting when the model "
-                             "becomes free)", 8)
+                             "becomes free; 16 answered fastest in bench.node_load)", 16)
     prefix_cache_mb: float = setting("memory (MiB) for prefilled scene prefixes (prompt + scene tokens, per map "
                                      "snapshot and referred region), reused by every question; 0 = off", 256.0)
     request_timeout: float = setting("s a request waits for the model (busy or swapping adapters) before it is "

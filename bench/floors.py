@@ -40,7 +40,7 @@ from leovl_ros.model.grounding import answer_grounding  # noqa: E402
 from leovl_ros.model.leovl import LeoVL  # noqa: E402
 from leovl_ros.model.prompts import SceneQuery  # noqa: E402
 from leovl_ros.synth.floor_qa import floor_colour_qa  # noqa: E402
-from leovl_ros.synth.floors import Floor, generate_floor, render_floor  # noqa: E402
+from leovl_ros.synth.floors import Floor, camera_route, generate_floor, render_floor  # noqa: E402
 from leovl_ros.synth.render import render_frames  # noqa: E402
 from leovl_ros.token_selection import question_relevance, select_tokens  # noqa: E402
 from leovl_ros.training.metrics import exact_match_scores  # noqa: E402
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         floor = generate_floor(seed)
         vmap = build_map(model, render_floor(floor) if not (args.cache_dir / f"floor_{seed}.safetensors").is_file()
                          else [], args.cache_dir / f"floor_{seed}.safetensors")
+        vmap.viewpoint = tuple(float(v) for v in camera_route(floor, 30)[0][-1][:3, 3])  # where the route ends
         floors.append(floor)
         maps.append(vmap)
         for r in floor.rooms:

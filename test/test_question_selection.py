@@ -65,9 +65,7 @@ def test_incremental_and_batch_grids_agree_under_question_selection():
 
 
 def test_the_model_selects_tokens_by_the_question_it_is_asked():
-    model = tiny_leovl(hidden_size=32)
-    model.config.grid.max_tokens = 24
-    model.config.grid.token_selection = "question"
+    model = tiny_leovl(hidden_size=32, grid=GridConfig(max_tokens=24, token_selection="question"))
     vmap = model.new_voxel_map()
     vmap.track_columns(rope=True)
     g = torch.Generator().manual_seed(3)

@@ -85,7 +85,9 @@ def export(bundle: Path, out: Path, provenance: dict) -> None:
                          "leovl-tiny ships its full weights (train with trainable: full)")
     model = LeoVL.from_pretrained(bundle)
     model.model.to(torch.float16)
-    model.config.base_model = "leovl-tiny"
+    # Provenance, not a run setting: the shipped bundle names itself rather than the base it was
+    # trained from; this model (no overrides: config is stored_config) is only written out.
+    model.stored_config.base_model = "leovl-tiny"
     model.save_bundle(out)
     (out / "training.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
 

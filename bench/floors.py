@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from bench.table import print_table  # noqa: E402
 from bench.timing import median_time  # noqa: E402
 from leovl_ros.condensed_grid import GridConfig, focus_point, voxel_tokens  # noqa: E402
-from leovl_ros.model.config import GenerationConfig  # noqa: E402
+from leovl_ros.model.config import ConfigOverrides, GenerationConfig  # noqa: E402
 from leovl_ros.model.grounding import answer_grounding  # noqa: E402
 from leovl_ros.model.leovl import LeoVL  # noqa: E402
 from leovl_ros.model.prompts import SceneQuery  # noqa: E402
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     conditions += [("other floor, question", "question", [maps[(i + 1) % len(maps)] for i, _ in recs])]
     preds_q = None
     for name, pol, scenes in conditions:
-        model.config.grid.token_selection = pol
+        model.set_overrides(ConfigOverrides(grid={"token_selection": pol}))
         t = time.perf_counter()
         preds = answer(model, scenes, queries)
         em = exact_match_scores(preds, refs, ["floor_colour"] * len(preds))["overall"]["EM"]
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nEM on {len(recs)} floor colour questions (greedy), and the asked object's voxels kept sharp\n")
     print_table(("condition", "EM %", "sharp %", "time"), em_rows)
 
-    model.config.grid.token_selection = "question"
+    model.set_overrides(ConfigOverrides(grid={"token_selection": "question"}))
     ratios, random_ratios, flat, cost, gains = [], [], 0, [], []
     gen = torch.Generator().manual_seed(0)
     shown = None

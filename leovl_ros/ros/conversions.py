@@ -16,6 +16,7 @@ from std_msgs.msg import Header
 
 from ..geometry import Intrinsics, xyz_quat_to_matrix
 from ..scans.images import DEPTH_ENCODINGS, RGB_ENCODINGS
+from ..scans.stamps import stamp_to_seconds  # re-exported: the node's callbacks take it from here
 
 __all__ = [
     "grid_cloud_msg", "intrinsics_from_camera_info", "matrix_to_pose", "matrix_to_transform", "numpy_to_image",
@@ -50,10 +51,6 @@ def intrinsics_from_camera_info(info: CameraInfo, rectified: bool = False) -> In
     if not any(info.k) and not rectified:
         raise ValueError("camera_info k is all zeros: the camera is not calibrated")
     return Intrinsics.from_camera_info(list(info.k), list(info.p), int(info.width), int(info.height), rectified)
-
-
-def stamp_to_seconds(stamp: Time) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def seconds_to_stamp(seconds: float) -> Time:

@@ -7,6 +7,7 @@ from std_msgs.msg import Header
 
 from ..assistant.health import HealthMonitor
 from ..assistant.records import SceneStats
+from ..scans.stamps import stamp_to_seconds
 
 __all__ = ["DiagnosticsPublisher"]
 
@@ -21,7 +22,7 @@ class DiagnosticsPublisher:
         self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
     def publish(self, stats: SceneStats, images_unpaired: int, header: Header) -> None:
-        now_s = header.stamp.sec + header.stamp.nanosec * 1e-9
+        now_s = stamp_to_seconds(header.stamp)
         checks = self._monitor.update(stats, images_unpaired, now_s)
         name, hardware = self._node.get_name(), self._node.get_fully_qualified_name()
         self._pub.publish(DiagnosticArray(header=header, status=[

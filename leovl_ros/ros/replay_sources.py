@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..rgbd_frame import RGBDFrame
+from ..scans.stamps import stamp_to_seconds
 
 __all__ = ["BAG_TYPES", "BagMessage", "bag_messages", "bag_poses", "bag_topics", "detect_kind",
            "scan_frames", "scan_kinds", "synthetic_frames"]
@@ -91,7 +92,7 @@ def synthetic_frames(seed: int, num_frames: int, width: int, height: int,
 
 
 def _header(msg: Any) -> tuple[float, str]:
-    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, msg.header.frame_id
+    return stamp_to_seconds(msg.header.stamp), msg.header.frame_id
 
 
 def bag_messages(path: str | os.PathLike, topics: set[str] | None = None) -> Iterator[BagMessage]:

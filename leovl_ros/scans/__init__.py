@@ -10,6 +10,7 @@
     tf_buffer.py    offline TF lookups for recordings
     images.py       sensor_msgs/Image -> numpy (the node's decoder too)
     pairing.py      approximate-time RGB/depth pairing (the node's pairer too)
+    stamps.py       header stamps -> seconds (the node's conversion too)
 
 Both ``leovl_ros.ros`` (the scene player) and ``leovl_ros.training`` (build-scenes) read
 frames through this package, so the node maps exactly what training fuses.

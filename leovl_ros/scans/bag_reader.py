@@ -25,6 +25,7 @@ from leovl_ros.rgbd_frame import RGBDFrame
 from .bag_files import recording_files
 from .images import decode_image
 from .pairing import ApproximateTimePairer
+from .stamps import stamp_to_seconds
 from .tf_buffer import TfBuffer
 
 INTERACTION_TYPE = "leovl_ros/msg/Interaction"
@@ -59,10 +60,6 @@ def bag_typestore(msg_file: str | os.PathLike | None = None):
         types.update(get_types_from_msg(Path(msg_file).read_text(), INTERACTION_TYPE))
     ts.register(types)
     return ts
-
-
-def _stamp(header: Any) -> float:
-    return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
 @dataclass
@@ -133,17 +130,17 @@ def scan_bag(path: str | os.PathLike, topics: BagTopics | None = None, msg_file=
             if conn.topic in ("/tf", "/tf_static"):
                 for t in msg.transforms:
                     r, q = t.transform.translation, t.transform.rotation
-                    _add_pose(out, t.header.frame_id, t.child_frame_id, _stamp(t.header), (r.x, r.y, r.z),
-                              (q.x, q.y, q.z, q.w), static=conn.topic == "/tf_static")
+                    _add_pose(out, t.header.frame_id, t.child_frame_id, stamp_to_seconds(t.header.stamp),
+                              (r.x, r.y, r.z), (q.x, q.y, q.z, q.w), static=conn.topic == "/tf_static")
             elif conn.topic == topics.camera_info:
-                out.camera_info.append((_stamp(msg.header), Intrinsics.from_camera_info(
+                out.camera_info.append((stamp_to_seconds(msg.header.stamp), Intrinsics.from_camera_info(
                     list(msg.k), list(msg.p), int(msg.width), int(msg.height))))
             elif conn.topic == topics.interactions:
                 out.interactions.append(_msg_to_dict(msg))
             elif conn.topic == topics.pose_topic:
                 pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose  # Odometry | PoseStamped
                 p, q = pose.position, pose.orientation
-                _add_pose(out, msg.header.frame_id, "__pose__", _stamp(msg.header), (p.x, p.y, p.z),
+                _add_pose(out, msg.header.frame_id, "__pose__", stamp_to_seconds(msg.header.stamp), (p.x, p.y, p.z),
                           (q.x, q.y, q.z, q.w))
     return out
 
@@ -184,7 +181,7 @@ def bag_frames(path: str | os.PathLike, topics: BagTopics | None = None, scan: B
         for conn, _, raw in reader.messages(connections=conns):
             msg = reader.deserialize(raw, conn.msgtype)
             add = pairer.add_first if conn.topic == topics.rgb else pairer.add_second
-            pair = add(_stamp(msg.header), msg)
+            pair = add(stamp_to_seconds(msg.header.stamp), msg)
             if pair is None:
                 continue
             frame = _posed_frame(pair[0], pair[1], scan, info_stamps, topics, stats)
@@ -195,7 +192,7 @@ def bag_frames(path: str | os.PathLike, topics: BagTopics | None = None, scan: B
 
 
 def _posed_frame(rgb_msg, depth_msg, scan: BagScan, info_stamps, topics: BagTopics, stats) -> RGBDFrame | None:
-    stamp = _stamp(rgb_msg.header)
+    stamp = stamp_to_seconds(rgb_msg.header.stamp)
     # The latest camera_info at or before the frame (the first one for earlier frames).
     i = max(0, int(np.searchsorted(info_stamps, stamp, side="right")) - 1)
     source = "__camera__" if topics.pose_topic else rgb_msg.header.frame_id
@@ -213,7 +210,6 @@ def _posed_frame(rgb_msg, depth_msg, scan: BagScan, info_stamps, topics: BagTopi
 
 def _stamp_of(m: dict) -> float:
     try:
-        s = m["header"]["stamp"]
-        return float(s["sec"]) + float(s["nanosec"]) * 1e-9
+        return stamp_to_seconds(m["header"]["stamp"])
     except (KeyError, TypeError):
         return 0.0

@@ -13,6 +13,7 @@ The scene core (imports go downward: docs/design.md "Import map"):
     fusion.py          how posed frames become map points (node and build-scenes alike)
     gravity.py         which way is up: from the cameras and the floor they saw
     camera_path.py     the keyframe positions of a map, kept in its metadata
+    bag_types.py       the rosbags typestore of our bags (Jazzy + msg/*.msg): readers, recorder, synth
     voxel_map.py       sparse voxel map of encoder features, exact running mean per voxel
     voxel_map_io.py    voxel maps as one safetensors file, written atomically (a VoxelMapState)
     voxel_keys.py      voxel coordinates packed into sortable int64 keys; column ids

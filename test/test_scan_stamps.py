@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from leovl_ros.scans.bag_reader import bag_typestore
+from leovl_ros.bag_types import bag_typestore
 from leovl_ros.scans.stamps import stamp_to_seconds
 
 

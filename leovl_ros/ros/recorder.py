@@ -13,7 +13,7 @@ PyPI). Decisions:
 - Messages are stored as the serialized bytes that arrive (raw subscriptions: no decoding),
   stamped with the receive time (never decreasing, as rosbag2 does), under the type the graph
   reports once a publisher appears, with definitions from rosbags' typestore (ROS 2 Jazzy
-  types + this package's msg/*.msg: scans.bag_reader.bag_typestore, the readers' too). A
+  types + this package's msg/*.msg: bag_types.bag_typestore, the readers' too). A
   topic of an unknown type is reported once and skipped.
 - QoS per topic as ``ros2 bag`` picks it: reliable only if every publisher is, transient local
   only if every publisher is (so /tf_static and the latched plan arrive). Latched messages are
@@ -42,7 +42,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from ..scans.bag_reader import bag_typestore
+from ..bag_types import bag_typestore
 
 __all__ = ["RECORDED_TOPICS", "RecorderNode", "main"]
 

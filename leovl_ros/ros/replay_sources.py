@@ -100,7 +100,7 @@ def bag_messages(path: str | os.PathLike, topics: set[str] | None = None) -> Ite
     training reads bags: bag_files.recording_files, also the files of a killed recorder)."""
     from rosbags.highlevel import AnyReader
     from leovl_ros.scans.bag_files import recording_files
-    from leovl_ros.scans.bag_reader import bag_typestore
+    from leovl_ros.bag_types import bag_typestore
 
     with ExitStack() as stack:
         with AnyReader(recording_files(path, stack), default_typestore=bag_typestore()) as reader:
@@ -117,7 +117,7 @@ def bag_topics(path: str | os.PathLike) -> dict[str, str]:
     """{topic: type} of the replayable topics of a recording."""
     from rosbags.highlevel import AnyReader
     from leovl_ros.scans.bag_files import recording_files
-    from leovl_ros.scans.bag_reader import bag_typestore
+    from leovl_ros.bag_types import bag_typestore
 
     with ExitStack() as stack:
         with AnyReader(recording_files(path, stack), default_typestore=bag_typestore()) as reader:

@@ -17,8 +17,8 @@ from typing import Any, Iterator
 
 import numpy as np
 from rosbags.highlevel import AnyReader
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from leovl_ros.bag_types import bag_typestore
 from leovl_ros.geometry import Intrinsics, depth_to_metres, xyz_quat_to_matrix
 from leovl_ros.rgbd_frame import RGBDFrame
 
@@ -28,38 +28,11 @@ from .pairing import ApproximateTimePairer
 from .stamps import stamp_to_seconds
 from .tf_buffer import TfBuffer
 
-INTERACTION_TYPE = "leovl_ros/msg/Interaction"
 _MAX_PENDING = 64  # images waiting for their rgb/depth partner
 
 
 def bag_scene_id(path: str | os.PathLike) -> str:
     return f"bag_{Path(path).resolve().name}"
-
-
-def _msg_dir() -> Path | None:
-    """This package's msg/*.msg: the installed share folder (what rclpy's message classes were
-    built from), else the source checkout."""
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        if prefix and (Path(prefix) / "share" / "leovl_ros" / "msg").is_dir():
-            return Path(prefix) / "share" / "leovl_ros" / "msg"
-    source = Path(__file__).resolve().parents[2] / "msg"
-    return source if source.is_dir() else None
-
-
-def bag_typestore(msg_file: str | os.PathLike | None = None):
-    """ROS 2 Jazzy types + every ``leovl_ros/msg/*`` type, registered from its .msg text (the
-    recorder writes with it; the readers use it for bags without embedded definitions, while
-    bags that embed theirs, rosbag2 >= Iron and everything we write, are decoded with their own).
-    ``msg_file``: an Interaction.msg to use instead of the package's."""
-    ts = get_typestore(Stores.ROS2_JAZZY)
-    types: dict = {}
-    folder = _msg_dir()
-    for path in sorted(folder.glob("*.msg")) if folder is not None else ():
-        types.update(get_types_from_msg(path.read_text(), f"leovl_ros/msg/{path.stem}"))
-    if msg_file:
-        types.update(get_types_from_msg(Path(msg_file).read_text(), INTERACTION_TYPE))
-    ts.register(types)
-    return ts
 
 
 @dataclass

@@ -17,10 +17,10 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 from rosbags.rosbag2 import StoragePlugin, Writer
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 from scipy.spatial.transform import Rotation
 
+from ..bag_types import bag_typestore
 from .render import Frame
 
 _NUMPY = {"bool": np.bool_, "byte": np.uint8, "char": np.uint8, "int8": np.int8, "uint8": np.uint8,
@@ -95,10 +95,10 @@ def write_scannet(frames: Sequence[Frame], out_dir: str | os.PathLike, overwrite
 class BagExtra:
     """Extra messages for a bag: a topic of a (possibly custom) type.
 
-    msgdef: the .msg text (needed for types the typestore lacks, e.g. leovl_ros/msg/Interaction;
-    None for standard types). messages: (stamp_ns, message) with the message either built
-    from the typestore or a dict of its fields (nested dicts for sub-messages; missing
-    fields take ROS defaults; a missing `header` gets the stamp).
+    msgdef: the .msg text (needed for types the typestore lacks; None for standard types and
+    this package's; one given for this package's type replaces it in this bag). messages: (stamp_ns,
+    message) with the message either built from the typestore or a dict of its fields (nested
+    dicts for sub-messages; missing fields take ROS defaults; a missing `header` gets the stamp).
     """
 
     topic: str
@@ -187,10 +187,7 @@ def write_bag(frames: Sequence[Frame], path: str | os.PathLike, storage: str = "
         raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
     _check_frames(frames)
     extra_messages = [e if isinstance(e, BagExtra) else BagExtra(*e) for e in extra_messages]
-    ts = get_typestore(Stores.ROS2_JAZZY)
-    for extra in extra_messages:
-        if extra.msgdef is not None:
-            ts.register(get_types_from_msg(extra.msgdef, extra.msgtype))
+    ts = bag_typestore(msgdefs={e.msgtype: e.msgdef for e in extra_messages if e.msgdef is not None})
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_parent = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))

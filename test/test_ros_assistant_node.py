@@ -27,7 +27,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from leovl_ros.ros.conversions import matrix_to_pose, numpy_to_image, seconds_to_stamp  # noqa: E402
 from leovl_ros.srv import AskScene, Feedback, LoadAdapter, LoadScene, PlanTask, SaveScene  # noqa: E402
 
-from support.node_harness import LATCHED, Operator, REPO, start as _start, start_assistant, stop as _stop  # noqa: E402
+from support.node_harness import LATCHED, REPO, running_assistant, start as _start, stop as _stop  # noqa: E402
 
 PLAYER_FRAMES = 30
 
@@ -35,47 +35,31 @@ PLAYER_FRAMES = 30
 @pytest.fixture(scope="module")
 def operator(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("assistant")
-    domain_id = next_domain_id()
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    node_log = tmp / "node.log"
-    node = start_assistant(domain_id, node_log, num_beams=1, max_new_tokens=8, scene_dir=tmp / "scenes",
-                           status_rate=5.0, request_timeout=60.0, interaction_log=tmp / "interactions.jsonl")
-    op = Operator(context, node, node_log)
-    player = None
-    try:
-        for name, client in op.clients.items():
-            wait_for(lambda: client.service_is_ready() or not op.alive(), 90.0, f"service {name}\n{op.log_tail()}")
-            assert op.alive(), op.log_tail()
+    with running_assistant(tmp, num_beams=1, max_new_tokens=8, scene_dir=tmp / "scenes", status_rate=5.0,
+                           request_timeout=60.0, interaction_log=tmp / "interactions.jsonl") as op:
         player = _start("leovl_ros.ros.scene_player", [
             "-p", f"num_frames:={PLAYER_FRAMES}", "-p", "rate:=15.0", "-p", "seed:=1",
             "-p", "rgb_encoding:=bgra8", "-p", "depth_encoding:=32FC1",  # not the defaults: more conversions
-        ], domain_id, tmp / "player.log")
-        wait_for(lambda: player.poll() is not None, 90.0, "the player to stream its frames")
-        assert player.returncode == 0, (tmp / "player.log").read_text()
-        # Settled = the last three reports agree and every received pair is fused or dropped.
-        def settled() -> bool:
-            last = op.status[-3:]
-            return (len(last) == 3 and len({(s.frames_received, s.keyframes_fused) for s in last}) == 1
-                    and last[-1].frames_received >= PLAYER_FRAMES // 2
-                    and last[-1].keyframes_fused + last[-1].frames_dropped == last[-1].frames_received)
-
+        ], op.domain_id, tmp / "player.log")
         try:
-            wait_for(lambda: settled() or not op.alive(), 90.0, "the stream to be fused")
-        except pytest.fail.Exception:  # say which part never settled: frames lost, fusion behind, no status
-            counts = [(s.frames_received, s.keyframes_fused, s.frames_dropped) for s in op.status[-3:]]
-            pytest.fail(f"stream not fused within 90 s: {len(op.status)} scene_status reports, last "
-                        f"(received, fused, dropped) {counts}\n{op.log_tail()}")
-        op.tmp = tmp
-        yield op
-    finally:
-        if player is not None:
+            wait_for(lambda: player.poll() is not None, 90.0, "the player to stream its frames")
+            assert player.returncode == 0, (tmp / "player.log").read_text()
+            # Settled = the last three reports agree and every received pair is fused or dropped.
+            def settled() -> bool:
+                last = op.status[-3:]
+                return (len(last) == 3 and len({(s.frames_received, s.keyframes_fused) for s in last}) == 1
+                        and last[-1].frames_received >= PLAYER_FRAMES // 2
+                        and last[-1].keyframes_fused + last[-1].frames_dropped == last[-1].frames_received)
+
+            try:
+                wait_for(lambda: settled() or not op.alive(), 90.0, "the stream to be fused")
+            except pytest.fail.Exception:  # say which part never settled: frames lost, fusion behind, no status
+                counts = [(s.frames_received, s.keyframes_fused, s.frames_dropped) for s in op.status[-3:]]
+                pytest.fail(f"stream not fused within 90 s: {len(op.status)} scene_status reports, last "
+                            f"(received, fused, dropped) {counts}\n{op.log_tail()}")
+            yield op
+        finally:
             _stop(player)
-        _stop(node)
-        print(op.log_tail(80))
-        op.executor.shutdown()
-        op.node.destroy_node()
-        context.try_shutdown()
 
 
 def test_streamed_keyframes_are_fused_and_questions_answered(operator):
@@ -263,28 +247,15 @@ def test_an_unusable_parameter_stops_the_node_with_one_line(args, match, tmp_pat
 
 def test_the_shipped_params_file_runs_the_bundled_model(tmp_path):
     """config/assistant.yaml as shipped (model: leovl-tiny, paper decoding) over real DDS."""
-    domain_id = next_domain_id()
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    log = tmp_path / "node.log"
-    node = _start("leovl_ros.ros.assistant_node", ["--params-file", str(REPO / "config" / "assistant.yaml"),
-                                                   "-p", f"scene_dir:={tmp_path}",
-                                                   "-p", f"interaction_log:={tmp_path / 'log.jsonl'}"], domain_id, log)
-    op = Operator(context, node, log)
-    try:
-        wait_for(lambda: op.clients["ask_scene"].service_is_ready() or not op.alive(), 90.0, f"ask_scene\n{op.log_tail()}")
+    with running_assistant(tmp_path, ["ask_scene"], model=None, scene_dir=tmp_path,
+                           interaction_log=tmp_path / "log.jsonl") as op:
         status = op.wait_status(lambda s: True, 20.0, "any status")
         assert status.model.endswith("models/leovl-tiny"), status.model
         player = _start("leovl_ros.ros.scene_player", ["-p", "num_frames:=6", "-p", "rate:=10.0", "-p", "seed:=900001"],
-                        domain_id, tmp_path / "player.log")
+                        op.domain_id, tmp_path / "player.log")
         assert player.wait(90) == 0, (tmp_path / "player.log").read_text()
         op.wait_status(lambda s: s.keyframes_fused >= 1, 30.0, "a fused keyframe")
         res = op.call("ask_scene", AskScene.Request(question="How many chairs are there in the room?"))
         assert res.success and res.answer in {str(n) for n in range(10)}, res  # a trained model answers in kind
         plan = op.call("plan_task", PlanTask.Request(goal="read a book"))
         assert plan.success and len(plan.plan.steps) >= 2, plan
-    finally:
-        _stop(node)
-        op.executor.shutdown()
-        op.node.destroy_node()
-        context.try_shutdown()

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from conftest import next_domain_id, wait_for
+from conftest import wait_for
 
 pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run through `make test`)")
@@ -18,7 +18,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from leovl_ros.action import AskScene as AskSceneAction  # noqa: E402
 from leovl_ros.srv import AskScene  # noqa: E402
 
-from support.node_harness import Operator, start, start_assistant, stop  # noqa: E402
+from support.node_harness import running_assistant, start  # noqa: E402
 
 BURST = 24  # > 10: beyond rclpy's default queue depth
 GOALS = 100  # rclpy's default depth-10 action queues let ~16 of 200 goals at once reach the node
@@ -31,29 +31,16 @@ CLIENT_QOS = QoSProfile(depth=2 * GOALS, reliability=ReliabilityPolicy.RELIABLE)
 @pytest.fixture(scope="module")
 def op(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bursts")
-    domain_id = next_domain_id()
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    log = tmp / "node.log"
-    node = start_assistant(domain_id, log, num_beams=1, max_new_tokens=4, compute_grounding="false",
+    with running_assistant(tmp, ["ask_scene"], num_beams=1, max_new_tokens=4, compute_grounding="false",
                            max_pending_requests=MAX_PENDING, max_batch=MAX_PENDING, scene_dir=tmp,
-                           interaction_log=tmp / "log.jsonl", status_rate=5.0)
-    operator = Operator(context, node, log)
-    operator.diagnostics = []
-    operator.node.create_subscription(DiagnosticArray, "/diagnostics", operator.diagnostics.append, 50)
-    try:
-        wait_for(lambda: operator.clients["ask_scene"].service_is_ready() or not operator.alive(), 90.0,
-                 f"ask_scene\n{operator.log_tail()}")
+                           interaction_log=tmp / "log.jsonl", status_rate=5.0) as operator:
+        operator.diagnostics = []
+        operator.node.create_subscription(DiagnosticArray, "/diagnostics", operator.diagnostics.append, 50)
         player = start("leovl_ros.ros.scene_player", ["-p", "num_frames:=20", "-p", "rate:=15.0", "-p", "seed:=2"],
-                       domain_id, tmp / "player.log")
+                       operator.domain_id, tmp / "player.log")
         wait_for(lambda: player.poll() is not None, 90.0, "the player to stream its frames")
         operator.wait_status(lambda s: s.keyframes_fused > 0, 60.0, "a fused keyframe")
         yield operator
-    finally:
-        stop(node)
-        operator.executor.shutdown()
-        operator.node.destroy_node()
-        context.try_shutdown()
 
 
 def test_a_burst_of_service_calls_is_answered_or_refused(op):

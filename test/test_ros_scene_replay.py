@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import next_domain_id, wait_for
+from conftest import next_domain_id
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run through `make test`)")
@@ -37,7 +37,7 @@ from leovl_ros.scans.bag_reader import bag_scene_id  # noqa: E402
 from leovl_ros.training.data_cli import main as data_main  # noqa: E402
 from leovl_ros.training.modeling import create_random_base  # noqa: E402
 
-from support.node_harness import Operator, start, stop  # noqa: E402
+from support.node_harness import running_assistant, start, stop  # noqa: E402
 
 FRAMES = 6
 
@@ -67,27 +67,11 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def op(data):
     tmp = data["tmp"]
-    domain_id = next_domain_id()
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    log = tmp / "node.log"
-    node = start("leovl_ros.ros.assistant_node", [
-        "-p", f"model:={data['base']}", "-p", "max_keyframe_rate:=0.0",  # build-scenes has no rate limit
-        "-p", f"scene_dir:={tmp / 'scenes'}", "-p", "status_rate:=5.0",
-        "-p", f"interaction_log:={tmp / 'interactions.jsonl'}"], domain_id, log)
-    operator = Operator(context, node, log)
-    operator.domain_id = domain_id
-    try:
-        for name in ("save_scene", "reset_scene"):
-            client = operator.clients[name]
-            wait_for(lambda: client.service_is_ready() or not operator.alive(), 90.0,
-                     f"service {name}\n{operator.log_tail()}")
+    with running_assistant(tmp, ["save_scene", "reset_scene"], params_file=None, model=data["base"],
+                           max_keyframe_rate=0.0,  # build-scenes has no rate limit
+                           scene_dir=tmp / "scenes", status_rate=5.0,
+                           interaction_log=tmp / "interactions.jsonl") as operator:
         yield operator
-    finally:
-        stop(node)
-        operator.executor.shutdown()
-        operator.node.destroy_node()
-        context.try_shutdown()
 
 
 def _play_and_save(op, params: list[str], name: str, tmp: Path) -> tuple[VoxelMap, Path]:

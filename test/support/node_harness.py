@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import rclpy
@@ -14,11 +16,12 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import Trigger
 
-from conftest import wait_for
+from conftest import next_domain_id, wait_for
 from leovl_ros.msg import Interaction, Plan, SceneStatus
 from leovl_ros.srv import AskScene, Feedback, LoadAdapter, LoadScene, PlanTask, SaveScene
 
 REPO = Path(__file__).resolve().parents[2]
+SHIPPED_PARAMS = REPO / "config" / "assistant.yaml"
 SERVICES = {"ask_scene": AskScene, "plan_task": PlanTask, "reset_scene": Trigger, "save_scene": SaveScene,
             "load_scene": LoadScene, "scene_feedback": Feedback, "load_adapter": LoadAdapter}
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -36,11 +39,14 @@ def start(module: str, args: list[str], domain_id: int, log: Path) -> subprocess
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def start_assistant(domain_id: int, log: Path, **params) -> subprocess.Popen:
-    """The node with the shipped params file and the tiny random model, plus ``params`` overrides."""
-    args = ["--params-file", str(REPO / "config" / "assistant.yaml"), "-p", "model:=tiny-random"]
-    for name, value in params.items():
-        args += ["-p", f"{name}:={value}"]
+def start_assistant(domain_id: int, log: Path, params_file: Path | None = SHIPPED_PARAMS,
+                    **params) -> subprocess.Popen:
+    """The node with ``params_file`` (None: the node's defaults) and ``params`` over it; the
+    model is the tiny random one unless ``params`` names one (``model=None``: the file's)."""
+    args = ["--params-file", str(params_file)] if params_file is not None else []
+    for name, value in {"model": "tiny-random", **params}.items():
+        if value is not None:
+            args += ["-p", f"{name}:={value}"]
     return start("leovl_ros.ros.assistant_node", args, domain_id, log)
 
 
@@ -95,3 +101,30 @@ class Operator:
                  f"scene_status with {what}\n{self.log_tail()}")
         assert self.alive(), self.log_tail()
         return next(s for s in self.status[start:] if condition(s))
+
+
+@contextmanager
+def running_assistant(tmp: Path, services: Iterable[str] = tuple(SERVICES), params_file: Path | None = SHIPPED_PARAMS,
+                      **params) -> Iterator[Operator]:
+    """An assistant node (``start_assistant``'s arguments, log ``tmp``/node.log) on a domain of
+    its own, and an :class:`Operator` on it (``.tmp``, ``.domain_id`` set) once the node offers
+    ``services``; on exit the node is stopped, its log tail printed and the operator torn down."""
+    domain_id = next_domain_id()
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    log = tmp / "node.log"
+    proc = start_assistant(domain_id, log, params_file, **params)
+    op = Operator(context, proc, log)
+    op.tmp, op.domain_id = tmp, domain_id
+    try:
+        for name in services:
+            client = op.clients[name]
+            wait_for(lambda: client.service_is_ready() or not op.alive(), 90.0, f"service {name}\n{op.log_tail()}")
+        assert op.alive(), op.log_tail()
+        yield op
+    finally:
+        stop(proc)
+        print(op.log_tail(80))
+        op.executor.shutdown()
+        op.node.destroy_node()
+        context.try_shutdown()

@@ -25,7 +25,7 @@ def test_every_interface_has_its_documented_fields():
         AskScene.Request: ["question", "situation", "task", "session_id", "use_anchor",
                            "anchor_point", "anchor_radius", "anchor_size"],
         AskScene.Response: ["success", "message", "answer", "interaction_id", "latency",
-                            "scene_tokens", "grounding_score"],
+                            "scene_tokens", "grounding_score", "grounding_points", "grounding_weights", "grounding_flat"],
         PlanTask.Request: ["goal", "session_id"],
         PlanTask.Response: ["success", "message", "plan", "latency"],
         SaveScene.Request: ["path", "overwrite"], SaveScene.Response: ["success", "message", "path", "num_voxels"],
@@ -43,14 +43,15 @@ def test_every_interface_has_its_documented_fields():
         AskSceneAction.Goal: ["question", "situation", "task", "session_id", "use_anchor", "anchor_point",
                               "anchor_radius", "anchor_size"],
         AskSceneAction.Result: ["success", "message", "answer", "interaction_id", "latency", "scene_tokens",
-                                "grounding_score"],
+                                "grounding_score", "grounding_points", "grounding_weights", "grounding_flat"],
         PlanTaskAction.Goal: ["goal", "session_id"],
         PlanTaskAction.Result: ["success", "message", "plan", "latency"],
         AskSceneAction.Feedback: ["state", "queue_position", "partial_answer"],
         PlanTaskAction.Feedback: ["state", "queue_position", "partial_answer"],
         Interaction: ["header", "interaction_id", "session_id", "kind", "task", "instruction",
                       "situation", "has_anchor", "anchor", "anchor_radius", "anchor_size", "answer",
-                      "corrected_answer", "comment", "scene_stamp", "scene_tokens", "grounding_score", "latency"],
+                      "corrected_answer", "comment", "scene_stamp", "scene_tokens", "grounding_score", "latency",
+                      "grounding_points", "grounding_weights", "grounding_flat"],
     }
     for cls, fields in expected.items():
         assert list(cls.get_fields_and_field_types()) == fields, cls.__name__

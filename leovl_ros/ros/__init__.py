@@ -16,4 +16,5 @@ and model_source do not). Image decoding and RGB/depth pairing are the scans win
     replay_sources.py    what the scene player plays
     recorder.py          leovl_recorder: crash-safe mcap recording of what fine-tuning needs
     demo.py              make demo
+    demo_pacing.py       make demo's pacing: send rate, scan stride, waiting for the last frame
 """

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import next_domain_id, wait_for
+from conftest import wait_for
 
 pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (run through `make test`)")
@@ -38,7 +38,7 @@ from leovl_ros.ros.conversions import matrix_to_pose, numpy_to_image, seconds_to
 from leovl_ros.srv import AskScene, LoadAdapter, LoadScene, SaveScene  # noqa: E402
 from leovl_ros.voxel_map import TEMP_SUFFIX, VoxelMap  # noqa: E402
 
-from support.node_harness import Operator, start, start_assistant, stop  # noqa: E402
+from support.node_harness import Operator, running_assistant, start, stop  # noqa: E402
 
 W, H = 224, 168  # a 8x6 feature grid for the tiny model
 K = [160.0, 0.0, 111.5, 0.0, 160.0, 83.5, 0.0, 0.0, 1.0]
@@ -109,29 +109,14 @@ def op(tmp_path_factory):
     live = scenes / f".busy.safetensors.{os.getpid()}.x2{TEMP_SUFFIX}"
     for temp in (dead, live):
         temp.write_bytes(b"\0" * 1024)
-    domain_id = next_domain_id()
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    log = tmp / "node.log"
-    node = start_assistant(domain_id, log, num_beams=1, max_new_tokens=256, compute_grounding="false",
-                           scene_dir=scenes, status_rate=5.0, log_throttle=0.0, interaction_log=tmp / "log.jsonl")
-    operator = Operator(context, node, log)
-    operator.tmp, operator.scenes, operator.temps, operator.domain_id = tmp, scenes, (dead, live), domain_id
-    operator.diagnostics = []
-    operator.node.create_subscription(DiagnosticArray, "/diagnostics", operator.diagnostics.append, 50)
-    try:
-        for name, client in operator.clients.items():
-            wait_for(lambda: client.service_is_ready() or not operator.alive(), 90.0,
-                     f"service {name}\n{operator.log_tail()}")
+    with running_assistant(tmp, num_beams=1, max_new_tokens=256, compute_grounding="false", scene_dir=scenes,
+                           status_rate=5.0, log_throttle=0.0, interaction_log=tmp / "log.jsonl") as operator:
+        operator.scenes, operator.temps = scenes, (dead, live)
+        operator.diagnostics = []
+        operator.node.create_subscription(DiagnosticArray, "/diagnostics", operator.diagnostics.append, 50)
         operator.wait_status(lambda s: True, 30.0, "a first status")
         operator.camera = Camera(operator)
         yield operator
-    finally:
-        stop(node)
-        print(operator.log_tail(80))
-        operator.executor.shutdown()
-        operator.node.destroy_node()
-        context.try_shutdown()
 
 
 def test_the_first_pair_waits_for_camera_info_and_bad_keyframes_never_stop_mapping(op):

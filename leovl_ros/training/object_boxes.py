@@ -133,6 +133,13 @@ class _ScanObjects:
             return
         self.by_id.setdefault(str(obj_id).strip(), []).append(box)
 
+    def add_vertices(self, obj_id, points: np.ndarray, label: str) -> None:
+        """The box of an object's mesh vertices; an object with none is a counted skip."""
+        if not len(points):
+            self.report.skip("object without mesh vertices", f"{self.scan}/{obj_id}")
+            return
+        self.add(obj_id, _box(points, label))
+
     def boxes(self) -> dict[str, dict]:
         for key, same in self.by_id.items():
             if len(same) > 1:
@@ -156,11 +163,7 @@ def scannet_boxes(scene_dir: Path, report: ConversionReport) -> dict[str, dict]:
     objects = _ScanObjects("scannet", name, report)
     for group in json.loads(agg.read_text())["segGroups"]:
         mask = np.isin(seg_of_vertex, group.get("segments", []))
-        obj_id = group.get("objectId", group.get("id"))
-        if not mask.any():
-            report.skip("object without mesh vertices", f"{name}/{obj_id}")
-            continue
-        objects.add(obj_id, _box(points[mask], str(group.get("label", ""))))
+        objects.add_vertices(group.get("objectId", group.get("id")), points[mask], str(group.get("label", "")))
     return objects.boxes()
 
 
@@ -180,10 +183,7 @@ def rscan_boxes(scan_dir: Path, report: ConversionReport) -> dict[str, dict]:
         except (TypeError, ValueError):
             report.skip("3rscan object without an integer id", f"{scan_dir.name}/{group.get('label', '?')}")
             continue
-        if not mask.any():
-            report.skip("object without mesh vertices", f"{scan_dir.name}/{obj_id}")
-            continue
-        objects.add(obj_id, _box(points[mask], str(group.get("label", ""))))
+        objects.add_vertices(obj_id, points[mask], str(group.get("label", "")))
     return objects.boxes()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .catalog import CATEGORY_NAMES, PLURALS
 from .floors import Floor
-from .qa import COLOUR_Q
+from .qa import COLOUR_Q, draw_by_count
 from .text import a, colour_answers, count_answers, pick, record
 
 WHICH_ROOM_Q = ("Which room is the {x} in?", "In which room is the {x}?", "Where is the {x}: in which room?")
@@ -66,15 +66,8 @@ def floor_count_qa(floor: Floor, rng: np.random.Generator, k: int) -> list[dict]
     by_answer: dict[int, list[str]] = {0: [c for c in CATEGORY_NAMES if c not in counts]}
     for c, n in sorted(counts.items()):
         by_answer.setdefault(n, []).append(c)
-    out = []
-    for _ in range(k):
-        values = sorted(n for n, cats in by_answer.items() if cats)
-        if not values:
-            break
-        n = values[int(rng.integers(len(values)))]
-        c = by_answer[n].pop(int(rng.integers(len(by_answer[n]))))
-        out.append(_qa(floor, "floor_count", pick(rng, FLOOR_COUNT_Q).format(p=PLURALS[c]), str(n), count_answers(n)))
-    return out
+    return [_qa(floor, "floor_count", pick(rng, FLOOR_COUNT_Q).format(p=PLURALS[c]), str(n), count_answers(n))
+            for c, n in draw_by_count(by_answer, rng, k)]  # each wording drawn right after its pair
 
 
 FLOOR_QA = {"floor_colour": floor_colour_qa, "which_room": which_room_qa, "room_existence": room_existence_qa,

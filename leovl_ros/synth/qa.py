@@ -17,6 +17,7 @@ objects that stand on different things in different rooms and "what is on top of
 from __future__ import annotations
 
 from collections import Counter
+from typing import Iterator
 
 import numpy as np
 
@@ -54,6 +55,17 @@ def _sample(rng: np.random.Generator, items: list, k: int) -> list:
     return [items[i] for i in rng.permutation(len(items))[:k]]
 
 
+def draw_by_count(by_answer: dict[int, list[str]], rng: np.random.Generator, k: int) -> Iterator[tuple[str, int]]:
+    """Up to ``k`` (phrase, count) pairs without repeats: a count value first, each equally
+    likely (so answers are balanced, not mostly 1), then one of its phrases."""
+    for _ in range(k):
+        values = sorted(n for n, phrases in by_answer.items() if phrases)
+        if not values:
+            return
+        n = values[int(rng.integers(len(values)))]
+        yield by_answer[n].pop(int(rng.integers(len(by_answer[n])))), n
+
+
 def colour_qa(room: Room, rng: np.random.Generator, k: int) -> list[dict]:
     refs = [(o, refer(room, o, allow_colour=False)) for o in room.objects]
     refs = [(o, r) for o, r in refs if r is not None]
@@ -69,13 +81,7 @@ def count_qa(room: Room, rng: np.random.Generator, k: int) -> list[dict]:
     for (c, col), n in Counter((o.category, o.colour) for o in room.objects).items():
         if counts[c] >= 2:
             by_answer.setdefault(n, []).append(f"{col} {PLURALS[c]}")
-    out = []
-    for _ in range(k):
-        values = sorted(n for n, phrases in by_answer.items() if phrases)
-        if not values:
-            break
-        n = values[int(rng.integers(len(values)))]
-        out.append((by_answer[n].pop(int(rng.integers(len(by_answer[n])))), n))
+    out = list(draw_by_count(by_answer, rng, k))  # all drawn before the question wordings
     return [_qa(room, "count", pick(rng, COUNT_Q).format(p=p), str(n), count_answers(n)) for p, n in out]
 
 

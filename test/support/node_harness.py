@@ -75,7 +75,10 @@ class Operator:
                                       QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self.node.create_subscription(Plan, "plan", self.plans.append, LATCHED)
         self.node.create_subscription(PointCloud2, "scene_grid", self.grids.append, LATCHED)
-        self.clients = {name: self.node.create_client(t, name) for name, t in SERVICES.items()}
+        # A client's reply queue must hold a whole burst of its own calls (README "Many callers"):
+        # with the default depth 10, 16 replies of one batch can push each other out under load.
+        replies = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.clients = {name: self.node.create_client(t, name, qos_profile=replies) for name, t in SERVICES.items()}
         self.executor = MultiThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         threading.Thread(target=self.executor.spin, daemon=True).start()

@@ -83,7 +83,8 @@ def select_tokens(
 
 def question_relevance(features: torch.Tensor, queries: torch.Tensor,
                        counts: torch.Tensor | None = None) -> torch.Tensor:
-    """(C,) relevance of columns with (C, d) mean ``features`` to a question's (Q, d) token embeddings
+    """(C,) relevance of columns with (C, d) mean ``features`` to a question's (Q, d) token embeddings,
+    or to the (1, d) key of a model's learned QuestionScorer (model/question_scorer.py)
     (``counts`` (C,): the features are sums over that many voxels, e.g. the column sums).
 
     Per question token: the dot product of each column's feature with the token's embedding,

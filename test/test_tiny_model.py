@@ -189,7 +189,7 @@ def mapped_rooms():
     from leovl_ros.training.config import load_config
     from leovl_ros.scans.frames import synthetic_frames
     from leovl_ros.training.scenes import fuse_frames
-    from leovl_ros.training.tiny_model import SEEDS
+    from leovl_ros.training.tiny_model import FLOOR_SEEDS, SEEDS
 
     assert BUNDLED.is_dir(), "leovl_ros/bundled_models/leovl-tiny is missing: run `make tiny-model`"
     n = torch.get_num_threads()
@@ -212,14 +212,15 @@ def test_the_bundled_model_is_small_documented_and_answers_in_kind(mapped_rooms)
     from leovl_ros.model.prompts import SceneQuery
     from leovl_ros.synth.catalog import CATEGORY_NAMES, COLOURS
     from leovl_ros.synth.qa import qa_records
-    from leovl_ros.training.tiny_model import SEEDS
+    from leovl_ros.training.tiny_model import FLOOR_SEEDS, SEEDS
 
     files = list(BUNDLED.iterdir())
     assert sum(f.stat().st_size for f in files) <= 50e6
     assert not [f for f in files if f.suffix in (".bin", ".pt", ".pth", ".pkl")]  # safetensors only
     prov = json.loads((BUNDLED / "training.json").read_text())
     assert prov["room_seeds"] == SEEDS and any("train_cli sft" in c for c in prov["commands"])
-    assert any("train_cli dpo" in c for c in prov["commands"]) and prov["shipped_stage"] == "sft"
+    assert any("train_cli dpo" in c for c in prov["commands"]) and prov["shipped_stage"] == "question_scorer"
+    assert any("training.question_scorer" in c for c in prov["commands"]) and prov["floor_seeds"] == FLOOR_SEEDS
 
     model, rooms = mapped_rooms
     assert model.config.train_mode == "full" and model.config.base_model == "leovl-tiny"

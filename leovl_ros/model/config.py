@@ -68,6 +68,9 @@ class LeoVLConfig:
     - ``train_mode``: "adapter" (paper: LoRA + heads) or "full" (all LLM weights + heads,
       for a model with no pretrained base). The vision tower is frozen in both: scene
       features are computed once and cached in voxel maps.
+    - ``question_scorer_rank``: None = ``token_selection: question`` scores columns with the
+      raw word embeddings; r = a learned QuestionScorer of rank r (model/question_scorer.py),
+      trained by its own stage (training/question_scorer.py), saved with the heads.
     """
 
     base_model: str
@@ -89,6 +92,7 @@ class LeoVLConfig:
     dialogue_format: Literal["inline", "chat"] = "inline"
     answer_eos: bool = True
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    question_scorer_rank: int | None = None
 
     def __post_init__(self) -> None:
         if self.pos_xy not in ("fourier", "none"):
@@ -103,6 +107,9 @@ class LeoVLConfig:
             raise ValueError(f"dialogue_format must be 'inline' or 'chat', got {self.dialogue_format!r}")
         if self.hidden_size <= 0 or self.voxel_size <= 0 or self.anchor_radius <= 0:
             raise ValueError("hidden_size, voxel_size and anchor_radius must be positive")
+        if self.question_scorer_rank is not None and not 0 < self.question_scorer_rank <= self.hidden_size:
+            raise ValueError(f"question_scorer_rank must be None or in 1..{self.hidden_size}, "
+                             f"got {self.question_scorer_rank}")
         if self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels {self.min_pixels} exceeds max_pixels {self.max_pixels}")
 

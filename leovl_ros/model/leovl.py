@@ -28,6 +28,7 @@ from .encoder import VisionEncoder, weights_fingerprint
 from .generation import hf_generate
 from .prefix_cache import PrefixCache, ScenePrefix, prefill, prefix_groups, suffix_inputs
 from .prompts import PromptBuilder, SceneQuery
+from .question_scorer import QuestionScorer
 from .scene_tokens import SceneHeads, check_map, scene_grid
 from .tokenizer import load_qwen_tokenizer
 
@@ -164,11 +165,24 @@ class LeoVL:
             for p in self.model.model.language_model.parameters():
                 p.requires_grad_(True)
             self.model.lm_head.weight.requires_grad_(True)
-        for p in self.heads.parameters():
-            p.requires_grad_(True)
+        for name, p in self.heads.named_parameters():
+            # The question scorer trains in its own stage (training/question_scorer.py): token
+            # selection is discrete, so the answer loss gives it no gradient (and DDP rejects
+            # parameters without one).
+            p.requires_grad_(not name.startswith("question_scorer."))
         if mode != self._stored_config.train_mode:
             self._stored_config = dataclasses.replace(self._stored_config, train_mode=mode)
             self._config = resolve_config(self._stored_config, self._overrides)
+
+    def add_question_scorer(self, rank: int, seed: int = 0) -> None:
+        """A fresh QuestionScorer of ``rank`` in the heads (replacing any), to be trained by
+        training/question_scorer.py; it is saved with the heads and its rank with the config."""
+        self._stored_config = dataclasses.replace(self._stored_config, question_scorer_rank=rank)
+        self._config = resolve_config(self._stored_config, self._overrides)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.heads.question_scorer = QuestionScorer(self.config.hidden_size, rank).to(self.heads.anchor.device)
+        self.prefix_cache.clear()  # scene tokens selected by the old scoring
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters an optimiser should update (deduplicated: tied embeddings count once)."""
@@ -203,11 +217,19 @@ class LeoVL:
         return scene_grid(vmap, query, self.config, self.heads, self.question_embeddings(query))
 
     def question_embeddings(self, query: SceneQuery | None) -> torch.Tensor | None:
-        """(Q, d) input embeddings of the question's tokens when the grid selects columns by the
-        question (``token_selection: question``), else None."""
+        """What ``token_selection: question`` compares the map's columns with, else None: the
+        learned scorer's (1, d) key of the question when the model has one, else the (Q, d)
+        input embeddings of the question's tokens."""
         if query is None or self.config.grid.token_selection != "question":
             return None
-        text = " ".join(t for t in (query.situation, query.instruction) if t)
+        words = self.question_words(" ".join(t for t in (query.situation, query.instruction) if t))
+        if self.heads.question_scorer is None:
+            return words
+        with torch.no_grad():
+            return self.heads.question_scorer(words)
+
+    def question_words(self, text: str) -> torch.Tensor:
+        """(Q, d) float32 input embeddings of the tokens of ``text`` (frozen: no gradient)."""
         ids = torch.tensor(self.tokenizer.encode(text, add_special_tokens=False), device=self.device)
         return self.model.get_input_embeddings().weight.detach()[ids].float()
 

@@ -15,11 +15,13 @@ from ..condensed_grid import CondensedGrid, build_grid, fourier_input, fourier_m
 from ..voxel_map import VoxelMap
 from .config import LeoVLConfig
 from .prompts import SceneQuery
+from .question_scorer import QuestionScorer
 
 
 class SceneHeads(nn.Module):
     """Learned parts of the scene tokens: ``fourier_w`` and ``fourier_mlp`` (absent when
-    pos_xy='none') and ``anchor``.
+    pos_xy='none'), ``anchor``, and ``question_scorer`` (which columns become tokens under
+    ``token_selection: question``; None unless ``question_scorer_rank`` is set).
 
     ``fourier_w`` (F, 2) starts at the N(0, 1) draw of ``grid.fourier_seed`` (App. D.2); it
     is a parameter with ``fourier_w: learned`` (see LeoVLConfig) and a buffer, not saved,
@@ -47,6 +49,8 @@ class SceneHeads(nn.Module):
             nn.init.zeros_(self.fourier_mlp[2].weight)
             nn.init.zeros_(self.fourier_mlp[2].bias)
         self.anchor = nn.Parameter(torch.randn(d) * 0.02)
+        rank = config.question_scorer_rank
+        self.question_scorer = QuestionScorer(d, rank) if rank is not None else None
 
     def forward(self, grid: CondensedGrid) -> torch.Tensor:
         """(T, d) scene tokens in float32 on the heads' device."""

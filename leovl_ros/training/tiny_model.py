@@ -7,6 +7,7 @@
     leovl-train sft --config recipes/leovl_tiny_objects_floor.yaml                  # 2b
     leovl-data build-scenes --config recipes/leovl_tiny_sft.yaml
     leovl-train sft --config recipes/leovl_tiny_sft.yaml                            # 3
+    python -m leovl_ros.training.question_scorer --model runs/leovl-tiny/sft/bundle ... # 3b
     leovl-train dpo --config recipes/leovl_tiny_dpo.yaml                            # 4
     python -m leovl_ros.training.tiny_model export runs/leovl-tiny/<SHIP_STAGE>/bundle leovl_ros/bundled_models/leovl-tiny
 
@@ -15,7 +16,8 @@ synthetic frames (vision_pretrain.py): a from-scratch LLM needs features that al
 what each cell shows. Stage 2 trains the LLM on object maps (object_maps.py: a room as one
 word-space token per object) and colour questions so it learns to look scene tokens up at
 all; 2b keeps that lookup among a real room's number of tokens (empty floor voxels); stage 3
-trains every task on the rendered rooms' real maps. Export stores the trained full bundle in float16 (half the
+trains every task on the rendered rooms' real maps; 3b adds the question scorer
+(token_selection: question), trained on rendered floors with the rest frozen. Export stores the trained full bundle in float16 (half the
 bytes; the node upcasts on load) plus ``training.json``: the commands, seeds and data that
 made it.
 """
@@ -34,13 +36,15 @@ SHIPPED = Path("leovl_ros/bundled_models/leovl-tiny")
 # synthetic room seeds; "lookup" rooms are object maps only (stage 2: no rendering)
 SEEDS = {"train": "1000:1300", "dpo": "1000:1100", "eval": "900000:900040", "lookup": "2000:4000",
          "train_lookup": "1000:1300"}
+FLOOR_SEEDS = {"train": "700000:700020", "eval": "700020:700024"}  # question scorer (bench.floors: 910000+)
 VISION_SEEDS = "0:300"  # rooms of vision pretraining: none of them is a training or held-out room
 SEED = 0
 # The stage whose bundle ships. SceneDPO runs and is reported by bench/learning.py; with the
 # paper's negatives (wrong answers + rephrased correct ones) it ties SFT on held-out EM (49.0
 # vs 48.9 on 120 questions per type, 43.9 vs 45.2 on all 1386) and its gains show with
 # another room's map too (it does not read the scene better), so SFT is the default.
-SHIP_STAGE = "sft"
+# Stage 3b only adds the question scorer to SFT's bundle (every other weight identical).
+SHIP_STAGE = "question_scorer"
 CONFIGS = ("recipes/leovl_tiny_objects.yaml", "recipes/leovl_tiny_objects_floor.yaml", "recipes/leovl_tiny_sft.yaml",
            "recipes/leovl_tiny_dpo.yaml")
 TINY_ARCH = dict(hidden_size=128, layers=4, heads=4, kv_heads=2, vision_hidden=96, vision_depth=3,
@@ -121,6 +125,10 @@ def stages(workers: int) -> list[tuple[str, Path | None, list[str]]]:
                                            "recipes/leovl_tiny_sft.yaml", "--workers", str(workers)]),
                ("SFT", ROOT / "sft" / "bundle", py + ["leovl_ros.training.train_cli", "sft", "--config",
                                                       "recipes/leovl_tiny_sft.yaml"]),
+               ("question scorer", ROOT / "question_scorer" / "bundle",
+                py + ["leovl_ros.training.question_scorer", "--model", str(ROOT / "sft" / "bundle"), "--out",
+                      str(ROOT / "question_scorer" / "bundle"), "--floors", FLOOR_SEEDS["train"], "--eval-floors",
+                      FLOOR_SEEDS["eval"], "--cache-dir", str(ROOT / "floor_maps")]),
                ("SceneDPO", ROOT / "dpo" / "bundle", py + ["leovl_ros.training.train_cli", "dpo", "--config",
                                                            "recipes/leovl_tiny_dpo.yaml"])])
 
@@ -143,7 +151,7 @@ def build(workers: int) -> int:
         ran.append("python " + shown)
     base = json.loads((ROOT / "base" / "leovl_tiny_base.json").read_text())
     provenance = {"built_by": "make tiny-model (python -m leovl_ros.training.tiny_model build)", "commands": ran,
-                  "room_seeds": SEEDS, "seed": SEED, "base": base,
+                  "room_seeds": SEEDS, "floor_seeds": FLOOR_SEEDS, "seed": SEED, "base": base,
                   "configs": {p: Path(p).read_text() for p in CONFIGS}}
     export(ROOT / SHIP_STAGE / "bundle", SHIPPED, {**provenance, "shipped_stage": SHIP_STAGE})
     size = sum(p.stat().st_size for p in SHIPPED.iterdir()) / 1e6

@@ -1,0 +1,186 @@
+"""Train a model's QuestionScorer (model/question_scorer.py) on synthetic floors.
+
+    python -m leovl_ros.training.question_scorer --model leovl_ros/bundled_models/leovl-tiny \\
+        --out runs/leovl-tiny/question_scorer/bundle --floors 700000:700016 --eval-floors 700016:700020
+
+Each floor (synth/floors.py: 3-8 typed rooms) is rendered along its route and fused with the
+model's own vision tower (maps cached under ``--cache-dir``); every object visible in the map
+is asked about with a template that names it once (colour, existence, "which room"). The loss
+is the negative log of the softmax mass, over the floor's columns, on the asked object's
+columns (the object's box from the scene graph: the truth is the generator's, not the
+model's). Only the scorer trains; everything else of the model is frozen and unchanged, and
+the bundle is written atomically with the scorer in its heads.
+
+Decision (paper silent): floors, not rooms, because selection matters where the map is many
+times the budget, and a floor's thousands of columns are the negatives it must beat.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..model.leovl import LeoVL
+from ..synth.floor_qa import ROOM_EXIST_Q, WHICH_ROOM_Q
+from ..synth.floors import FloorConfig, generate_floor, render_floor
+from ..synth.qa import COLOUR_Q, EXIST_Q
+from ..synth.text import a
+from ..token_selection import QUESTION_SHARE, question_relevance
+from ..voxel_map import VoxelMap
+from .scenes import FusionConfig, fuse_frames
+
+__all__ = ["FloorColumns", "column_recall", "floor_columns", "main", "question_for", "train_question_scorer"]
+
+# One-object questions of the synthetic QA (qa.py, floor_qa.py); {c} the category, {r} a room type.
+TEMPLATES = ([t.format(x="the {c}") for t in COLOUR_Q] + [t.format(x="{ac}") for t in EXIST_Q]
+             + [t.format(x="{c}") for t in WHICH_ROOM_Q] + [t.format(x="{ac}", r="{r}") for t in ROOM_EXIST_Q])
+
+
+@dataclass
+class FloorColumns:
+    """A floor's map as selection sees it: column mean features and, per object, its columns."""
+
+    seed: int
+    cols: torch.Tensor  # (C, 2) int64 column indices (x, y)
+    features: torch.Tensor  # (C, d) float32 column sums / counts (RoPE'd by height, as selected)
+    counts: torch.Tensor  # (C,) voxels per column
+    objects: list[tuple[str, str, torch.Tensor]]  # (category, room type, (C,) bool its columns)
+
+
+def floor_columns(model: LeoVL, seed: int, cache_dir: Path | None, config: FloorConfig | None = None,
+                  frames_per_room: int = 30, size: tuple[int, int] = (448, 336)) -> FloorColumns:
+    """The floor of ``seed`` rendered and fused with ``model``'s tower (cached as safetensors)."""
+    floor = generate_floor(seed, config)
+    path = cache_dir / f"floor_{seed}_{frames_per_room}_{size[0]}x{size[1]}.safetensors" if cache_dir else None
+    vmap = VoxelMap.load(path) if path is not None and path.is_file() else None
+    if vmap is None or vmap.metadata.get("encoder_id") != model.encoder.encoder_id:  # none, or another tower's
+        vmap = model.new_voxel_map()
+        frames = render_floor(floor, frames_per_room, *size)
+        fuse_frames(model.encoder, vmap, (f.rgbd() for f in frames), FusionConfig())
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            vmap.save(path)  # atomic
+    vmap.track_columns(rope=model.config.grid.pos_z == "rope")
+    _, cols, counts, rows = vmap.columns.columns()
+    features = vmap.columns.sums(rows).float() / counts.float()[:, None]
+    objects = []
+    for o in floor.objects:
+        lo = torch.tensor(o.min, dtype=torch.float32) - vmap.voxel_size / 2
+        hi = torch.tensor(o.max, dtype=torch.float32) + vmap.voxel_size / 2
+        inside = ((vmap.centers >= lo) & (vmap.centers <= hi)).all(1)  # voxels in the object's box
+        if inside.any():
+            own = torch.unique(vmap.coords[inside, :2], dim=0)
+            objects.append((o.category, floor.room_of[o.id], (cols[:, None, :] == own[None]).all(2).any(1)))
+    return FloorColumns(seed, cols, features, counts, objects)
+
+
+def question_for(category: str, room: str, rng: random.Random) -> str:
+    return rng.choice(TEMPLATES).format(c=category, ac=a(category), r=room)
+
+
+def train_question_scorer(model: LeoVL, floors: list[FloorColumns], steps: int, lr: float = 3e-3,
+                          batch: int = 16, seed: int = 0, progress: bool = True) -> list[float]:
+    """Train ``model.heads.question_scorer`` in place; returns the loss of every step."""
+    scorer = model.heads.question_scorer
+    if scorer is None:
+        raise ValueError("the model has no question scorer: call model.add_question_scorer(rank) first")
+    pool = [(f, i) for f in floors for i in range(len(f.objects))]
+    if not pool:
+        raise ValueError("no object of the training floors is in its map: nothing to train the scorer on")
+    rng = random.Random(seed)
+    opt = torch.optim.Adam(scorer.parameters(), lr=lr)
+    losses = []
+    with torch.enable_grad():
+        for _ in tqdm(range(steps), desc="question scorer", disable=not progress):
+            loss = torch.zeros(())
+            for floor, i in rng.choices(pool, k=batch):
+                category, room, mask = floor.objects[i]
+                key = scorer(model.question_words(question_for(category, room, rng)))  # (1, d)
+                logp = torch.log_softmax((floor.features @ key[0]), 0)  # (C,)
+                loss = loss - torch.logsumexp(logp[mask], 0) / batch  # mass on the object's columns
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    return losses
+
+
+def column_recall(model: LeoVL, floors: list[FloorColumns], keep: int, seed: int = 1) -> dict[str, float]:
+    """Share of one-object questions whose object has a column among the ``keep`` most relevant
+    (the columns ``token_selection: question`` keeps one token each), and the mean share of the
+    object's voxels in those columns; under the model's current scoring (scorer or words)."""
+    rng, hits, voxels = random.Random(seed), [], []
+    for floor in floors:
+        for category, room, mask in floor.objects:
+            words = model.question_words(question_for(category, room, rng))
+            scorer = model.heads.question_scorer
+            with torch.no_grad():
+                rel = question_relevance(floor.features, scorer(words) if scorer is not None else words)
+            top = torch.zeros_like(mask)
+            top[torch.topk(rel, min(keep, rel.numel())).indices] = True
+            hits.append(bool((top & mask).any()))
+            voxels.append(float(floor.counts[top & mask].sum()) / float(floor.counts[mask].sum()))
+    return {"questions": len(hits), "recall": float(np.mean(hits)) if hits else float("nan"),
+            "voxels_kept": float(np.mean(voxels)) if voxels else float("nan")}
+
+
+def _seeds(text: str) -> range:
+    lo, _, hi = text.partition(":")
+    try:
+        out = range(int(lo), int(hi))
+    except ValueError:
+        raise ValueError(f"seed range must be START:END, got {text!r}") from None
+    if not out:
+        raise ValueError(f"seed range {text!r} is empty")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m leovl_ros.training.question_scorer",
+                                description="train a model's question scorer (token_selection: question) "
+                                            "on synthetic floors and write the bundle with it")
+    p.add_argument("--model", required=True, type=Path, help="bundle (or base) to add the scorer to")
+    p.add_argument("--out", required=True, type=Path, help="bundle to write (atomically)")
+    p.add_argument("--floors", default="700000:700016", help="training floor seeds START:END")
+    p.add_argument("--eval-floors", default="700016:700020", help="held-out floor seeds for the recall line")
+    p.add_argument("--rank", type=int, default=None, help="scorer rank (default: min(hidden size, 128))")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch", type=int, default=16, help="questions per step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path, default=Path("runs/floor_maps"), help="rendered floors' maps")
+    p.add_argument("--frames-per-room", type=int, default=30)
+    args = p.parse_args(argv)
+    try:
+        train_seeds, eval_seeds = _seeds(args.floors), _seeds(args.eval_floors)
+        if set(train_seeds) & set(eval_seeds):
+            raise ValueError(f"--floors {args.floors} and --eval-floors {args.eval_floors} overlap")
+        model = LeoVL.from_pretrained(args.model)
+        load = [floor_columns(model, s, args.cache_dir, frames_per_room=args.frames_per_room)
+                for s in tqdm(list(train_seeds) + list(eval_seeds), desc="floor maps")]
+        train, held_out = load[:len(train_seeds)], load[len(train_seeds):]
+        keep = round(model.config.grid.max_tokens * QUESTION_SHARE)
+        before = column_recall(model, held_out, keep)  # the model's scoring so far (words, or its scorer)
+        model.add_question_scorer(args.rank or min(model.config.hidden_size, 128), seed=args.seed)
+        losses = train_question_scorer(model, train, args.steps, args.lr, args.batch, args.seed)
+        after = column_recall(model, held_out, keep)
+        model.save_bundle(args.out)
+    except (ValueError, OSError) as exc:
+        print(f"question-scorer: {exc}", file=sys.stderr)
+        return 2
+    print(f"question scorer: {len(train)} floors, {sum(len(f.objects) for f in train)} objects, {args.steps} steps, "
+          f"loss {np.mean(losses[:20]):.2f} -> {np.mean(losses[-20:]):.2f}; held-out floors: asked object among "
+          f"the {keep} most relevant columns {100 * before['recall']:.0f} % -> {100 * after['recall']:.0f} % of "
+          f"{after['questions']} questions, its voxels kept {100 * before['voxels_kept']:.0f} % -> "
+          f"{100 * after['voxels_kept']:.0f} %; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""The learned question scorer: it learns which columns a question names where the raw word
+embeddings cannot tell, is saved with the bundle, and stays out of the answer loss."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from leovl_ros.condensed_grid import GridConfig
+from leovl_ros.model.prompts import SceneQuery
+from leovl_ros.model.tiny import tiny_leovl
+from leovl_ros.synth.floors import FloorConfig, generate_floor
+from leovl_ros.training.question_scorer import FloorColumns, column_recall, floor_columns, main, \
+    train_question_scorer
+
+WORDS = ("mug", "sofa", "lamp", "bowl", "laptop", "vase", "pillow", "stool")
+D = 32
+
+
+def _floors(n: int, seed: int) -> list[FloorColumns]:
+    """Maps the test lays out itself: 400 columns of clutter; each category on 2 columns whose
+    features are its own visual direction (unrelated to its word embedding: the words alone
+    cannot find it) diluted by the desk it stands on."""
+    g = torch.Generator().manual_seed(1234)
+    looks = {w: torch.randn(D, generator=g) for w in WORDS}  # the same "appearance" on every floor
+    desk = torch.randn(D, generator=g)
+    rng = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        feats = torch.randn(400, D, generator=rng) * 0.5 + desk * 0.5 * (torch.rand(400, 1, generator=rng) < 0.3)
+        place = torch.randperm(400, generator=rng)
+        objects = []
+        for i, w in enumerate(WORDS):
+            mask = torch.zeros(400, dtype=torch.bool)
+            mask[place[2 * i: 2 * i + 2]] = True
+            feats[mask] = 0.4 * looks[w] + 0.6 * desk + 0.2 * torch.randn(2, D, generator=rng)
+            objects.append((w, "kitchen", mask))
+        out.append(FloorColumns(0, torch.stack([torch.arange(400) // 20, torch.arange(400) % 20], 1), feats,
+                                torch.full((400,), 5), objects))
+    return out
+
+
+def test_the_scorer_learns_which_columns_a_question_names_on_maps_it_never_saw():
+    model = tiny_leovl(hidden_size=D, grid=GridConfig(max_tokens=16, token_selection="question"))
+    train, held_out = _floors(12, seed=0), _floors(4, seed=99)
+    words = column_recall(model, held_out, keep=8)
+    model.add_question_scorer(D)
+    losses = train_question_scorer(model, train, steps=250, lr=1e-2, progress=False)
+    learned = column_recall(model, held_out, keep=8)
+    # chance: 8 of 400 columns hold one of the object's 2 columns ~4 %
+    assert words["recall"] < 0.3 and learned["recall"] > 0.8, (words, learned)
+    assert sum(losses[-20:]) < sum(losses[:20])
+    # The model's own selection now keeps the asked object's columns (token_selection path).
+    vmap = model.new_voxel_map()
+    vmap.track_columns(rope=False)
+    floor = held_out[0]
+    xy = torch.stack([torch.arange(400) // 20, torch.arange(400) % 20], 1).float() * vmap.voxel_size
+    vmap.fuse(torch.cat([xy + vmap.voxel_size / 2, torch.full((400, 1), 0.1)], 1), floor.features)
+    kept = 0
+    for word, _, mask in floor.objects:
+        grid = model.scene_grid(vmap, SceneQuery("qa", f"What colour is the {word}?"))
+        centres = (xy[mask] + vmap.voxel_size / 2)
+        single = grid.voxel_count == 1
+        kept += any(bool(((grid.xy[single] - c).abs() < 1e-4).all(1).any()) for c in centres)
+    assert kept >= 6, kept
+
+
+def test_a_bundle_keeps_its_scorer_and_one_without_selects_by_words(tmp_path):
+    model = tiny_leovl(hidden_size=D, grid=GridConfig(max_tokens=16, token_selection="question"))
+    query = SceneQuery("qa", "What colour is the mug?")
+    assert model.question_embeddings(query).shape[0] > 1  # no scorer: one row per question token
+    model.add_question_scorer(8, seed=5)
+    with torch.no_grad():
+        model.heads.question_scorer.down.normal_()  # as if trained: W != I
+    key = model.question_embeddings(query)
+    model.save_bundle(tmp_path / "b")
+    model2 = tiny_leovl(hidden_size=D, grid=GridConfig(max_tokens=16, token_selection="question"))
+    model2.load_bundle(tmp_path / "b")
+    assert model2.config.question_scorer_rank == 8
+    assert torch.allclose(model2.question_embeddings(query), key)
+    model3 = tiny_leovl(hidden_size=D, grid=GridConfig(max_tokens=16, token_selection="question"))
+    model3.save_bundle(tmp_path / "plain")
+    model2.load_bundle(tmp_path / "plain")  # a swap to a bundle without a scorer drops it
+    assert model2.heads.question_scorer is None and model2.question_embeddings(query).shape[0] > 1
+
+
+def test_the_answer_loss_does_not_train_the_scorer():
+    model = tiny_leovl(hidden_size=D)
+    model.add_question_scorer(4)
+    for mode in ("adapter", "full"):
+        model.set_trainable(mode)
+        trainable = {id(p) for p in model.trainable_parameters()}
+        assert not any(id(p) in trainable for p in model.heads.question_scorer.parameters())
+        assert id(model.heads.anchor) in trainable
+
+
+def test_floor_columns_mark_each_object_where_its_box_stands():
+    model = tiny_leovl(hidden_size=D)
+    config = FloorConfig(rooms=(3, 3))
+    floor = generate_floor(5, config)
+    got = floor_columns(model, 5, None, config, frames_per_room=3, size=(160, 120))
+    assert got.features.shape == (got.counts.numel(), D) and got.cols.shape == (got.counts.numel(), 2)
+    assert len(got.objects) > len(floor.objects) // 2  # most objects are seen along the route
+    v = model.config.voxel_size
+    centres = (got.cols.float() + 0.5) * v
+    for category, room, mask in got.objects:
+        # Truth from the scene graph: every marked column's centre is within one column of a box
+        # of that category in that room (a voxel counts when its centre is within half a voxel).
+        boxes = [(torch.tensor(o.min[:2]), torch.tensor(o.max[:2])) for o in floor.objects
+                 if o.category == category and floor.room_of[o.id] == room]
+        near = torch.zeros_like(mask)
+        for lo, hi in boxes:
+            near |= ((centres >= lo - v) & (centres <= hi + v)).all(1)
+        assert mask.any() and bool(near[mask].all()), category
+    assert sum(int(m.sum()) for _, _, m in got.objects) < got.counts.numel()  # walls and floor are no object
+
+
+def test_the_command_line_refuses_overlapping_or_empty_seed_ranges(capsys):
+    assert main(["--model", "unused", "--out", "unused", "--floors", "0:4", "--eval-floors", "3:5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "overlap" in err[0]
+    assert main(["--model", "unused", "--out", "unused", "--floors", "4:4"]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rank", [0, D + 1])
+def test_a_rank_outside_one_to_the_hidden_size_is_refused(rank):
+    model = tiny_leovl(hidden_size=D)
+    with pytest.raises(ValueError, match="question_scorer_rank"):
+        model.add_question_scorer(rank)
+    assert model.heads.question_scorer is None and model.config.question_scorer_rank is None

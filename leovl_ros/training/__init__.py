@@ -9,6 +9,7 @@ Frames are read by ``leovl_ros.scans`` (the same readers the scene player replay
     bags.py              robot bags' interactions -> SFT / preference records
     object_boxes.py      object regions (anchors) from the scans' instance annotations
     object_maps.py       a synthetic room as a voxel map in the LLM's word space (tiny model stage 2)
+    question_scorer.py   trains a model's question scorer on rendered synthetic floors (tiny model stage 3b)
     scenes.py            frame fusion with the model's encoder; scenes by id (RAM -> cache -> build)
     cache.py             voxel maps on disk keyed by scene, encoder, voxel size and recipe
     config.py            YAML training config (paper defaults, help text)

@@ -317,3 +317,27 @@ def test_a_bundle_continues_under_another_grid_only(workdir):
         with pytest.raises(ValueError, match="cannot change a bundle's model"):
             load_model(ModelSection(base=str(workdir / "base"), bundle=str(bundle), leovl=leovl), "adapter", 0,
                        torch.device("cpu"))
+
+
+def test_floor_scenes_are_rendered_along_the_route_and_match_floor_records(workdir, tmp_path):
+    from leovl_ros.synth.floors import generate_floor
+    from leovl_ros.training.data_cli import main as data_main
+    from leovl_ros.training.records import read_records
+
+    assert data_main(["convert", "synthetic", "--floors", "--seeds", "5:6", "--out", str(tmp_path / "f.jsonl")]) == 0
+    records = read_records([tmp_path / "f.jsonl"])
+    assert {r.scene_id for r in records} == {"floor_000005"} and {r.qtype for r in records} >= {
+        "floor_colour", "which_room", "room_existence", "floor_count"}
+    assert data_main(["convert", "sqa3d", "a", "b", "--floors", "--out", str(tmp_path / "x.jsonl")]) == 2
+    model, store = _model_and_scenes(workdir)
+    vmap = store.get("floor_000005")
+    assert "synthetic-floor:6x112x84" in store.recipe("floor_000005")
+    floor = generate_floor(5)
+    v = vmap.voxel_size
+    for room in floor.rooms:  # truth from the generator: every room's objects are in the map
+        seen = [o for o in (floor.objects[i] for i in room.object_ids)
+                if bool(((vmap.centers >= torch.tensor(o.min) - v) & (vmap.centers <= torch.tensor(o.max) + v))
+                        .all(1).any())]
+        assert seen, room.type
+    with pytest.raises(ValueError, match="floor_<seed>"):
+        store.get("building_000005")

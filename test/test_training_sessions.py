@@ -1,6 +1,7 @@
 """QA sessions: several questions of one scene as one chat record (training on every turn)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,18 @@ def test_cli_sessions_of_one_question_type_from_more_questions_per_room(records,
     assert main(["sessions", str(tmp_path / "r.jsonl"), "--size", "8", "--qtypes", "nonsense",
                  "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "no QA records of question type(s) nonsense" in capsys.readouterr().err
+
+
+def test_history_turns_read_the_format_of_a_full_bundle_used_as_base(tmp_path: Path):
+    cfg = {"output_dir": str(tmp_path / "o"), "model": {"base": str(tmp_path / "full")},
+           "data": {"history_turns": True}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    (tmp_path / "full").mkdir()
+    for fmt, ok in (("inline", False), ("chat", True)):
+        (tmp_path / "full" / "leovl_config.json").write_text(json.dumps({"dialogue_format": fmt}))
+        if ok:
+            assert load_config(path).data.history_turns
+        else:
+            with pytest.raises(ValueError, match="dialogue_format: chat"):
+                load_config(path)

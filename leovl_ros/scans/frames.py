@@ -109,3 +109,12 @@ def synthetic_frames(seed: int, num_frames: int, width: int, height: int,
 
     for f in render_frames(generate_room(seed), num_frames, width, height, outward_every=outward_every):
         yield f.rgbd()
+
+
+def synthetic_floor_frames(seed: int, frames_per_room: int, width: int, height: int,
+                           outward_every: int = 0) -> Iterator[RGBDFrame]:
+    """Frames of the synthetic floor ``seed`` (synth/floors.py) along its route through every room."""
+    from leovl_ros.synth.floors import generate_floor, render_floor
+
+    for f in render_floor(generate_floor(seed), frames_per_room, width, height, outward_every=outward_every):
+        yield f.rgbd()

@@ -241,6 +241,20 @@ def convert_synthetic(seeds: list[int], report: ConversionReport, qa_per_type: i
         yield from convert_items(items, lambda d: [Record.from_dict(d)], report)
 
 
+def convert_synthetic_floors(seeds: list[int], report: ConversionReport,
+                             qa_per_type: int | None = None) -> Iterator[Record]:
+    """Floor-level QA records of synthetic floors (synth/floor_qa.py; scene ids floor_<seed>);
+    ``qa_per_type``: questions per floor and type (default 6)."""
+    from leovl_ros.synth.floor_qa import floor_qa_records
+    from leovl_ros.synth.floors import generate_floor
+
+    for seed in seeds:
+        floor = generate_floor(seed)
+        recs = floor_qa_records(floor, seed, 6 if qa_per_type is None else qa_per_type)
+        items = ((f"{floor.scene_id}[{i}]", d) for i, d in enumerate(recs))
+        yield from convert_items(items, lambda d: [Record.from_dict(d)], report)
+
+
 def _per_scan(data: Any, what: str, report: ConversionReport) -> Iterator[tuple[str, tuple[str, Any]]]:
     """(where, (scan_id, item)) of a LEO file: per scan a list of items or ``{"response": [items]}``."""
     for scan_id, entry in _dict(data, what).items():

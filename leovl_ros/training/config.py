@@ -9,6 +9,7 @@ must not silently fall back to a default). ``leovl-train show-config`` prints ev
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -144,6 +145,17 @@ class TrainConfig:
     resume: str | None = _help("checkpoint folder to resume from, or 'auto' for the latest in output_dir", None)
     progress: bool = _help("show a progress bar", True)
 
+    def _dialogue_format(self) -> str | None:
+        """model.leovl's dialogue format, else that of the bundle the run continues (a bundle, or a
+        full bundle as base, holds its config); None for a bundle that does not exist yet."""
+        if "dialogue_format" in self.model.leovl:
+            return self.model.leovl["dialogue_format"]
+        for path in (self.model.bundle, self.model.base):
+            stored = Path(path) / "leovl_config.json" if path else None
+            if stored is not None and stored.is_file():
+                return json.loads(stored.read_text()).get("dialogue_format", "inline")
+        return None if self.model.bundle else "inline"
+
     def __post_init__(self) -> None:
         if self.trainable not in ("adapter", "full"):
             raise ValueError(f"trainable must be 'adapter' or 'full', got {self.trainable!r}")
@@ -154,8 +166,7 @@ class TrainConfig:
             raise ValueError(f"optim.mixed_precision must be auto | no | bf16 | fp16, got {o.mixed_precision!r}")
         if o.batch_size < 1 or o.grad_accum < 1 or o.epochs < 1 or len(o.betas) != 2:
             raise ValueError("optim: batch_size, grad_accum and epochs must be >= 1 and betas two numbers")
-        if self.data.history_turns and self.model.leovl.get("dialogue_format", "inline") != "chat" \
-                and not self.model.bundle:
+        if self.data.history_turns and self._dialogue_format() not in ("chat", None):
             raise ValueError("data.history_turns needs model.leovl.dialogue_format: chat (inline history is "
                              "user text, not answers)")
         if o.loss_norm not in ("token", "sample"):

@@ -10,6 +10,7 @@ scene feature cache.
     leovl-data convert nr3d nr3d.csv --boxes boxes.json --out nr3d.jsonl
     leovl-data convert leo-object-caption 3rscan_prompted.json --boxes boxes.json --out objcap.jsonl
     leovl-data convert synthetic --seeds 0:100 --out synth.jsonl
+    leovl-data convert synthetic --floors --seeds 700000:700020 --out floors.jsonl
     leovl-data from-bag robot_2024_05_01/ --out-sft sft.jsonl --out-pref pref.jsonl
     leovl-data from-bag ~/.ros/leovl_bags/leovl_* --interaction-log ~/.ros/leovl_interactions.jsonl \
         --out-sft sft.jsonl --out-pref pref.jsonl
@@ -62,10 +63,13 @@ def _convert(args: argparse.Namespace, report: ConversionReport) -> list:
     need = {"sqa3d": 2, "synthetic": 0}.get(fmt, 1)
     if len(inputs) != need:
         raise ValueError(f"format {fmt} takes {need} input file(s), got {len(inputs)}")
+    if args.floors and fmt != "synthetic":
+        raise ValueError(f"--floors is for format synthetic, not {fmt}")
     if fmt == "synthetic":
         if not args.seeds:
             raise ValueError("format synthetic needs --seeds, e.g. --seeds 0:10")
-        return list(adapters.convert_synthetic(_seeds(args.seeds), report, args.qa_per_type))
+        convert = adapters.convert_synthetic_floors if args.floors else adapters.convert_synthetic
+        return list(convert(_seeds(args.seeds), report, args.qa_per_type))
     if fmt == "sqa3d":
         return list(adapters.convert_sqa3d(_load_json(inputs[0]), _load_json(inputs[1]), report))
     if fmt in OBJECT_FORMATS:
@@ -218,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the others are counted as skipped")
     c.add_argument("--seeds", help="synthetic: room seeds, 'A:B' or 'a,b,c'")
     c.add_argument("--qa-per-type", type=int, help="synthetic: questions per room and question type (default 6)")
+    c.add_argument("--floors", action="store_true", help="synthetic: the seeds are floors (synth/floors.py): "
+                                                         "floor-level QA, scene ids floor_<seed>")
     c.add_argument("--report", help="also write the kept/skipped counts as JSON here")
     b = sub.add_parser("from-bag", help="SFT and preference records from recorded robot bags")
     b.add_argument("bags", nargs="+", help="rosbag2 folders or .mcap files; folders of leovl_ros recorder segments "

@@ -29,12 +29,13 @@ from leovl_ros.voxel_map import VoxelMap
 
 from leovl_ros.scans.bag_reader import BagTopics, bag_frames, bag_scene_id
 from .cache import SceneCache
-from leovl_ros.scans.frames import FrameReport, RGBDFrame, synthetic_frames
+from leovl_ros.scans.frames import FrameReport, RGBDFrame, synthetic_floor_frames, synthetic_frames
 from .object_maps import object_map, object_map_recipe
 from leovl_ros.scans.scan_sources import ScanSource
 
 log = logging.getLogger(__name__)
 SYNTH_ID = re.compile(r"^synth_(\d+)$")
+FLOOR_ID = re.compile(r"^floor_(\d+)$")  # synth/floors.py floor_id_of
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -110,7 +111,7 @@ class ScenesConfig:
     # scan datasets: [{kind: scannet|3rscan|multiscan|arkitscenes, root, stride?}]; a scene id
     # resolves to the first source holding it (scan_sources.py)
     sources: list[dict] = field(default_factory=list)
-    synthetic_frames: int = 30
+    synthetic_frames: int = 30  # per room (of a floor: per room along its route)
     synthetic_width: int = 320
     synthetic_height: int = 240
     synthetic_outward_every: int = 0  # every k-th synthetic frame looks at the near wall (synth/render.py)
@@ -167,6 +168,13 @@ class SceneStore:
                                                                                c.synthetic_outward_every)
             return recipe, lambda: synthetic_frames(seed, c.synthetic_frames, c.synthetic_width, c.synthetic_height,
                                                     c.synthetic_outward_every)
+        floor = FLOOR_ID.match(scene_id)
+        if floor:  # synthetic_frames per room along the floor's route
+            seed = int(floor.group(1))
+            recipe = f"synthetic-floor:{c.synthetic_frames}" + synthetic_view_recipe(
+                c.synthetic_width, c.synthetic_height, c.synthetic_outward_every)
+            return recipe, lambda: synthetic_floor_frames(seed, c.synthetic_frames, c.synthetic_width,
+                                                          c.synthetic_height, c.synthetic_outward_every)
         if scene_id in self._bags:
             path = self._bags[scene_id]
             return f"bag:{self.config.bag_topics!r}", lambda: bag_frames(path, self.config.bag_topics)
@@ -176,7 +184,8 @@ class SceneStore:
                 return source.recipe(), lambda: source.frames(path, self._scene_report)
         where = ", ".join(f"{s.kind} {s.root}" for s in self._sources) or "none configured"
         raise ValueError(
-            f"no source for scene {scene_id!r}: not a synthetic room id (synth_<seed>), not one of the "
+            f"no source for scene {scene_id!r}: not a synthetic room or floor id (synth_<seed>, floor_<seed>), "
+            f"not one of the "
             f"{len(self._bags)} configured bags, and in no scan source (scenes.sources / scannet_root: {where})")
 
     def recipe(self, scene_id: str) -> str:

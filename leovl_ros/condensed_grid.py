@@ -47,7 +47,7 @@ from typing import Literal, Sequence
 import torch
 
 from .column_sums import column_voxels, rope_phase
-from .token_selection import TOKEN_SELECTIONS, question_relevance, select_tokens
+from .token_selection import QUESTION_SHARE, TOKEN_SELECTIONS, question_relevance, select_tokens
 from .voxel_keys import voxel_keys
 from .voxel_map import VoxelMap
 
@@ -69,6 +69,7 @@ class GridConfig:
     fourier_seed: int = 0
     sample_seed: int = 0
     token_selection: Literal["densest", "nearest", "anchor", "coarsen", "question"] = "densest"
+    question_share: float = QUESTION_SHARE  # token_selection question: budget share of single relevant columns
 
     def __post_init__(self) -> None:
         if self.max_tokens <= 0:
@@ -79,6 +80,8 @@ class GridConfig:
             raise ValueError(f"grid must be one of {_GRIDS}, got {self.grid!r}")
         if self.token_selection not in TOKEN_SELECTIONS:
             raise ValueError(f"token_selection must be one of {TOKEN_SELECTIONS}, got {self.token_selection!r}")
+        if not 0.0 < self.question_share <= 1.0:
+            raise ValueError(f"question_share must be in (0, 1], got {self.question_share}")
         if self.fourier_features is not None and self.fourier_features <= 0:
             raise ValueError(f"fourier_features must be positive, got {self.fourier_features}")
 
@@ -175,7 +178,7 @@ def voxel_tokens(vmap: VoxelMap, config: GridConfig, focus: Sequence[float] | No
                       config.pos_z == "rope", None, None)  # (C, d): what the column sums hold, from the voxels
         relevance = question_relevance(means, question)
     col_token, xy, count = select_tokens(coords[first, :2], ccount, config.max_tokens, config.token_selection,
-                                         vmap.voxel_size, focus, relevance)
+                                         vmap.voxel_size, focus, relevance, config.question_share)
     return col_token[inverse], xy, count
 
 
@@ -255,7 +258,8 @@ def _grid_from_columns(vmap: VoxelMap, config: GridConfig, anchor_center, anchor
     if config.token_selection == "question" and question is not None and ids.numel() > config.max_tokens:
         relevance = question_relevance(vmap.columns.sums(srows), question, counts)
     col_token, xy, tcount = select_tokens(cols, counts, config.max_tokens, config.token_selection,
-                                          vmap.voxel_size, focus_point(vmap, config, anchor_center), relevance)
+                                          vmap.voxel_size, focus_point(vmap, config, anchor_center), relevance,
+                                          config.question_share)
     T = tcount.numel()
     if T == ids.numel() or config.token_selection not in ("coarsen", "question"):  # one column per token
         pooled = vmap.columns.sums(srows[col_token >= 0])  # (T, d)

@@ -20,8 +20,9 @@ One function, used by the batch CFG (from voxel coordinates) and by the incremen
   and its position is the voxel-weighted centroid of the block's column centres (the
   centre of what is occupied, not of the empty square; one column = its centre).
 - ``question``: the columns most relevant to the question (``question_relevance``) keep a
-  token each (3/4 of the budget), the rest of the map is covered by uniform 2^j x 2^j blocks
-  of columns in the remaining quarter, so nothing is dropped and the asked-about part stays sharp. Ties
+  token each (``question_share`` of the budget: 3/4 unless the model's config says otherwise),
+  the rest of the map is covered by uniform 2^j x 2^j blocks of columns in the remaining
+  budget, so nothing is dropped and the asked-about part stays sharp. Ties
   (and no relevance at all: a question that names nothing) go to the denser column.
 
 Ties in ``nearest``/``anchor`` go to the lowest (x, y); tokens are always emitted in (x, y)
@@ -37,8 +38,9 @@ import torch
 __all__ = ["QUESTION_SHARE", "TOKEN_SELECTIONS", "question_relevance", "select_tokens"]
 
 TOKEN_SELECTIONS = ("densest", "nearest", "anchor", "coarsen", "question")
-# Decision (paper silent): 3/4 of the budget for the most relevant columns, 1/4 for a coarse
-# cover of the rest (context for counts and "which room" questions; see docs/design.md).
+# Decision (paper silent): by default 3/4 of the budget for the most relevant columns, 1/4 for a
+# coarse cover of the rest (context for counts and "which room" questions); a model with a
+# learned question scorer stores its own share (GridConfig.question_share; see docs/design.md).
 QUESTION_SHARE = 0.75
 _Z_SAMPLE = 2048  # columns a token's relevance mean and spread are estimated from
 
@@ -51,11 +53,13 @@ def select_tokens(
     voxel_size: float = 1.0,
     focus: Sequence[float] | torch.Tensor | None = None,
     relevance: torch.Tensor | None = None,
+    question_share: float = QUESTION_SHARE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tokens for occupied columns ``cols`` (C, 2) int64 in (x, y) raster order with ``counts`` (C,) voxels.
 
     ``relevance`` (C,) float: per column, how much it matters to the question (``question``
-    only; None = all equal).
+    only; None = all equal). ``question_share``: the share of ``max_tokens`` given to the most
+    relevant columns, one token each (``question`` only).
 
     Returns per column its token (C,) (-1 if dropped), per token its xy (T, 2) float32 metres
     and its voxel count (T,) int64.
@@ -68,7 +72,7 @@ def select_tokens(
     if policy == "coarsen":
         return _coarsen(cols, counts, max_tokens, voxel_size)
     if policy == "question":
-        return _question(cols, counts, max_tokens, voxel_size, relevance)
+        return _question(cols, counts, max_tokens, voxel_size, relevance, question_share)
     if policy in ("nearest", "anchor") and focus is not None:
         f = torch.as_tensor(focus, dtype=torch.float64).reshape(-1)[:2].to(dev)
         dist = (((cols.to(torch.float64) + 0.5) * voxel_size - f) ** 2).sum(1)  # (C,)
@@ -112,10 +116,11 @@ def question_relevance(features: torch.Tensor, queries: torch.Tensor,
 
 
 def _question(cols: torch.Tensor, counts: torch.Tensor, max_tokens: int, voxel_size: float,
-              relevance: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``QUESTION_SHARE`` most relevant columns one token each, the rest coarsened into what is left."""
+              relevance: torch.Tensor | None,
+              share: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``share`` x ``max_tokens`` most relevant columns one token each, the rest coarsened into what is left."""
     C, dev = cols.shape[0], cols.device
-    n_keep = max(1, min(max_tokens - 1, round(max_tokens * QUESTION_SHARE))) if max_tokens > 1 else 1
+    n_keep = max(1, min(max_tokens - 1, round(max_tokens * share))) if max_tokens > 1 else 1
     key = counts.to(torch.float64)  # ties of relevance (and no relevance at all): the denser column
     if relevance is not None:
         if relevance.shape != (C,):

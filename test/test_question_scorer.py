@@ -128,3 +128,27 @@ def test_a_rank_outside_one_to_the_hidden_size_is_refused(rank):
     with pytest.raises(ValueError, match="question_scorer_rank"):
         model.add_question_scorer(rank)
     assert model.heads.question_scorer is None and model.config.question_scorer_rank is None
+
+
+def test_the_scorer_brings_its_share_of_single_columns_to_the_bundle(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    cols = torch.stack(torch.meshgrid(torch.arange(40), torch.arange(30), indexing="ij"), -1).reshape(-1, 2)
+    counts = torch.randint(1, 10, (cols.shape[0],), generator=g)
+    relevance = torch.randn(cols.shape[0], generator=g)
+    from leovl_ros.token_selection import select_tokens
+
+    for share, single in ((0.75, 48), (1 / 16, 4)):
+        col_token, _, _ = select_tokens(cols, counts, 64, "question", 0.3, None, relevance, share)
+        per_token = torch.bincount(col_token)
+        top = torch.topk(relevance, single).indices
+        assert bool((per_token[col_token[top]] == 1).all())  # the `single` most relevant: a token each
+        top48 = torch.topk(relevance, 48).indices
+        assert (int((per_token[col_token[top48]] == 1).sum()) == 48) == (share == 0.75)  # 1/16: the rest coarse
+    model = tiny_leovl(hidden_size=D, grid=GridConfig(max_tokens=16, token_selection="question"))
+    model.add_question_scorer(4, question_share=1 / 16)
+    model.save_bundle(tmp_path / "b")
+    other = tiny_leovl(hidden_size=D)
+    other.load_bundle(tmp_path / "b")
+    assert other.config.grid.question_share == 1 / 16
+    with pytest.raises(ValueError, match="question_share"):
+        GridConfig(question_share=0.0)

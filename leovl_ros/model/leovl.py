@@ -174,10 +174,14 @@ class LeoVL:
             self._stored_config = dataclasses.replace(self._stored_config, train_mode=mode)
             self._config = resolve_config(self._stored_config, self._overrides)
 
-    def add_question_scorer(self, rank: int, seed: int = 0) -> None:
+    def add_question_scorer(self, rank: int, seed: int = 0, question_share: float | None = None) -> None:
         """A fresh QuestionScorer of ``rank`` in the heads (replacing any), to be trained by
-        training/question_scorer.py; it is saved with the heads and its rank with the config."""
-        self._stored_config = dataclasses.replace(self._stored_config, question_scorer_rank=rank)
+        training/question_scorer.py; it is saved with the heads, its rank (and the
+        ``grid.question_share`` it is used with, when given) with the config."""
+        grid = self._stored_config.grid
+        if question_share is not None:
+            grid = dataclasses.replace(grid, question_share=question_share)
+        self._stored_config = dataclasses.replace(self._stored_config, question_scorer_rank=rank, grid=grid)
         self._config = resolve_config(self._stored_config, self._overrides)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

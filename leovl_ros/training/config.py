@@ -37,7 +37,7 @@ class ModelSection:
         "leovl_ros.model.tiny.tiny_qwen25vl_config (tests; training from scratch with trainable: full)", None)
     leovl: dict = _help("LeoVLConfig overrides for a fresh model (voxel_size, grid, lora_r, ...); "
                         "with a bundle (which holds its config) only grid.pos_z / grid / max_tokens / "
-                        "sample_seed / token_selection may be set: ablations continuing a trained model",
+                        "sample_seed / token_selection / question_share may be set: ablations continuing a trained model",
                         factory=dict)
 
 

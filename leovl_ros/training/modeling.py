@@ -57,7 +57,7 @@ def create_random_base(path: str | os.PathLike, tiny_kwargs: dict, seed: int = 0
 # Grid settings that change no weight shape: a trained bundle can continue under another one
 # (the paper's ablations branching off a shared earlier stage; fine-tuning on whole floors
 # under token_selection: question or coarsen).
-_BUNDLE_GRID_KEYS = ("pos_z", "grid", "max_tokens", "sample_seed", "token_selection")
+_BUNDLE_GRID_KEYS = ("pos_z", "grid", "max_tokens", "sample_seed", "token_selection", "question_share")
 
 
 def _bundle_overrides(config: LeoVLConfig, leovl: dict) -> ConfigOverrides:

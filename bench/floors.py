@@ -107,7 +107,7 @@ def draw_picture(model: LeoVL, vmap: VoxelMap, query: SceneQuery, grounding, sai
     from leovl_ros.scene_picture import draw_scene
 
     image, _ = draw_scene(vmap, model.config.grid.max_tokens, 0, None, 0.5, "question", grounding,
-                          model.question_embeddings(query))
+                          model.question_embeddings(query), model.config.grid.question_share)
     tmp = out.with_name(f".{out.name}.tmp")
     image.save(tmp, format="PNG", optimize=True)
     tmp.replace(out)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .token_selection import TOKEN_SELECTIONS
+from .token_selection import QUESTION_SHARE, TOKEN_SELECTIONS
 
 __all__ = ["main"]
 
@@ -60,7 +60,8 @@ def _ask(args: argparse.Namespace, vmap):
         grid["max_tokens"] = args.max_tokens
     # a picture tool on a CPU: one beam, not the node's five
     model = load_model(path, overrides=ConfigOverrides(grid=grid, generation={"num_beams": 1}))
-    args.max_tokens = model.config.grid.max_tokens  # the picture shows the grid the model answered from
+    # the picture shows the grid the model answered from
+    args.max_tokens, args.question_share = model.config.grid.max_tokens, model.config.grid.question_share
     anchor = None if args.anchor is None else (*args.anchor[:2], args.anchor[2] if len(args.anchor) > 2 else 0.0)
     query = SceneQuery("qa", args.question, anchor_center=anchor,
                        anchor_radius=args.anchor_radius if anchor is not None and args.anchor_radius > 0 else None)
@@ -77,9 +78,10 @@ def _show(args: argparse.Namespace) -> str:
     if args.question is not None and not args.question.strip():
         raise ValueError("--question is empty")
     vmap = VoxelMap.load(args.scene)
+    args.question_share = QUESTION_SHARE  # _ask sets the model's
     said, grounding, question = _ask(args, vmap) if args.question else ("", None, None)
     image, shown = draw_scene(vmap, args.max_tokens or 750, args.cell_px, args.anchor, args.anchor_radius,
-                              args.token_selection, grounding, question)
+                              args.token_selection, grounding, question, args.question_share)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .camera_path import CameraPath
 from .condensed_grid import GridConfig, focus_point, voxel_tokens
+from .token_selection import QUESTION_SHARE
 from .voxel_map import VoxelMap
 
 __all__ = ["COLOURS", "LEGEND_PX", "PAD", "SceneLayout", "draw_scene", "scene_layout"]
@@ -83,14 +84,16 @@ def scene_layout(vmap: VoxelMap, cell_px: int, path: np.ndarray | None = None,
 
 def draw_scene(vmap: VoxelMap, max_tokens: int = 750, cell_px: int = 0, anchor: Sequence[float] | None = None,
                anchor_radius: float = 0.5, token_selection: str = "densest", grounding=None,
-               question: torch.Tensor | None = None) -> tuple[Image.Image, dict[str, int]]:
+               question: torch.Tensor | None = None,
+               question_share: float = QUESTION_SHARE) -> tuple[Image.Image, dict[str, int]]:
     """The picture and what it shows: voxels, columns, tokens, path points.
 
     ``cell_px`` 0 picks a size that makes the map about 800 px across (2..16 px per column).
     Kept columns are those whose voxels reach a token under ``max_tokens`` and ``token_selection``
     (cfg.voxel_tokens: with ``coarsen`` every column is kept, merged into fewer tokens), centred
     like the node's on the anchor (``anchor``) or the map's last viewpoint (``nearest``), or by
-    ``question`` (its token embeddings) under ``question``. ``grounding`` (a model.grounding.Grounding)
+    ``question`` (its token embeddings or scorer key, ``question_share`` of the tokens single
+    columns: the model's ``grid.question_share``) under ``question``. ``grounding`` (a model.grounding.Grounding)
     adds the heat layer (none when it is flat: the legend says so).
     """
     if vmap.num_voxels == 0:
@@ -106,7 +109,7 @@ def draw_scene(vmap: VoxelMap, max_tokens: int = 750, cell_px: int = 0, anchor: 
     cols, inverse, per_col = torch.unique(vmap.coords[:, :2].cpu(), dim=0, return_inverse=True, return_counts=True)
     # pos_z only matters to the question's relevance (RoPE'd column means, as the model sees them)
     config = GridConfig(max_tokens=max_tokens, pos_z="none" if question is None else "rope",
-                        token_selection=token_selection)
+                        token_selection=token_selection, question_share=question_share)
     token, xy, _ = voxel_tokens(vmap, config, focus_point(vmap, config, anchor), question)
     col_token = torch.full((len(cols),), -1, dtype=torch.int64).scatter_(0, inverse, token.cpu())
     kept_col = col_token >= 0

@@ -126,7 +126,13 @@ def test_show_question_answers_and_draws_where_the_answer_came_from(tmp_path, ca
                  "What colour is the bed?", "--token-selection", "question", "--max-tokens", "64"]) == 0
     said = capsys.readouterr().out
     assert "answer: " in said and "grounding: " in said
-    assert 48 < int(said.split(" tokens")[0].split()[-1]) <= 64  # the model's grid under the question's selection
+    # the picture shows the grid the model answered from (its question_share included)
+    from leovl_ros.model.config import ConfigOverrides
+    from leovl_ros.model.prompts import SceneQuery
+
+    model.set_overrides(ConfigOverrides(grid={"token_selection": "question", "max_tokens": 64}))
+    grid = model.scene_grid(vmap, SceneQuery("qa", "What colour is the bed?"))
+    assert int(said.split(" tokens")[0].split()[-1]) == grid.num_tokens <= 64
     pixels = np.asarray(Image.open(out).convert("RGB"))
     assert np.all(pixels == COLOURS["heat_high"], axis=2)[:-LEGEND_PX].sum() > 0  # the heaviest column, ringed
     assert main(["show", str(tmp_path / "room.safetensors"), "--out", str(out), "--question", " "]) == 2

@@ -103,12 +103,12 @@ def train_question_scorer(model: LeoVL, floors: list[FloorColumns], steps: int, 
     losses = []
     with torch.enable_grad():
         for _ in tqdm(range(steps), desc="question scorer", disable=not progress):
-            loss = torch.zeros(())
+            loss = torch.zeros((), device=scorer.word_weight.device)
             for floor, i in rng.choices(pool, k=batch):
                 category, room, mask = floor.objects[i]
                 key = scorer(model.question_words(question_for(category, room, rng)))  # (1, d)
-                logp = torch.log_softmax((floor.features @ key[0]), 0)  # (C,)
-                loss = loss - torch.logsumexp(logp[mask], 0) / batch  # mass on the object's columns
+                logp = torch.log_softmax(floor.features.to(key.device) @ key[0], 0)  # (C,)
+                loss = loss - torch.logsumexp(logp[mask.to(key.device)], 0) / batch  # mass on the object's columns
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -74,7 +74,12 @@ def _torchrun(config: Path, command: str = "sft") -> subprocess.Popen:
 
 
 def _finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=300)
+    try:
+        out, _ = proc.communicate(timeout=240)  # under pytest's 300 s: a hang fails with the run's output
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers (a session of their own)
+        out, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 240 s; its output:\n{out[-4000:]}")
     assert proc.returncode == 0, out[-3000:]
     return out
 

@@ -159,9 +159,13 @@ def _blocks(cols: torch.Tensor, counts: torch.Tensor, budget: int,
     is context, not detail. Tokens as in ``coarsen``: voxel-weighted centroid, raster order."""
     R = cols.shape[0]
     j = max(0, math.ceil(math.log(max(R / budget, 1.0), 4)))  # 4^j columns per block at best
+    span = int(cols.abs().max()) + 1 if R else 1
     while True:
         bkeys, token = torch.unique(_key(torch.div(cols, 1 << j, rounding_mode="floor")), return_inverse=True)
         if bkeys.numel() <= budget:
+            break
+        if (1 << j) >= span:  # blocks are the <= 4 quadrants around the origin, which never merge: one token
+            bkeys, token = bkeys[:1], torch.zeros_like(token)
             break
         j += 1
     T = bkeys.numel()
@@ -184,8 +188,12 @@ def _coarsen(cols: torch.Tensor, counts: torch.Tensor, max_tokens: int,
     C, dev = cols.shape[0], cols.device
     corner = cols.clone()  # min corner (in columns) of each column's group: groups are nested, corners distinct
     groups, j = C, 0
+    span = int(cols.abs().max()) + 1
     while groups > max_tokens:
         j += 1
+        if (1 << (j - 1)) >= span:  # the last level left only the <= 4 quadrants around the origin: one token
+            corner[:] = corner.min(0).values
+            break
         block = torch.div(cols, 1 << j, rounding_mode="floor")  # (C, 2)
         bkeys, binv = torch.unique(_key(block), return_inverse=True)  # raster order of blocks
         ginv = torch.unique(_key(corner), return_inverse=True)[1]  # current group of each column

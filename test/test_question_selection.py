@@ -87,3 +87,23 @@ def test_the_model_selects_tokens_by_the_question_it_is_asked():
     batch = model.prepare_batch([vmap, vmap], [SceneQuery("qa", "What colour is the mug?"),
                                                SceneQuery("qa", "What colour is the sofa?")])
     assert batch.num_scene_tokens == [grids["mug"].num_tokens, grids["sofa"].num_tokens]
+
+
+def test_budgets_below_four_tokens_cover_a_map_around_the_origin():
+    """Blocks are aligned to the map origin, so the four quadrants around it never merge: a budget
+    of 1-3 cover tokens (a small max_tokens, or question_share near 1) once looped until the block
+    side overflowed. Every column must still land in a token, within the budget, with all voxels."""
+    g = torch.Generator().manual_seed(3)
+    cols = torch.unique(torch.randint(-40, 40, (300, 2), generator=g), dim=0)  # raster order, all quadrants
+    counts = torch.randint(1, 9, (cols.shape[0],), generator=g)
+    relevance = torch.rand(cols.shape[0], generator=g)
+    cases = [("coarsen", t, QUESTION_SHARE) for t in (1, 2, 3, 4)]
+    cases += [("question", t, QUESTION_SHARE) for t in (2, 3, 4)] + [("question", 256, 0.99)]
+    for policy, budget, share in cases:
+        col_token, xy, tcount = select_tokens(cols, counts, budget, policy, 0.5, None, relevance, share)
+        assert 1 <= tcount.numel() <= budget, (policy, budget)
+        assert bool((col_token >= 0).all()), (policy, budget)
+        assert int(tcount.sum()) == int(counts.sum())
+    _, xy, tcount = select_tokens(cols, counts, 1, "coarsen", 0.5)
+    w = counts.double()[:, None]
+    assert torch.allclose(xy[0].double(), ((cols.double() + 0.5) * 0.5 * w).sum(0) / w.sum(), atol=1e-4)

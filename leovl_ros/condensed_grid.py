@@ -51,8 +51,8 @@ from .token_selection import QUESTION_SHARE, TOKEN_SELECTIONS, question_relevanc
 from .voxel_keys import voxel_keys
 from .voxel_map import VoxelMap
 
-__all__ = ["CondensedGrid", "GridConfig", "build_grid", "focus_point", "fourier_input", "fourier_matrix", "rope_height",
-           "voxel_tokens"]
+__all__ = ["CondensedGrid", "GridConfig", "build_grid", "focus_point", "fourier_input", "fourier_matrix",
+           "referred_voxels", "rope_height", "voxel_tokens"]
 
 _POS_Z = ("rope", "none")
 _GRIDS = ("cfg", "voxel_full", "voxel_sample")
@@ -127,6 +127,12 @@ def fourier_input(xy: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     cycles = xy.to(W.device, torch.float64) @ W.to(torch.float64).T  # (T, F)
     angle = (2.0 * math.pi * (cycles - cycles.detach().round())).to(torch.float32)  # (T, F) in [-pi, pi]
     return torch.cat([angle.cos(), angle.sin()], 1) / math.sqrt(2 * W.shape[0])
+
+
+def referred_voxels(vmap: VoxelMap, center: Sequence[float], radius: float | None,
+                    size: Sequence[float] | None = None) -> torch.Tensor:
+    """(V,) bool: the map's voxels in a referred region, exactly as the anchor marks them."""
+    return _anchor_mask(vmap, torch.arange(vmap.num_voxels, device=vmap.device), center, radius, size)
 
 
 def _anchor_mask(vmap: VoxelMap, rows: torch.Tensor, center: Sequence[float], radius: float | None,

@@ -9,14 +9,15 @@ from leovl_ros.condensed_grid import GridConfig
 from leovl_ros.model.prompts import SceneQuery
 from leovl_ros.model.tiny import tiny_leovl
 from leovl_ros.synth.floors import FloorConfig, generate_floor
-from leovl_ros.training.question_scorer import FloorColumns, column_recall, floor_columns, main, \
-    train_question_scorer
+from leovl_ros.synth.text import a
+from leovl_ros.training.question_scorer import TEMPLATES, ReferredObject, SceneColumns, column_recall, \
+    floor_columns, main, train_question_scorer
 
 WORDS = ("mug", "sofa", "lamp", "bowl", "laptop", "vase", "pillow", "stool")
 D = 32
 
 
-def _floors(n: int, seed: int) -> list[FloorColumns]:
+def _floors(n: int, seed: int) -> list[SceneColumns]:
     """Maps the test lays out itself: 400 columns of clutter; each category on 2 columns whose
     features are its own visual direction (unrelated to its word embedding: the words alone
     cannot find it) diluted by the desk it stands on."""
@@ -33,8 +34,8 @@ def _floors(n: int, seed: int) -> list[FloorColumns]:
             mask = torch.zeros(400, dtype=torch.bool)
             mask[place[2 * i: 2 * i + 2]] = True
             feats[mask] = 0.4 * looks[w] + 0.6 * desk + 0.2 * torch.randn(2, D, generator=rng)
-            objects.append((w, "kitchen", mask))
-        out.append(FloorColumns(0, torch.stack([torch.arange(400) // 20, torch.arange(400) % 20], 1), feats,
+            objects.append(ReferredObject(tuple(t.format(c=w, ac=a(w), r="kitchen") for t in TEMPLATES), mask, w))
+        out.append(SceneColumns("test", torch.stack([torch.arange(400) // 20, torch.arange(400) % 20], 1), feats,
                                 torch.full((400,), 5), objects))
     return out
 
@@ -56,7 +57,7 @@ def test_the_scorer_learns_which_columns_a_question_names_on_maps_it_never_saw()
     xy = torch.stack([torch.arange(400) // 20, torch.arange(400) % 20], 1).float() * vmap.voxel_size
     vmap.fuse(torch.cat([xy + vmap.voxel_size / 2, torch.full((400, 1), 0.1)], 1), floor.features)
     kept = 0
-    for word, _, mask in floor.objects:
+    for word, mask in ((o.category, o.mask) for o in floor.objects):
         grid = model.scene_grid(vmap, SceneQuery("qa", f"What colour is the {word}?"))
         centres = (xy[mask] + vmap.voxel_size / 2)
         single = grid.voxel_count == 1
@@ -102,7 +103,7 @@ def test_floor_columns_mark_each_object_where_its_box_stands():
     assert len(got.objects) > len(floor.objects) // 2  # most objects are seen along the route
     v = model.config.voxel_size
     centres = (got.cols.float() + 0.5) * v
-    for category, room, mask in got.objects:
+    for _, mask, category, room in got.objects:
         # Truth from the scene graph: every marked column's centre is within one column of a box
         # of that category in that room (a voxel counts when its centre is within half a voxel).
         boxes = [(torch.tensor(o.min[:2]), torch.tensor(o.max[:2])) for o in floor.objects
@@ -111,7 +112,7 @@ def test_floor_columns_mark_each_object_where_its_box_stands():
         for lo, hi in boxes:
             near |= ((centres >= lo - v) & (centres <= hi + v)).all(1)
         assert mask.any() and bool(near[mask].all()), category
-    assert sum(int(m.sum()) for _, _, m in got.objects) < got.counts.numel()  # walls and floor are no object
+    assert sum(int(o.mask.sum()) for o in got.objects) < got.counts.numel()  # walls and floor are no object
 
 
 def test_the_command_line_refuses_overlapping_or_empty_seed_ranges(capsys):
@@ -152,3 +153,70 @@ def test_the_scorer_brings_its_share_of_single_columns_to_the_bundle(tmp_path):
     assert other.config.grid.question_share == 1 / 16
     with pytest.raises(ValueError, match="question_share"):
         GridConfig(question_share=0.0)
+
+
+def _referring_records(seeds, far: bool = False):
+    """ScanRefer-like records the test writes from the rooms' own scene graphs: each object's
+    box as the anchor, a sentence naming it as the caption."""
+    from leovl_ros.synth.rooms import generate_room
+    from leovl_ros.training.records import Anchor, Record
+
+    out = []
+    for seed in seeds:
+        for o in generate_room(seed).objects:
+            out.append(Record(f"synth_{seed}", "object_caption", "Describe this object.", f"the {o.colour} {o.category}",
+                              "scanrefer", anchor=Anchor(tuple(float(v) for v in o.center), None,
+                                                         tuple(float(v) for v in o.size))))
+    if far:  # a box no voxel of the map is in
+        out.append(Record(f"synth_{seeds[0]}", "object_caption", "Describe this object.", "a ghost", "scanrefer",
+                          anchor=Anchor((40.0, 40.0, 1.0), None, (0.5, 0.5, 0.5))))
+    return out
+
+
+def test_records_mark_the_columns_of_their_referred_box(tmp_path):
+    from leovl_ros.synth.rooms import generate_room
+    from leovl_ros.training.question_scorer import record_columns
+    from leovl_ros.training.scenes import SceneStore, ScenesConfig
+
+    model = tiny_leovl(hidden_size=D)
+    store = SceneStore(model, ScenesConfig(cache_dir=str(tmp_path), synthetic_frames=3, synthetic_width=160,
+                                           synthetic_height=120))
+    records = _referring_records([3], far=True)
+    scenes, empty = record_columns(model, store, records, progress=False)
+    assert len(scenes) == 1 and empty >= 1  # the ghost (and any object the 3 frames missed) is skipped
+    scene, v = scenes[0], model.config.voxel_size
+    assert scene.scene_id == "synth_3" and len(scene.objects) == len(records) - empty
+    assert {o.texts for o in scene.objects} <= {(r.response,) for r in records}
+    centres = (scene.cols.float() + 0.5) * v
+    boxes = {f"the {o.colour} {o.category}": o for o in generate_room(3).objects}
+    for texts, mask, *_ in scene.objects:
+        o = boxes[texts[0]]  # truth: the room generator's box, not the anchor the code read
+        near = ((centres >= torch.tensor(o.min[:2]) - v) & (centres <= torch.tensor(o.max[:2]) + v)).all(1)
+        assert mask.any() and bool(near[mask].all()), texts
+
+
+def test_the_command_line_trains_from_records_with_the_config_scenes(tmp_path, capsys):
+    from leovl_ros.model.leovl import LeoVL
+    from leovl_ros.training.records import write_records
+
+    model = tiny_leovl(hidden_size=D)
+    model.set_trainable("full")  # a bundle that holds its weights: no base to find
+    model.save_bundle(tmp_path / "start")
+    write_records(tmp_path / "train.jsonl", _referring_records([3, 4]))
+    write_records(tmp_path / "eval.jsonl", _referring_records([5]))
+    (tmp_path / "recipe.yaml").write_text(
+        f"output_dir: {tmp_path / 'unused'}\nmodel: {{base: unused}}\nscenes: {{cache_dir: {tmp_path / 'scenes'}, "
+        "synthetic_frames: 3, synthetic_width: 160, synthetic_height: 120}\n")
+    args = ["--model", str(tmp_path / "start"), "--out", str(tmp_path / "out"), "--records", str(tmp_path / "train.jsonl"),
+            "--eval-records", str(tmp_path / "eval.jsonl"), "--config", str(tmp_path / "recipe.yaml"), "--steps", "30"]
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "2 scenes" in out and "held-out records" in out
+    trained = LeoVL.from_pretrained(tmp_path / "out")
+    assert trained.heads.question_scorer is not None
+    assert len(list((tmp_path / "scenes").iterdir())) == 3  # the maps came from the config's scene store
+    # --eval-records without --records is refused in one line before anything loads
+    capsys.readouterr()
+    assert main(["--model", "unused", "--out", "unused", "--eval-records", "x.jsonl"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--records" in err[0]

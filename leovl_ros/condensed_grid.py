@@ -47,7 +47,7 @@ from typing import Literal, Sequence
 import torch
 
 from .column_sums import column_voxels, rope_phase
-from .token_selection import QUESTION_SHARE, TOKEN_SELECTIONS, question_relevance, select_tokens
+from .token_selection import QUESTION_SHARE, TOKEN_SELECTIONS, question_relevance, region_columns, select_tokens
 from .voxel_keys import voxel_keys
 from .voxel_map import VoxelMap
 
@@ -170,11 +170,22 @@ def focus_point(vmap: VoxelMap, config: GridConfig, anchor_center) -> Sequence[f
     return vmap.viewpoint
 
 
+def question_region(config: GridConfig, cols: torch.Tensor, voxel_size: float,
+                    region: tuple | None) -> torch.Tensor | None:
+    """(C,) bool: the columns of the anchor's region (center, radius, size), which ``question``
+    selection keeps first; None without an anchor or under another selection."""
+    if region is None or region[0] is None or config.token_selection != "question":
+        return None
+    return region_columns(cols, voxel_size, *region)
+
+
 def voxel_tokens(vmap: VoxelMap, config: GridConfig, focus: Sequence[float] | None = None,
-                 question: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 question: torch.Tensor | None = None,
+                 region: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per voxel its token (-1 if its column was cut), per token its xy (T, 2) and voxel count (T,).
 
-    ``question`` (Q, d): the question's token embeddings, for ``token_selection: question``."""
+    ``question`` (Q, d): the question's token embeddings, for ``token_selection: question``;
+    ``region``: the anchor's (center, radius, size), whose columns that selection keeps first."""
     coords = vmap.coords
     ckeys, inverse, ccount = torch.unique(_column_keys(coords), return_inverse=True, return_counts=True)  # (C,)
     first = torch.zeros_like(ckeys).scatter_(0, inverse, torch.arange(coords.shape[0], device=coords.device))
@@ -183,8 +194,10 @@ def voxel_tokens(vmap: VoxelMap, config: GridConfig, focus: Sequence[float] | No
         means = _pool(vmap, torch.arange(coords.shape[0], device=coords.device), inverse, ccount,
                       config.pos_z == "rope", None, None)  # (C, d): what the column sums hold, from the voxels
         relevance = question_relevance(means, question)
-    col_token, xy, count = select_tokens(coords[first, :2], ccount, config.max_tokens, config.token_selection,
-                                         vmap.voxel_size, focus, relevance, config.question_share)
+    cols = coords[first, :2]
+    col_token, xy, count = select_tokens(cols, ccount, config.max_tokens, config.token_selection, vmap.voxel_size,
+                                         focus, relevance, config.question_share,
+                                         question_region(config, cols, vmap.voxel_size, region))
     return col_token[inverse], xy, count
 
 
@@ -263,9 +276,10 @@ def _grid_from_columns(vmap: VoxelMap, config: GridConfig, anchor_center, anchor
     relevance = None
     if config.token_selection == "question" and question is not None and ids.numel() > config.max_tokens:
         relevance = question_relevance(vmap.columns.sums(srows), question, counts)
+    region = question_region(config, cols, vmap.voxel_size, (anchor_center, anchor_radius, anchor_size))
     col_token, xy, tcount = select_tokens(cols, counts, config.max_tokens, config.token_selection,
                                           vmap.voxel_size, focus_point(vmap, config, anchor_center), relevance,
-                                          config.question_share)
+                                          config.question_share, region)
     T = tcount.numel()
     if T == ids.numel() or config.token_selection not in ("coarsen", "question"):  # one column per token
         pooled = vmap.columns.sums(srows[col_token >= 0])  # (T, d)
@@ -321,7 +335,7 @@ def build_grid(
     else:
         if config.grid == "cfg":
             vox_token, xy, voxel_count = voxel_tokens(vmap, config, focus_point(vmap, config, anchor_center),
-                                                      question)
+                                                      question, (anchor_center, anchor_radius, anchor_size))
             rows = torch.nonzero(vox_token >= 0).squeeze(1)  # (S,) voxels that survive the cap
             token = vox_token[rows]  # (S,)
         else:

@@ -110,7 +110,8 @@ def draw_scene(vmap: VoxelMap, max_tokens: int = 750, cell_px: int = 0, anchor: 
     # pos_z only matters to the question's relevance (RoPE'd column means, as the model sees them)
     config = GridConfig(max_tokens=max_tokens, pos_z="none" if question is None else "rope",
                         token_selection=token_selection, question_share=question_share)
-    token, xy, _ = voxel_tokens(vmap, config, focus_point(vmap, config, anchor), question)
+    token, xy, _ = voxel_tokens(vmap, config, focus_point(vmap, config, anchor), question,
+                                (anchor, anchor_radius, None))
     col_token = torch.full((len(cols),), -1, dtype=torch.int64).scatter_(0, inverse, token.cpu())
     kept_col = col_token >= 0
     shared = torch.bincount(col_token[kept_col], minlength=int(xy.shape[0]))[col_token.clamp(min=0)] > 1

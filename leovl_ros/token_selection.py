@@ -23,7 +23,9 @@ One function, used by the batch CFG (from voxel coordinates) and by the incremen
   token each (``question_share`` of the budget: 3/4 unless the model's config says otherwise),
   the rest of the map is covered by uniform 2^j x 2^j blocks of columns in the remaining
   budget, so nothing is dropped and the asked-about part stays sharp. Ties
-  (and no relevance at all: a question that names nothing) go to the denser column.
+  (and no relevance at all: a question that names nothing) go to the denser column. With an
+  anchor, the columns of the referred region (``region_columns``) come first, the most
+  relevant of them if they are more than the share: the object to describe stays sharp.
 
 Ties in ``nearest``/``anchor`` go to the lowest (x, y); tokens are always emitted in (x, y)
 raster order of their column (block), so token order never depends on frame order.
@@ -35,7 +37,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["QUESTION_SHARE", "TOKEN_SELECTIONS", "question_relevance", "select_tokens"]
+__all__ = ["QUESTION_SHARE", "TOKEN_SELECTIONS", "question_relevance", "region_columns", "select_tokens"]
 
 TOKEN_SELECTIONS = ("densest", "nearest", "anchor", "coarsen", "question")
 # Decision (paper silent): by default 3/4 of the budget for the most relevant columns, 1/4 for a
@@ -54,12 +56,14 @@ def select_tokens(
     focus: Sequence[float] | torch.Tensor | None = None,
     relevance: torch.Tensor | None = None,
     question_share: float = QUESTION_SHARE,
+    preferred: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tokens for occupied columns ``cols`` (C, 2) int64 in (x, y) raster order with ``counts`` (C,) voxels.
 
     ``relevance`` (C,) float: per column, how much it matters to the question (``question``
     only; None = all equal). ``question_share``: the share of ``max_tokens`` given to the most
-    relevant columns, one token each (``question`` only).
+    relevant columns, one token each (``question`` only). ``preferred`` (C,) bool: columns
+    that take those single tokens before any other (``question`` only: the anchor's region).
 
     Returns per column its token (C,) (-1 if dropped), per token its xy (T, 2) float32 metres
     and its voxel count (T,) int64.
@@ -72,7 +76,7 @@ def select_tokens(
     if policy == "coarsen":
         return _coarsen(cols, counts, max_tokens, voxel_size)
     if policy == "question":
-        return _question(cols, counts, max_tokens, voxel_size, relevance, question_share)
+        return _question(cols, counts, max_tokens, voxel_size, relevance, question_share, preferred)
     if policy in ("nearest", "anchor") and focus is not None:
         f = torch.as_tensor(focus, dtype=torch.float64).reshape(-1)[:2].to(dev)
         dist = (((cols.to(torch.float64) + 0.5) * voxel_size - f) ** 2).sum(1)  # (C,)
@@ -115,9 +119,24 @@ def question_relevance(features: torch.Tensor, queries: torch.Tensor,
     return ((score - mean[:, None]) / std.clamp(min=1e-6)[:, None]).amax(0)
 
 
+def region_columns(cols: torch.Tensor, voxel_size: float, center: Sequence[float], radius: float | None,
+                   size: Sequence[float] | None = None) -> torch.Tensor:
+    """(C,) bool: the columns a referred region stands on: those whose square the box's
+    footprint (``size``) overlaps or whose centre lies within ``radius`` of the region's centre
+    (horizontally), and the column holding the centre."""
+    c = torch.as_tensor(center, dtype=torch.float64).reshape(-1)[:2].to(cols.device)
+    centres = (cols.to(torch.float64) + 0.5) * voxel_size  # (C, 2)
+    if size is not None:
+        half = torch.as_tensor(size, dtype=torch.float64).reshape(-1)[:2].to(cols.device) / 2
+        inside = ((centres - c).abs() < half + voxel_size / 2).all(1)
+    else:
+        inside = (centres - c).norm(dim=1) <= (radius or 0.0)
+    return inside | (cols == torch.floor(c / voxel_size).to(cols.dtype)).all(1)
+
+
 def _question(cols: torch.Tensor, counts: torch.Tensor, max_tokens: int, voxel_size: float,
-              relevance: torch.Tensor | None,
-              share: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              relevance: torch.Tensor | None, share: float,
+              preferred: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``share`` x ``max_tokens`` most relevant columns one token each, the rest coarsened into what is left."""
     C, dev = cols.shape[0], cols.device
     n_keep = max(1, min(max_tokens - 1, round(max_tokens * share))) if max_tokens > 1 else 1
@@ -127,7 +146,11 @@ def _question(cols: torch.Tensor, counts: torch.Tensor, max_tokens: int, voxel_s
             raise ValueError(f"relevance must have one value per column ({C},), got {tuple(relevance.shape)}")
         score = torch.nan_to_num(relevance.to(dev, torch.float64), nan=-1e9, posinf=1e9, neginf=-1e9)
         key = score + key / (2.0 * float(counts.max()) + 1.0) * 1e-6  # counts only break ties
-    top = torch.topk(key, n_keep).indices
+    if preferred is None:
+        top = torch.topk(key, n_keep).indices
+    else:  # the region's columns first, each group by relevance
+        order = torch.argsort(key, descending=True, stable=True)
+        top = order[torch.argsort((~preferred.to(dev))[order].to(torch.int8), stable=True)][:n_keep]
     keep = torch.zeros(C, dtype=torch.bool, device=dev)
     keep[top] = True
     if n_keep == max_tokens:  # a budget of one token: nothing left to cover the rest with

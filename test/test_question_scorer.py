@@ -164,9 +164,9 @@ def _referring_records(seeds, far: bool = False):
     out = []
     for seed in seeds:
         for o in generate_room(seed).objects:
-            out.append(Record(f"synth_{seed}", "object_caption", "Describe this object.", f"the {o.colour} {o.category}",
-                              "scanrefer", anchor=Anchor(tuple(float(v) for v in o.center), None,
-                                                         tuple(float(v) for v in o.size))))
+            out.append(Record(f"synth_{seed}", "object_caption", "Describe this object.",
+                              f"the {o.colour} {o.category}", "scanrefer",
+                              anchor=Anchor(tuple(float(v) for v in o.center), None, tuple(float(v) for v in o.size))))
     if far:  # a box no voxel of the map is in
         out.append(Record(f"synth_{seeds[0]}", "object_caption", "Describe this object.", "a ghost", "scanrefer",
                           anchor=Anchor((40.0, 40.0, 1.0), None, (0.5, 0.5, 0.5))))
@@ -207,8 +207,9 @@ def test_the_command_line_trains_from_records_with_the_config_scenes(tmp_path, c
     (tmp_path / "recipe.yaml").write_text(
         f"output_dir: {tmp_path / 'unused'}\nmodel: {{base: unused}}\nscenes: {{cache_dir: {tmp_path / 'scenes'}, "
         "synthetic_frames: 3, synthetic_width: 160, synthetic_height: 120}\n")
-    args = ["--model", str(tmp_path / "start"), "--out", str(tmp_path / "out"), "--records", str(tmp_path / "train.jsonl"),
-            "--eval-records", str(tmp_path / "eval.jsonl"), "--config", str(tmp_path / "recipe.yaml"), "--steps", "30"]
+    args = ["--model", str(tmp_path / "start"), "--out", str(tmp_path / "out"),
+            "--records", str(tmp_path / "train.jsonl"), "--eval-records", str(tmp_path / "eval.jsonl"),
+            "--config", str(tmp_path / "recipe.yaml"), "--steps", "30"]
     assert main(args) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "2 scenes" in out and "held-out records" in out

@@ -107,3 +107,35 @@ def test_budgets_below_four_tokens_cover_a_map_around_the_origin():
     _, xy, tcount = select_tokens(cols, counts, 1, "coarsen", 0.5)
     w = counts.double()[:, None]
     assert torch.allclose(xy[0].double(), ((cols.double() + 0.5) * 0.5 * w).sum(0) / w.sum(), atol=1e-4)
+
+
+def test_an_anchor_keeps_the_referred_region_sharp_under_question_selection():
+    """'Describe this object' names nothing: without the anchor the object's columns merge into
+    coarse blocks; with it, every column its box stands on keeps a token of its own, in both grid
+    paths, and the incremental and batch grids still agree."""
+    g = torch.Generator().manual_seed(4)
+    vmap = VoxelMap(feature_dim=16, voxel_size=0.3)
+    vmap.track_columns(rope=True)
+    vmap.fuse(torch.rand(6000, 3, generator=g) * torch.tensor([12.0, 9.0, 2.0]), torch.randn(6000, 16, generator=g))
+    box_lo, box_hi = torch.tensor([7.05, 2.05]), torch.tensor([7.85, 2.85])  # 0.8 m square: 4 x 4 columns below it
+    question = torch.randn(1, 16, generator=g)
+    config = GridConfig(max_tokens=64, token_selection="question", question_share=0.5)
+    centre, size = (7.45, 2.45, 1.0), (0.8, 0.8, 2.0)
+    truth = [(x, y) for x in range(23, 27) for y in range(6, 10)]  # columns (x, y) the box's footprint overlaps
+    assert all(box_lo[0] < (x + 1) * 0.3 and x * 0.3 < box_hi[0] and box_lo[1] < (y + 1) * 0.3 and y * 0.3 < box_hi[1]
+               for x, y in truth)
+
+    def single_at(grid) -> int:
+        one = torch.zeros(grid.num_tokens, dtype=torch.bool)
+        for x, y in truth:  # a token exactly at the column's centre that pools only that column
+            at = ((grid.xy - torch.tensor([(x + 0.5) * 0.3, (y + 0.5) * 0.3])).abs() < 1e-4).all(1)
+            one |= at
+        return int(one.sum())
+
+    plain = build_grid(vmap, config, question=question)
+    anchored = build_grid(vmap, config, anchor_center=centre, anchor_radius=None, anchor_size=size,
+                          anchor_embedding=torch.zeros(16), question=question)
+    batch = build_grid(vmap, config, anchor_center=centre, anchor_radius=None, anchor_size=size,
+                       anchor_embedding=torch.zeros(16), question=question, incremental=False)
+    assert single_at(plain) < len(truth) and single_at(anchored) == len(truth)
+    assert torch.allclose(anchored.xy, batch.xy) and torch.allclose(anchored.features, batch.features, atol=1e-5)

@@ -71,8 +71,10 @@ def answer_grounding(model, vmap: VoxelMap, query: SceneQuery, answer: str,
         return Grounding(torch.zeros(0, 3), torch.zeros(0), True, "no map: nothing to ground the answer in")
     config = model.config.grid
     question = model.question_embeddings(query)
-    center = None if query.anchor_center is None else query.anchor_center
-    vox_token, _, tcount = voxel_tokens(vmap, config, focus_point(vmap, config, center), question)
+    center, size = query.anchor_center, query.anchor_size
+    radius = query.anchor_radius if query.anchor_radius is not None else model.config.anchor_radius  # as scene_grid
+    vox_token, _, tcount = voxel_tokens(vmap, config, focus_point(vmap, config, center), question,
+                                        (center, radius, size))
     xyz, col_token, col_voxels = _columns(vmap, vox_token)
     with torch.enable_grad():
         tokens = model.scene_tokens(vmap, query).detach().requires_grad_(True)  # (T, d)

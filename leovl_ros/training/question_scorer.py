@@ -44,7 +44,8 @@ from ..voxel_map import VoxelMap
 from .records import Record, read_records
 from .scenes import FusionConfig, SceneStore, fuse_frames
 
-__all__ = ["TEMPLATES", "ReferredObject", "SceneColumns", "column_recall", "floor_columns", "main", "record_columns", "train_question_scorer"]
+__all__ = ["TEMPLATES", "ReferredObject", "SceneColumns", "column_recall", "floor_columns", "main", "record_columns",
+           "train_question_scorer"]
 
 # Decision (paper silent): a precise scorer keeps few columns at full resolution and gives the
 # rest of the budget to a finer cover of the map; the share was chosen on 16 validation floors

@@ -70,7 +70,7 @@ class SceneColumns:
 
     scene_id: str
     cols: torch.Tensor  # (C, 2) int64 column indices (x, y)
-    features: torch.Tensor  # (C, d) float32 column sums / counts (RoPE'd by height, as selected)
+    features: torch.Tensor  # (C, d) column sums / counts (RoPE'd by height, as selected); float16 from records
     counts: torch.Tensor  # (C,) voxels per column
     objects: list[ReferredObject]
 
@@ -132,6 +132,7 @@ def record_columns(model: LeoVL, store: SceneStore, records: list[Record],
     for scene_id in tqdm(sorted(by_scene), desc="scenes", unit="scene", disable=not progress):
         vmap = store.get(scene_id)
         cols, features, counts = _columns(model, vmap)
+        features = features.to(torch.float16)  # a real dataset's scenes held at once: C x d x 2 bytes each
         objects = []
         for r in by_scene[scene_id]:
             inside = referred_voxels(vmap, r.anchor.center, r.anchor.radius or model.config.anchor_radius,
@@ -163,7 +164,7 @@ def train_question_scorer(model: LeoVL, floors: list[SceneColumns], steps: int, 
             for floor, i in rng.choices(pool, k=batch):
                 texts, mask = floor.objects[i][:2]
                 key = scorer(model.question_words(rng.choice(texts)))  # (1, d)
-                logp = torch.log_softmax(floor.features.to(key.device) @ key[0], 0)  # (C,)
+                logp = torch.log_softmax(floor.features.to(key.device, key.dtype) @ key[0], 0)  # (C,)
                 loss = loss - torch.logsumexp(logp[mask.to(key.device)], 0) / batch  # mass on the object's columns
             opt.zero_grad()
             loss.backward()

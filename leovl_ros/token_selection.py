@@ -187,7 +187,7 @@ def _blocks(cols: torch.Tensor, counts: torch.Tensor, budget: int,
         bkeys, token = torch.unique(_key(torch.div(cols, 1 << j, rounding_mode="floor")), return_inverse=True)
         if bkeys.numel() <= budget:
             break
-        if (1 << j) >= span:  # blocks are the <= 4 quadrants around the origin, which never merge: one token
+        if (1 << j) >= span:  # Decision (paper silent): the <= 4 quadrants around the origin never merge: one token
             bkeys, token = bkeys[:1], torch.zeros_like(token)
             break
         j += 1

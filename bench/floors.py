@@ -39,10 +39,11 @@ from leovl_ros.model.config import ConfigOverrides, GenerationConfig  # noqa: E4
 from leovl_ros.model.grounding import answer_grounding  # noqa: E402
 from leovl_ros.model.leovl import LeoVL  # noqa: E402
 from leovl_ros.model.prompts import SceneQuery  # noqa: E402
+from leovl_ros.model.question_scorer import QuestionScorer  # noqa: E402
 from leovl_ros.synth.floor_qa import floor_colour_qa  # noqa: E402
 from leovl_ros.synth.floors import Floor, camera_route, generate_floor, render_floor  # noqa: E402
 from leovl_ros.synth.render import render_frames  # noqa: E402
-from leovl_ros.token_selection import question_relevance, select_tokens  # noqa: E402
+from leovl_ros.token_selection import QuestionKey, column_relevance, select_tokens  # noqa: E402
 from leovl_ros.training.metrics import exact_match_scores  # noqa: E402
 from leovl_ros.training.scenes import FusionConfig, fuse_frames  # noqa: E402
 from leovl_ros.voxel_map import VoxelMap  # noqa: E402
@@ -115,8 +116,8 @@ def draw_picture(model: LeoVL, vmap: VoxelMap, query: SceneQuery, grounding, sai
 
 
 def timing_rows(d: int) -> list:
-    """Question selection on a 200k-voxel map: by 12 word embeddings (no scorer) and by one
-    scorer key, each beside densest."""
+    """Question selection on a 200k-voxel map: by 12 word embeddings (no scorer), by one scorer
+    key, and by the key with its reranker of 64 candidates, each beside densest."""
     from bench.scene_core import synthetic_map
 
     torch.set_num_threads(1)
@@ -124,9 +125,11 @@ def timing_rows(d: int) -> list:
     _, cols, counts, rows = vmap.columns.columns()
     td = median_time(lambda: select_tokens(cols, counts, 256, "densest", vmap.voxel_size), repeats=30)
     out = []
-    for what, q in (("12 word embeddings", torch.randn(12, d)), ("1 scorer key", torch.randn(1, d))):
+    scorer = QuestionScorer(d, min(d, 128), 64)
+    for what, q in (("12 word embeddings", torch.randn(12, d)), ("1 scorer key", torch.randn(1, d)),
+                    ("1 scorer key + reranker", QuestionKey(torch.randn(1, d), scorer.rerank))):
         def question(q=q):
-            rel = question_relevance(vmap.columns.sums(rows), q, counts)
+            rel = column_relevance(q, cols, vmap.columns.sums(rows), counts)
             return select_tokens(cols, counts, 256, "question", vmap.voxel_size, None, rel)
 
         tq, tq_min = median_time(question, repeats=30), min_time(question, repeats=30)

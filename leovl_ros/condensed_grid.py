@@ -47,7 +47,8 @@ from typing import Literal, Sequence
 import torch
 
 from .column_sums import column_voxels, rope_phase
-from .token_selection import QUESTION_SHARE, TOKEN_SELECTIONS, question_relevance, region_columns, select_tokens
+from .token_selection import QUESTION_SHARE, TOKEN_SELECTIONS, QuestionKey, column_relevance, region_columns, \
+    select_tokens
 from .voxel_keys import voxel_keys
 from .voxel_map import VoxelMap
 
@@ -180,21 +181,22 @@ def question_region(config: GridConfig, cols: torch.Tensor, voxel_size: float,
 
 
 def voxel_tokens(vmap: VoxelMap, config: GridConfig, focus: Sequence[float] | None = None,
-                 question: torch.Tensor | None = None,
+                 question: torch.Tensor | QuestionKey | None = None,
                  region: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per voxel its token (-1 if its column was cut), per token its xy (T, 2) and voxel count (T,).
 
-    ``question`` (Q, d): the question's token embeddings, for ``token_selection: question``;
+    ``question``: the question's (Q, d) token embeddings, a scorer's (1, d) key or a
+    ``QuestionKey`` (key and reranker), for ``token_selection: question``;
     ``region``: the anchor's (center, radius, size), whose columns that selection keeps first."""
     coords = vmap.coords
     ckeys, inverse, ccount = torch.unique(_column_keys(coords), return_inverse=True, return_counts=True)  # (C,)
     first = torch.zeros_like(ckeys).scatter_(0, inverse, torch.arange(coords.shape[0], device=coords.device))
     relevance = None
+    cols = coords[first, :2]
     if config.token_selection == "question" and question is not None and ckeys.numel() > config.max_tokens:
         means = _pool(vmap, torch.arange(coords.shape[0], device=coords.device), inverse, ccount,
                       config.pos_z == "rope", None, None)  # (C, d): what the column sums hold, from the voxels
-        relevance = question_relevance(means, question)
-    cols = coords[first, :2]
+        relevance = column_relevance(question, cols, means, ccount, summed=False)
     col_token, xy, count = select_tokens(cols, ccount, config.max_tokens, config.token_selection, vmap.voxel_size,
                                          focus, relevance, config.question_share,
                                          question_region(config, cols, vmap.voxel_size, region))
@@ -275,7 +277,7 @@ def _grid_from_columns(vmap: VoxelMap, config: GridConfig, anchor_center, anchor
     ids, cols, counts, srows = vmap.columns.columns()  # (C,), (C, 2), (C,), (C,)
     relevance = None
     if config.token_selection == "question" and question is not None and ids.numel() > config.max_tokens:
-        relevance = question_relevance(vmap.columns.sums(srows), question, counts)
+        relevance = column_relevance(question, cols, vmap.columns.sums(srows), counts)
     region = question_region(config, cols, vmap.voxel_size, (anchor_center, anchor_radius, anchor_size))
     col_token, xy, tcount = select_tokens(cols, counts, config.max_tokens, config.token_selection,
                                           vmap.voxel_size, focus_point(vmap, config, anchor_center), relevance,
@@ -304,7 +306,7 @@ def build_grid(
     anchor_embedding: torch.Tensor | None = None,
     anchor_size: Sequence[float] | None = None,
     incremental: bool = True,
-    question: torch.Tensor | None = None,
+    question: torch.Tensor | QuestionKey | None = None,
 ) -> CondensedGrid:
     """CFG (or a voxel-token ablation) of ``vmap``; differentiable w.r.t. ``anchor_embedding``.
 
@@ -313,7 +315,8 @@ def build_grid(
     Tensors come back on the map's device; the model moves them to its own. With
     ``incremental`` (default) a ``cfg`` grid comes from the map's column sums when it tracks
     them with the same ``pos_z``; ``incremental=False`` forces the batch reference.
-    ``question`` (Q, d): the question's token embeddings, read by ``token_selection: question``.
+    ``question``: the question's (Q, d) token embeddings, a scorer's (1, d) key or a
+    ``QuestionKey``, read by ``token_selection: question``.
     """
     d, V = vmap.feature_dim, vmap.num_voxels
     dev = vmap.device

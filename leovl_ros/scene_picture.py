@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .camera_path import CameraPath
 from .condensed_grid import GridConfig, focus_point, voxel_tokens
-from .token_selection import QUESTION_SHARE
+from .token_selection import QUESTION_SHARE, QuestionKey
 from .voxel_map import VoxelMap
 
 __all__ = ["COLOURS", "LEGEND_PX", "PAD", "SceneLayout", "draw_scene", "scene_layout"]
@@ -84,7 +84,7 @@ def scene_layout(vmap: VoxelMap, cell_px: int, path: np.ndarray | None = None,
 
 def draw_scene(vmap: VoxelMap, max_tokens: int = 750, cell_px: int = 0, anchor: Sequence[float] | None = None,
                anchor_radius: float = 0.5, token_selection: str = "densest", grounding=None,
-               question: torch.Tensor | None = None,
+               question: torch.Tensor | QuestionKey | None = None,
                question_share: float = QUESTION_SHARE) -> tuple[Image.Image, dict[str, int]]:
     """The picture and what it shows: voxels, columns, tokens, path points.
 

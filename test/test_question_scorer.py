@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from leovl_ros.condensed_grid import GridConfig
+from leovl_ros.model.config import ConfigOverrides
 from leovl_ros.model.prompts import SceneQuery
 from leovl_ros.model.tiny import tiny_leovl
 from leovl_ros.synth.floors import FloorConfig, generate_floor
 from leovl_ros.synth.text import a
+from leovl_ros.token_selection import QuestionKey
 from leovl_ros.training.question_scorer import TEMPLATES, ReferredObject, SceneColumns, column_recall, \
-    floor_columns, main, train_question_scorer
+    floor_columns, main, train_question_reranker, train_question_scorer
 
 WORDS = ("mug", "sofa", "lamp", "bowl", "laptop", "vase", "pillow", "stool")
 D = 32
@@ -65,6 +67,63 @@ def test_the_scorer_learns_which_columns_a_question_names_on_maps_it_never_saw()
     assert kept >= 6, kept
 
 
+def _context_floors(n: int, seed: int) -> list[SceneColumns]:
+    """Maps where what a column shows cannot tell the object: each category twice with the same
+    look, once on a desk (its 8 neighbours are desk) and once as a decoy amid clutter; only
+    the one on the desk is the object asked about (as a mug on a desk beside a mug-coloured
+    patch of carpet): its surroundings tell it."""
+    g = torch.Generator().manual_seed(1234)
+    looks = {w: torch.randn(D, generator=g) for w in WORDS}
+    desk = torch.randn(D, generator=g)
+    rng = torch.Generator().manual_seed(seed)
+    cols = torch.stack([torch.arange(400) // 20, torch.arange(400) % 20], 1)
+    slots = [(3 * i + 1) * 20 + 3 * j + 1 for i in range(6) for j in range(6)]  # centres of disjoint 3x3 blocks
+    out = []
+    for _ in range(n):
+        feats = torch.randn(400, D, generator=rng) * 0.5
+        place = [slots[i] for i in torch.randperm(36, generator=rng)[:2 * len(WORDS)]]
+        objects = []
+        for i, w in enumerate(WORDS):
+            on_desk, decoy = place[2 * i], place[2 * i + 1]
+            for dx in (-1, 0, 1):
+                for dy in (-1, 0, 1):
+                    feats[on_desk + 20 * dx + dy] = desk + 0.2 * torch.randn(D, generator=rng)
+            for c in (on_desk, decoy):
+                feats[c] = looks[w] + 0.2 * torch.randn(D, generator=rng)
+            mask = torch.zeros(400, dtype=torch.bool)
+            mask[on_desk] = True
+            objects.append(ReferredObject(tuple(t.format(c=w, ac=a(w), r="kitchen") for t in TEMPLATES), mask, w))
+        out.append(SceneColumns("test", cols, feats, torch.full((400,), 5), objects))
+    return out
+
+
+def test_the_reranker_tells_look_alikes_apart_by_what_surrounds_them():
+    model = tiny_leovl(hidden_size=D, grid=GridConfig(max_tokens=16, token_selection="question"))
+    train, held_out = _context_floors(12, seed=0), _context_floors(8, seed=99)
+    model.add_question_scorer(D, rerank_hidden=32)
+    train_question_scorer(model, train, steps=250, lr=1e-2, progress=False)
+    keyed = column_recall(model, held_out, keep=2)
+    losses = train_question_reranker(model, train, steps=300, lr=3e-3, progress=False)
+    reranked = column_recall(model, held_out, keep=2)
+    # The key finds the look (object or decoy: a coin toss between the two) but cannot see the desk.
+    assert keyed["recall"] > 0.8 and keyed["first"] < 0.7, keyed
+    assert reranked["first"] > 0.9, reranked
+    assert sum(losses[-20:]) < sum(losses[:20])
+    # The model's own selection now keeps the object on the desk, not its decoy (token_selection path).
+    vmap = model.new_voxel_map()
+    vmap.track_columns(rope=False)
+    floor = held_out[0]
+    xy = floor.cols.float() * vmap.voxel_size
+    vmap.fuse(torch.cat([xy + vmap.voxel_size / 2, torch.full((400, 1), 0.1)], 1), floor.features)
+    model.set_overrides(ConfigOverrides(grid={"question_share": 1 / 16}))  # one single column: the best
+    kept = 0
+    for word, mask in ((o.category, o.mask) for o in floor.objects):
+        grid = model.scene_grid(vmap, SceneQuery("qa", f"What colour is the {word}?"))
+        single = grid.xy[grid.voxel_count == 1]
+        kept += bool(((single - (xy[mask] + vmap.voxel_size / 2)).abs() < 1e-4).all(1).any())
+    assert kept >= 7, kept
+
+
 def test_a_bundle_keeps_its_scorer_and_one_without_selects_by_words(tmp_path):
     model = tiny_leovl(hidden_size=D, grid=GridConfig(max_tokens=16, token_selection="question"))
     query = SceneQuery("qa", "What colour is the mug?")
@@ -78,6 +137,20 @@ def test_a_bundle_keeps_its_scorer_and_one_without_selects_by_words(tmp_path):
     model2.load_bundle(tmp_path / "b")
     assert model2.config.question_scorer_rank == 8
     assert torch.allclose(model2.question_embeddings(query), key)
+    assert not isinstance(key, QuestionKey) and model2.config.question_rerank_hidden == 0
+    model.add_question_scorer(8, seed=5)
+    fresh = model.question_embeddings(query)
+    model.add_question_scorer(8, seed=5, rerank_hidden=16)
+    assert torch.equal(model.question_embeddings(query).key, fresh)  # same seed, same key, reranker or not
+    with torch.no_grad():
+        model.heads.question_scorer.rerank_out.weight.normal_()  # as if trained: the reranker matters
+    model.save_bundle(tmp_path / "r")
+    model2.load_bundle(tmp_path / "r")
+    got = model2.question_embeddings(query)
+    assert isinstance(got, QuestionKey) and model2.config.question_rerank_hidden == 16
+    assert torch.allclose(got.key, fresh)
+    f, ring, rel, n = torch.randn(5, D), torch.randn(5, D), torch.randn(5), torch.arange(1, 6)
+    assert torch.allclose(got.rerank(got.key, f, ring, rel, n), model.heads.question_scorer.rerank(got.key, f, ring, rel, n))
     model3 = tiny_leovl(hidden_size=D, grid=GridConfig(max_tokens=16, token_selection="question"))
     model3.save_bundle(tmp_path / "plain")
     model2.load_bundle(tmp_path / "plain")  # a swap to a bundle without a scorer drops it
@@ -128,6 +201,8 @@ def test_a_rank_outside_one_to_the_hidden_size_is_refused(rank):
     model = tiny_leovl(hidden_size=D)
     with pytest.raises(ValueError, match="question_scorer_rank"):
         model.add_question_scorer(rank)
+    with pytest.raises(ValueError, match="question_rerank_hidden"):
+        model.add_question_scorer(4, rerank_hidden=-1)
     assert model.heads.question_scorer is None and model.config.question_scorer_rank is None
 
 
@@ -209,12 +284,12 @@ def test_the_command_line_trains_from_records_with_the_config_scenes(tmp_path, c
         "synthetic_frames: 3, synthetic_width: 160, synthetic_height: 120}\n")
     args = ["--model", str(tmp_path / "start"), "--out", str(tmp_path / "out"),
             "--records", str(tmp_path / "train.jsonl"), "--eval-records", str(tmp_path / "eval.jsonl"),
-            "--config", str(tmp_path / "recipe.yaml"), "--steps", "30"]
+            "--config", str(tmp_path / "recipe.yaml"), "--steps", "30", "--rerank-steps", "20"]
     assert main(args) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "2 scenes" in out and "held-out records" in out
     trained = LeoVL.from_pretrained(tmp_path / "out")
-    assert trained.heads.question_scorer is not None
+    assert trained.heads.question_scorer is not None and trained.config.question_rerank_hidden == 64
     assert len(list((tmp_path / "scenes").iterdir())) == 3  # the maps came from the config's scene store
     # --eval-records without --records is refused in one line before anything loads
     capsys.readouterr()

@@ -7,7 +7,8 @@ import torch
 from leovl_ros.condensed_grid import GridConfig, build_grid
 from leovl_ros.model.prompts import SceneQuery
 from leovl_ros.model.tiny import tiny_leovl
-from leovl_ros.token_selection import QUESTION_SHARE, question_relevance, select_tokens
+from leovl_ros.token_selection import QUESTION_SHARE, QuestionKey, column_relevance, question_relevance, ring_means, \
+    select_tokens
 from leovl_ros.voxel_map import VoxelMap
 
 
@@ -139,3 +140,54 @@ def test_an_anchor_keeps_the_referred_region_sharp_under_question_selection():
                        anchor_embedding=torch.zeros(16), question=question, incremental=False)
     assert single_at(plain) < len(truth) and single_at(anchored) == len(truth)
     assert torch.allclose(anchored.xy, batch.xy) and torch.allclose(anchored.features, batch.features, atol=1e-5)
+
+
+def test_ring_means_average_the_occupied_neighbours_by_hand():
+    cols = torch.tensor([[-2, -1], [-2, 0], [-1, -1], [-1, 1], [0, 0], [5, 5]])  # raster order, around the origin
+    counts = torch.tensor([1, 2, 4, 1, 2, 3])
+    means = torch.arange(6 * 3, dtype=torch.float32).reshape(6, 3)
+    sums = means * counts[:, None]
+    rows = torch.tensor([2, 4, 5])
+    # by hand: (-1,-1) touches (-2,-1), (-2,0), (0,0); (0,0) touches (-1,-1), (-1,1); (5,5) none: its own
+    want = torch.stack([(means[0] + means[1] + means[4]) / 3, (means[2] + means[3]) / 2, means[5]])
+    assert torch.allclose(ring_means(cols, means, rows), want)
+    assert torch.allclose(ring_means(cols, sums, rows, counts), want)  # from the column sums: the same
+
+
+def _left_first(key, features, ring, relevance, counts):
+    """A reranker that knows where things are: the lower a candidate's first feature (its x), the better."""
+    return -features[:, 0]
+
+
+def test_a_reranker_orders_the_keys_best_columns_and_keeps_them_first():
+    g = torch.Generator().manual_seed(4)
+    cols = _grid_cols(30, 20)
+    counts = torch.randint(1, 6, (600,), generator=g)
+    means = torch.randn(600, 8, generator=g)
+    means[:, 0] = cols[:, 0].float()  # feature 0 = the column's x, for the reranker above
+    key = torch.randn(1, 8, generator=g)
+    key[0, 0] = 0.0  # the key itself ignores x
+    plain = question_relevance(means, key)
+    rel = column_relevance(QuestionKey(key, _left_first, 10), cols, means * counts[:, None], counts)
+    top10 = set(torch.topk(plain, 10).indices.tolist())
+    order = torch.argsort(rel, descending=True).tolist()
+    assert set(order[:10]) == top10  # the key's ten best stay the ten best...
+    assert [int(cols[i, 0]) for i in order[:10]] == sorted(int(cols[i, 0]) for i in top10)  # ...in the reranker's order
+    assert order[10:] == torch.argsort(plain, descending=True).tolist()[10:]  # the rest as the key ranks them
+
+
+def test_incremental_and_batch_grids_agree_with_a_reranker():
+    g = torch.Generator().manual_seed(5)
+    vmap = VoxelMap(feature_dim=16, voxel_size=0.3)
+    vmap.track_columns(rope=True)
+    vmap.fuse(torch.rand(5000, 3, generator=g) * torch.tensor([10.0, 8.0, 2.0]) - 4.0,
+              torch.randn(5000, 16, generator=g))
+    ring_first = (lambda key, f, ring, rel, n: (ring @ key[0]) * n.log())  # neighbours and voxel counts matter
+    question = QuestionKey(torch.randn(1, 16, generator=g), ring_first, 32)
+    config = GridConfig(max_tokens=100, token_selection="question", question_share=0.1)
+    inc = build_grid(vmap, config, question=question)
+    ref = build_grid(vmap, config, question=question, incremental=False)
+    plain = build_grid(vmap, config, question=question.key)
+    assert inc.num_tokens == ref.num_tokens <= 100
+    assert torch.allclose(inc.xy, ref.xy) and torch.allclose(inc.features, ref.features, atol=1e-5)
+    assert not torch.equal(inc.xy, plain.xy)  # the reranker changed which columns stay single

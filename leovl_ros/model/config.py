@@ -71,6 +71,8 @@ class LeoVLConfig:
     - ``question_scorer_rank``: None = ``token_selection: question`` scores columns with the
       raw word embeddings; r = a learned QuestionScorer of rank r (model/question_scorer.py),
       trained by its own stage (training/question_scorer.py), saved with the heads.
+    - ``question_rerank_hidden``: 0 = the scorer's key alone ranks the columns; h = its
+      reranker (hidden width h) reorders the key's best columns by what surrounds them.
     """
 
     base_model: str
@@ -93,6 +95,7 @@ class LeoVLConfig:
     answer_eos: bool = True
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     question_scorer_rank: int | None = None
+    question_rerank_hidden: int = 0
 
     def __post_init__(self) -> None:
         if self.pos_xy not in ("fourier", "none"):
@@ -110,6 +113,8 @@ class LeoVLConfig:
         if self.question_scorer_rank is not None and not 0 < self.question_scorer_rank <= self.hidden_size:
             raise ValueError(f"question_scorer_rank must be None or in 1..{self.hidden_size}, "
                              f"got {self.question_scorer_rank}")
+        if self.question_rerank_hidden < 0:
+            raise ValueError(f"question_rerank_hidden must be >= 0 (0: no reranker), got {self.question_rerank_hidden}")
         if self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels {self.min_pixels} exceeds max_pixels {self.max_pixels}")
 

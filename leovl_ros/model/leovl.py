@@ -21,6 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from ..condensed_grid import CondensedGrid
+from ..token_selection import QuestionKey
 from ..voxel_map import VoxelMap
 from . import bundle as bundle_io
 from .config import ConfigOverrides, GenerationConfig, LeoVLConfig, resolve_config
@@ -174,18 +175,22 @@ class LeoVL:
             self._stored_config = dataclasses.replace(self._stored_config, train_mode=mode)
             self._config = resolve_config(self._stored_config, self._overrides)
 
-    def add_question_scorer(self, rank: int, seed: int = 0, question_share: float | None = None) -> None:
-        """A fresh QuestionScorer of ``rank`` in the heads (replacing any), to be trained by
-        training/question_scorer.py; it is saved with the heads, its rank (and the
-        ``grid.question_share`` it is used with, when given) with the config."""
+    def add_question_scorer(self, rank: int, seed: int = 0, question_share: float | None = None,
+                            rerank_hidden: int = 0) -> None:
+        """A fresh QuestionScorer of ``rank`` (with a reranker of width ``rerank_hidden``, 0:
+        none) in the heads (replacing any), to be trained by training/question_scorer.py; it is
+        saved with the heads, its sizes (and the ``grid.question_share`` it is used with, when
+        given) with the config."""
         grid = self._stored_config.grid
         if question_share is not None:
             grid = dataclasses.replace(grid, question_share=question_share)
-        self._stored_config = dataclasses.replace(self._stored_config, question_scorer_rank=rank, grid=grid)
+        self._stored_config = dataclasses.replace(self._stored_config, question_scorer_rank=rank, grid=grid,
+                                                  question_rerank_hidden=rerank_hidden)
         self._config = resolve_config(self._stored_config, self._overrides)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.heads.question_scorer = QuestionScorer(self.config.hidden_size, rank).to(self.heads.anchor.device)
+            scorer = QuestionScorer(self.config.hidden_size, rank, rerank_hidden)
+            self.heads.question_scorer = scorer.to(self.heads.anchor.device)
         self.prefix_cache.clear()  # scene tokens selected by the old scoring
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -220,17 +225,20 @@ class LeoVL:
             check_map(vmap, self.config, self.encoder.encoder_id)
         return scene_grid(vmap, query, self.config, self.heads, self.question_embeddings(query))
 
-    def question_embeddings(self, query: SceneQuery | None) -> torch.Tensor | None:
+    def question_embeddings(self, query: SceneQuery | None) -> torch.Tensor | QuestionKey | None:
         """What ``token_selection: question`` compares the map's columns with, else None: the
-        learned scorer's (1, d) key of the question when the model has one, else the (Q, d)
-        input embeddings of the question's tokens."""
+        learned scorer's (1, d) key of the question when the model has one (with its reranker,
+        as a QuestionKey, when it has that too), else the (Q, d) input embeddings of the
+        question's tokens."""
         if query is None or self.config.grid.token_selection != "question":
             return None
         words = self.question_words(" ".join(t for t in (query.situation, query.instruction) if t))
-        if self.heads.question_scorer is None:
+        scorer = self.heads.question_scorer
+        if scorer is None:
             return words
         with torch.no_grad():
-            return self.heads.question_scorer(words)
+            key = scorer(words)
+        return QuestionKey(key, scorer.rerank) if scorer.rerank_hidden else key
 
     def question_words(self, text: str) -> torch.Tensor:
         """(Q, d) float32 input embeddings of the tokens of ``text`` (frozen: no gradient)."""

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..condensed_grid import CondensedGrid, build_grid, fourier_input, fourier_matrix
+from ..token_selection import QuestionKey
 from ..voxel_map import VoxelMap
 from .config import LeoVLConfig
 from .prompts import SceneQuery
@@ -50,7 +51,7 @@ class SceneHeads(nn.Module):
             nn.init.zeros_(self.fourier_mlp[2].bias)
         self.anchor = nn.Parameter(torch.randn(d) * 0.02)
         rank = config.question_scorer_rank
-        self.question_scorer = QuestionScorer(d, rank) if rank is not None else None
+        self.question_scorer = QuestionScorer(d, rank, config.question_rerank_hidden) if rank is not None else None
 
     def forward(self, grid: CondensedGrid) -> torch.Tensor:
         """(T, d) scene tokens in float32 on the heads' device."""
@@ -81,9 +82,9 @@ def check_map(vmap: VoxelMap, config: LeoVLConfig, encoder_id: str) -> None:
 
 
 def scene_grid(vmap: VoxelMap | None, query: SceneQuery | None, config: LeoVLConfig,
-               heads: SceneHeads, question: torch.Tensor | None = None) -> CondensedGrid | None:
+               heads: SceneHeads, question: torch.Tensor | QuestionKey | None = None) -> CondensedGrid | None:
     """The CFG of ``vmap`` for ``query`` (anchor applied when the query gives a centre;
-    ``question``: its token embeddings, for ``token_selection: question``)."""
+    ``question``: its token embeddings, scorer key or QuestionKey, for ``token_selection: question``)."""
     if vmap is None or vmap.num_voxels == 0:
         return None
     center = radius = size = None

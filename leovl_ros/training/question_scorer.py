@@ -39,18 +39,19 @@ from ..synth.floor_qa import ROOM_EXIST_Q, WHICH_ROOM_Q
 from ..synth.floors import FloorConfig, generate_floor, render_floor
 from ..synth.qa import COLOUR_Q, EXIST_Q
 from ..synth.text import a
-from ..token_selection import question_relevance
+from ..token_selection import RERANK_CANDIDATES, QuestionKey, column_relevance, question_relevance, ring_means
 from ..voxel_map import VoxelMap
 from .records import Record, read_records
 from .scenes import FusionConfig, SceneStore, fuse_frames
 
 __all__ = ["TEMPLATES", "ReferredObject", "SceneColumns", "column_recall", "floor_columns", "main", "record_columns",
-           "train_question_scorer"]
+           "train_question_reranker", "train_question_scorer"]
 
 # Decision (paper silent): a precise scorer keeps few columns at full resolution and gives the
-# rest of the budget to a finer cover of the map; the share was chosen on 16 validation floors
-# no stage trained on (docs/design.md).
-QUESTION_SHARE_WITH_SCORER = 1 / 16
+# rest of the budget to a finer cover of the map; the share (12 of 256 tokens) was chosen on 104
+# validation floors no stage trained on (docs/design.md).
+QUESTION_SHARE_WITH_SCORER = 3 / 64
+RERANK_HIDDEN = 64  # Decision (paper silent): 33k weights at d = 128; the reranker sees 64 columns per question
 
 # One-object questions of the synthetic QA (qa.py, floor_qa.py); {c} the category, {r} a room type.
 TEMPLATES = ([t.format(x="the {c}") for t in COLOUR_Q] + [t.format(x="{ac}") for t in EXIST_Q]
@@ -173,23 +174,68 @@ def train_question_scorer(model: LeoVL, floors: list[SceneColumns], steps: int, 
     return losses
 
 
+def train_question_reranker(model: LeoVL, scenes: list[SceneColumns], steps: int, lr: float = 1e-3,
+                            batch: int = 16, seed: int = 0, progress: bool = True) -> list[float]:
+    """Train the reranker of ``model.heads.question_scorer`` in place, its key frozen; returns the
+    loss of every step. Per question the key's best ``RERANK_CANDIDATES`` columns are
+    reranked; the loss is -log of the softmax mass over them on the asked object's columns
+    (a question whose object is not among them has nothing to teach and is skipped)."""
+    scorer = model.heads.question_scorer
+    if scorer is None or not scorer.rerank_hidden:
+        raise ValueError("the model's question scorer has no reranker: add_question_scorer(rank, rerank_hidden=h)")
+    pool = [(f, i) for f in scenes for i in range(len(f.objects))]
+    if not pool:
+        raise ValueError("no referred object of the training scenes is in its map: nothing to train the reranker on")
+    rng = random.Random(seed)
+    params = [*scorer.rerank_in.parameters(), *scorer.rerank_out.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    losses = []
+    with torch.enable_grad():
+        for _ in tqdm(range(steps), desc="question reranker", disable=not progress):
+            terms = []
+            for scene, i in rng.choices(pool, k=batch):
+                texts, mask = scene.objects[i][:2]
+                with torch.no_grad():
+                    key = scorer(model.question_words(rng.choice(texts)))  # (1, d)
+                    rel = question_relevance(scene.features, key)  # (C,)
+                    top = torch.topk(rel, min(RERANK_CANDIDATES, rel.numel())).indices
+                    ring = ring_means(scene.cols, scene.features, top)
+                hit = mask[top].to(key.device)
+                if bool(hit.any()):
+                    new = scorer.rerank(key, scene.features[top].float(), ring, rel[top], scene.counts[top])  # (K,)
+                    terms.append(-torch.logsumexp(torch.log_softmax(new, 0)[hit], 0))
+            if terms:
+                loss = torch.stack(terms).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+    return losses
+
+
 def column_recall(model: LeoVL, floors: list[SceneColumns], keep: int, seed: int = 1) -> dict[str, float]:
     """Share of one-object questions whose object has a column among the ``keep`` most relevant
-    (the columns ``token_selection: question`` keeps one token each), and the mean share of the
-    object's voxels in those columns; under the model's current scoring (scorer or words)."""
-    rng, hits, voxels = random.Random(seed), [], []
+    (the columns ``token_selection: question`` keeps one token each), the share whose most
+    relevant column is the object's (``first``), and the mean share of the object's voxels in
+    the ``keep`` columns; under the model's current scoring (words, scorer, reranker)."""
+    rng, hits, firsts, voxels = random.Random(seed), [], [], []
+    scorer = model.heads.question_scorer
     for floor in floors:
         for texts, mask, *_ in floor.objects:
             words = model.question_words(rng.choice(texts))
-            scorer = model.heads.question_scorer
             with torch.no_grad():
-                rel = question_relevance(floor.features, scorer(words) if scorer is not None else words)
+                question = words if scorer is None else scorer(words)
+            if scorer is not None and scorer.rerank_hidden:
+                question = QuestionKey(question, scorer.rerank)
+            rel = column_relevance(question, floor.cols, floor.features, floor.counts, summed=False)
+            order = torch.topk(rel, min(keep, rel.numel())).indices
             top = torch.zeros_like(mask)
-            top[torch.topk(rel, min(keep, rel.numel())).indices] = True
+            top[order] = True
             hits.append(bool((top & mask).any()))
+            firsts.append(bool(mask[order[0]]))
             voxels.append(float(floor.counts[top & mask].sum()) / float(floor.counts[mask].sum()))
-    return {"questions": len(hits), "recall": float(np.mean(hits)) if hits else float("nan"),
-            "voxels_kept": float(np.mean(voxels)) if voxels else float("nan")}
+    mean = (lambda v: float(np.mean(v)) if v else float("nan"))
+    return {"questions": len(hits), "recall": mean(hits), "first": mean(firsts), "voxels_kept": mean(voxels)}
 
 
 def _seeds(text: str) -> range:
@@ -251,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch", type=int, default=16, help="questions per step")
+    p.add_argument("--rerank-hidden", type=int, default=RERANK_HIDDEN,
+                   help="width of the reranker of the scorer's best columns (0: the key alone ranks them)")
+    p.add_argument("--rerank-steps", type=int, default=3000, help="reranker steps, after the key's")
+    p.add_argument("--rerank-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", type=Path, default=Path("runs/floor_maps"), help="rendered floors' maps")
     p.add_argument("--frames-per-room", type=int, default=30)
@@ -264,8 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         train, held_out, what = _load_scenes(model, args)
         keep = max(1, round(model.config.grid.max_tokens * args.question_share))  # what selection will keep
         before = column_recall(model, held_out, keep)  # the model's scoring so far (words, or its scorer)
-        model.add_question_scorer(args.rank or min(model.config.hidden_size, 128), args.seed, args.question_share)
+        model.add_question_scorer(args.rank or min(model.config.hidden_size, 128), args.seed, args.question_share,
+                                  args.rerank_hidden)
         losses = train_question_scorer(model, train, args.steps, args.lr, args.batch, args.seed)
+        keyed = column_recall(model, held_out, keep) if args.rerank_hidden else None
+        if args.rerank_hidden:
+            train_question_reranker(model, train, args.rerank_steps, args.rerank_lr, args.batch, args.seed)
         after = column_recall(model, held_out, keep)
         model.save_bundle(args.out)
     except (ValueError, OSError) as exc:
@@ -275,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
           f"loss {np.mean(losses[:20]):.2f} -> {np.mean(losses[-20:]):.2f}; {what}: asked object among "
           f"the {keep} most relevant columns {100 * before['recall']:.0f} % -> {100 * after['recall']:.0f} % of "
           f"{after['questions']} questions, its voxels kept {100 * before['voxels_kept']:.0f} % -> "
-          f"{100 * after['voxels_kept']:.0f} %; wrote {args.out}")
+          f"{100 * after['voxels_kept']:.0f} %, the most relevant column on it {100 * before['first']:.0f} % -> "
+          + (f"{100 * keyed['first']:.0f} % (key) -> " if keyed else "")
+          + f"{100 * after['first']:.0f} %; wrote {args.out}")
     return 0
 
 

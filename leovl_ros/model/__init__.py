@@ -9,7 +9,7 @@ Heavy imports (torch, transformers, peft) happen on first use of a name, so impo
     tokenizer.py     the real Qwen2.5 tokenizer, built offline
     encoder.py       the vision tower as a per-cell 2D encoder
     scene_tokens.py  CFG columns + Fourier-feature MLP + anchor -> scene token embeddings
-    question_scorer.py  learned question key: which columns token_selection 'question' keeps
+    question_scorer.py  learned question key and reranker: which columns token_selection 'question' keeps
     prompts.py       queries and the Appendix B template as token ids
     leovl.py         the model: scoring, generation, LoRA
     generation.py    streaming and per-row cancel inside transformers' generate

@@ -38,7 +38,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 
 __all__ = ["QUESTION_SHARE", "RERANK_CANDIDATES", "TOKEN_SELECTIONS", "QuestionKey", "column_relevance",
-           "question_relevance", "region_columns", "ring_means", "select_tokens"]
+           "question_relevance", "region_columns", "rerank_candidates", "ring_means", "select_tokens"]
 
 TOKEN_SELECTIONS = ("densest", "nearest", "anchor", "coarsen", "question")
 # Decision (paper silent): by default 3/4 of the budget for the most relevant columns, 1/4 for a
@@ -139,18 +139,28 @@ def column_relevance(question: torch.Tensor | QuestionKey, cols: torch.Tensor, f
     word embeddings or a scorer's key (``question_relevance``), or a ``QuestionKey``, whose
     reranker reorders the key's ``candidates`` best columns by what they show and what
     surrounds them (their ``ring_means``); those stay above every other column."""
-    sums = counts if summed else None
     if not isinstance(question, QuestionKey):
-        return question_relevance(features, question, sums)
-    rel = question_relevance(features, question.key, sums)
-    top = torch.topk(rel, min(question.candidates, rel.numel())).indices  # (K,)
+        return question_relevance(features, question, counts if summed else None)
+    rel, top, inputs = rerank_candidates(question.key, cols, features, counts, summed, question.candidates)
     with torch.no_grad():
-        new = question.rerank(question.key, _means(features, sums, top), ring_means(cols, features, top, sums),
-                              rel[top], counts[top]).to(rel.device, rel.dtype)
+        new = question.rerank(question.key, *inputs).to(rel.device, rel.dtype)
     out = rel.clone()
     if top.numel():
         out[top] = new - new.min() + rel.max() + 1.0  # the candidates, in the reranker's order, first
     return out
+
+
+def rerank_candidates(key: torch.Tensor, cols: torch.Tensor, features: torch.Tensor, counts: torch.Tensor,
+                      summed: bool, k: int = RERANK_CANDIDATES) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """The key's (C,) relevance, its ``k`` best columns (K,) and what a reranker reads of them:
+    (mean features (K, d), ring means (K, d), relevance (K,), voxels (K,)). One function for
+    selection and for training the reranker (training/question_scorer.py), so both see alike."""
+    sums = counts if summed else None
+    with torch.no_grad():
+        rel = question_relevance(features, key, sums)
+        top = torch.topk(rel, min(k, rel.numel())).indices  # (K,)
+        inputs = (_means(features, sums, top), ring_means(cols, features, top, sums), rel[top], counts[top])
+    return rel, top, inputs
 
 
 def ring_means(cols: torch.Tensor, features: torch.Tensor, rows: torch.Tensor,

@@ -39,7 +39,7 @@ from ..synth.floor_qa import ROOM_EXIST_Q, WHICH_ROOM_Q
 from ..synth.floors import FloorConfig, generate_floor, render_floor
 from ..synth.qa import COLOUR_Q, EXIST_Q
 from ..synth.text import a
-from ..token_selection import RERANK_CANDIDATES, QuestionKey, column_relevance, question_relevance, ring_means
+from ..token_selection import QuestionKey, column_relevance, rerank_candidates
 from ..voxel_map import VoxelMap
 from .records import Record, read_records
 from .scenes import FusionConfig, SceneStore, fuse_frames
@@ -197,12 +197,10 @@ def train_question_reranker(model: LeoVL, scenes: list[SceneColumns], steps: int
                 texts, mask = scene.objects[i][:2]
                 with torch.no_grad():
                     key = scorer(model.question_words(rng.choice(texts)))  # (1, d)
-                    rel = question_relevance(scene.features, key)  # (C,)
-                    top = torch.topk(rel, min(RERANK_CANDIDATES, rel.numel())).indices
-                    ring = ring_means(scene.cols, scene.features, top)
+                _, top, inputs = rerank_candidates(key, scene.cols, scene.features, scene.counts, summed=False)
                 hit = mask[top].to(key.device)
                 if bool(hit.any()):
-                    new = scorer.rerank(key, scene.features[top].float(), ring, rel[top], scene.counts[top])  # (K,)
+                    new = scorer.rerank(key, *inputs)  # (K,)
                     terms.append(-torch.logsumexp(torch.log_softmax(new, 0)[hit], 0))
             if terms:
                 loss = torch.stack(terms).mean()
